@@ -1,0 +1,7 @@
+"""`python -m flashcore`: print which backend serves which device, and why."""
+
+import json
+
+import flashcore
+
+print(json.dumps(flashcore.info(), indent=2))
