@@ -29,7 +29,7 @@ BUDGET_S=${FLASHCORE_GPU_CHECK_BUDGET_S:-540}  # 9 minutes: inside the device to
 BUILD_CAP_S=240      # a cold build of a few instantiations per head dim with 16 jobs; a warm one is seconds
 TESTS_CAP_S=120      # the GPU tests are meant to be small; a hang must not eat the bench's time
 SANITIZER_CAP_S=75   # per tool: torch's CUDA start-up alone is slow under compute-sanitizer
-BENCH_RESERVE_S=20   # kept back from the bench's --time-budget for the shapes in flight and the PNG
+BENCH_RESERVE_S=40   # kept back from --time-budget: torch start-up and the peak (~10 s), the 16k shape in flight, the PNG
 BENCH_MIN_S=45       # below this the bench runs --quick whatever was asked
 
 START=$(date +%s)
