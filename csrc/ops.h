@@ -1,0 +1,24 @@
+// Host entry points that csrc/flashcore.cpp registers in the backend kernel library (flashcore_sm90 for CUDA
+// builds, flashcore_gfx942 for HIP builds). Each is written once, in a shared .cpp, and reaches the vendor's
+// kernel through a launch_* function declared next to its parameter struct.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string>
+
+namespace flashcore {
+
+// D = rowsum(dout * out) - dlse, accumulated in fp32: the first step of the attention backward.
+//   out, dout: (batch, seqlen, heads, head_dim) bf16/fp16, head_dim a multiple of 8 in [8, 256]; varlen callers
+//              pass (1, total, heads, head_dim) views
+//   dlse:      (batch, heads, seqlen) float32, optional
+//   returns D: (batch, heads, seqlen) float32, contiguous
+at::Tensor bwd_preprocess(const at::Tensor& out, const at::Tensor& dout, const std::optional<at::Tensor>& dlse);
+
+// How this extension was built, as a JSON object:
+//   {"vendor": "cuda", "backend": "flashcore_sm90", "archs": ["sm_90a"], "compiler": "nvcc 13.0.88", "torch": "2.14.1"}
+std::string build_info();
+
+}  // namespace flashcore
