@@ -52,15 +52,13 @@ def no_extension(reason: str) -> list:
 
 def find_cuda_home() -> "str | None":
     """CUDA_HOME as torch would pick it, but skipping candidates without headers (e.g. an nvcc wrapper script in
-    /usr/local/bin makes torch guess /usr/local)."""
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(var):
-            return os.environ[var]
-    candidates = []
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
-    candidates.append("/usr/local/cuda")
+    /usr/local/bin makes torch guess /usr/local). A CUDA_HOME / CUDA_PATH that is set is the only candidate."""
+    candidates = [os.environ[var] for var in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(var)][:1]
+    if not candidates:
+        nvcc = shutil.which("nvcc")
+        if nvcc:
+            candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+        candidates.append("/usr/local/cuda")
     for home in candidates:
         if os.path.exists(os.path.join(home, "bin", "nvcc")) and os.path.exists(
             os.path.join(home, "include", "cuda_runtime.h")
@@ -110,8 +108,9 @@ def extensions_and_cmdclass():
     elif torch.version.cuda:
         cuda_home = find_cuda_home()
         if cuda_home is None:
+            where = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "PATH or /usr/local/cuda"
             return no_extension(f"torch is built for CUDA {torch.version.cuda} but no nvcc with CUDA headers was "
-                                "found; set CUDA_HOME"), {}
+                                f"found in {where}; set CUDA_HOME to a CUDA toolkit"), {}
         os.environ["CUDA_HOME"] = cuda_home  # read by torch.utils.cpp_extension when it is imported below
         vendor = "cuda"
     else:

@@ -1,5 +1,5 @@
 // build_info(): a JSON object saying how this extension was built. setup.py passes the vendor
-// (FLASHCORE_CUDA / FLASHCORE_HIP) and the arch list (FLASHCORE_ARCHS, '+'-separated, e.g. sm_90a+sm_100a).
+// (FLASHCORE_CUDA / FLASHCORE_HIP) and the arch list (FLASHCORE_ARCHS, comma-separated, e.g. sm_90a,sm_100a).
 #include "build_info.h"
 #include "ops.h"
 
@@ -7,8 +7,9 @@
 
 #include <string>
 
-#define FLASHCORE_STR_(x) #x
-#define FLASHCORE_STR(x) FLASHCORE_STR_(x)  // two steps: expand the macro, then quote its value
+// Two steps: expand the macro, then quote its value (variadic, so the commas of an arch list survive).
+#define FLASHCORE_STR_(...) #__VA_ARGS__
+#define FLASHCORE_STR(...) FLASHCORE_STR_(__VA_ARGS__)
 
 #if defined(FLASHCORE_CUDA)
 #define FLASHCORE_VENDOR "cuda"
@@ -27,10 +28,10 @@
 namespace flashcore {
 
 std::string build_info() {
-  // "sm_90a+sm_100a" -> ["sm_90a", "sm_100a"]
+  // "sm_90a,sm_100a" -> ["sm_90a", "sm_100a"]
   const std::string archs = FLASHCORE_STR(FLASHCORE_ARCHS);
   std::string list = "[\"";
-  for (const char c : archs) list += (c == '+') ? std::string("\", \"") : std::string(1, c);
+  for (const char c : archs) list += (c == ',') ? std::string("\", \"") : std::string(1, c);
   list += "\"]";
   return std::string("{\"vendor\": \"") + FLASHCORE_VENDOR + "\", \"backend\": \"" + FLASHCORE_BACKEND_LIB +
          "\", \"archs\": " + list + ", \"compiler\": \"" + device_compiler_version() + "\", \"torch\": \"" +
