@@ -102,6 +102,36 @@ def _scores(q_c: Tensor, k_c: Tensor, scale: float, softcap: float) -> tuple[Ten
     return raw * scale, None
 
 
+def _score_tiles(q_c: Tensor, kt: Tensor, mask: _Mask, q0: int, q1: int, k_chunk: int, scale: float,
+                 softcap: float):
+    """Masked scores of query rows [q0, q1) against each key chunk they can see.
+
+    Yields (k0, k1, s, t) with s (b, hkv, g, q1-q0, k1-k0), -inf where masked; fully masked chunks are
+    skipped and fully visible ones are not masked at all.
+    """
+    sk = kt.shape[2]
+    for k0 in range(0, sk, k_chunk):
+        k1 = min(k0 + k_chunk, sk)
+        state = mask.tile_state(q0, q1, k0, k1)
+        if state == "empty":
+            continue
+        s, t = _scores(q_c, kt[:, :, k0:k1], scale, softcap)
+        if state == "partial":
+            s = s.masked_fill(~mask.tile(q0, q1, k0, k1, q_c.device), float("-inf"))
+        yield k0, k1, s, t
+
+
+def _plan(q: Tensor, k: Tensor, v: Tensor, window_left: int, window_right: int, q_chunk: Optional[int],
+          k_chunk: Optional[int]):
+    """Shapes, accumulation dtype, mask, chunk sizes and head-major K/V shared by forward and backward."""
+    b, sq, hq, d = q.shape
+    sk, hkv = k.shape[1], k.shape[2]
+    acc = accumulation_dtype(q.dtype)
+    qc, kc = _chunk_sizes(b, hq, sq, sk, torch.finfo(acc).bits // 8, q_chunk, k_chunk)
+    return (b, sq, hq, d, sk, hkv, hq // hkv, acc, _Mask(sq, sk, window_left, window_right), qc, kc,
+            _kv_major(k, acc), _kv_major(v, acc))
+
+
 def forward(q: Tensor, k: Tensor, v: Tensor, *, softmax_scale: float, window_left: int = -1,
             window_right: int = -1, softcap: float = 0.0, q_chunk: Optional[int] = None,
             k_chunk: Optional[int] = None) -> tuple[Tensor, Tensor]:
@@ -110,13 +140,8 @@ def forward(q: Tensor, k: Tensor, v: Tensor, *, softmax_scale: float, window_lef
     q (b, sq, hq, d), k/v (b, sk, hkv, d) -> out (b, sq, hq, d) in q's dtype, lse (b, hq, sq) float32.
     Rows that see no key get out = 0, lse = -inf. NaN in the inputs propagates to the outputs.
     """
-    b, sq, hq, d = q.shape
-    sk, hkv = k.shape[1], k.shape[2]
-    g = hq // hkv
-    acc = accumulation_dtype(q.dtype)
-    mask = _Mask(sq, sk, window_left, window_right)
-    qc, kc = _chunk_sizes(b, hq, sq, sk, torch.finfo(acc).bits // 8, q_chunk, k_chunk)
-    kt, vt = _kv_major(k, acc), _kv_major(v, acc)
+    b, sq, hq, d, sk, hkv, g, acc, mask, qc, kc, kt, vt = _plan(q, k, v, window_left, window_right,
+                                                                q_chunk, k_chunk)
     out = torch.empty(b, sq, hkv, g, d, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, hkv, g, sq, dtype=torch.float32, device=q.device)
     neg_inf = float("-inf")
@@ -126,14 +151,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, *, softmax_scale: float, window_lef
         row_max = torch.full((b, hkv, g, q1 - q0), neg_inf, dtype=acc, device=q.device)
         row_sum = torch.zeros_like(row_max)
         o_c = torch.zeros(b, hkv, g, q1 - q0, d, dtype=acc, device=q.device)
-        for k0 in range(0, sk, kc):
-            k1 = min(k0 + kc, sk)
-            state = mask.tile_state(q0, q1, k0, k1)
-            if state == "empty":
-                continue
-            s, _ = _scores(q_c, kt[:, :, k0:k1], softmax_scale, softcap)
-            if state == "partial":
-                s = s.masked_fill(~mask.tile(q0, q1, k0, k1, q.device), neg_inf)
+        for k0, k1, s, _ in _score_tiles(q_c, kt, mask, q0, q1, kc, softmax_scale, softcap):
             new_max = torch.maximum(row_max, s.amax(dim=-1))
             # A row with nothing visible yet keeps max -inf; shift by 0 there to avoid inf - inf.
             shift = torch.where(new_max == neg_inf, torch.zeros_like(new_max), new_max)
@@ -161,13 +179,8 @@ def backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Te
       dQ = dS'·K,  dK = dS'ᵀ·Q,  dS' = dS · ds/d(qk) (scale, times 1 − tanh² with softcap).
     Returns dq, dk, dv in the dtypes of q, k, v.
     """
-    b, sq, hq, d = q.shape
-    sk, hkv = k.shape[1], k.shape[2]
-    g = hq // hkv
-    acc = accumulation_dtype(q.dtype)
-    mask = _Mask(sq, sk, window_left, window_right)
-    qc, kc = _chunk_sizes(b, hq, sq, sk, torch.finfo(acc).bits // 8, q_chunk, k_chunk)
-    kt, vt = _kv_major(k, acc), _kv_major(v, acc)
+    b, sq, hq, d, sk, hkv, g, acc, mask, qc, kc, kt, vt = _plan(q, k, v, window_left, window_right,
+                                                                q_chunk, k_chunk)
     lse_g = lse.to(acc).view(b, hkv, g, sq)
     # A row that saw no key has lse = -inf; +inf there makes P = exp(-inf - inf) = 0 instead of NaN.
     lse_g = torch.where(lse_g == float("-inf"), float("inf"), lse_g)
@@ -184,14 +197,7 @@ def backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Te
         q_c = _grouped(q[:, q0:q1], hkv, acc)
         do_c = _grouped(dout[:, q0:q1], hkv, acc).reshape(b, hkv, rows, d)
         dq_c = torch.zeros(b, hkv, rows, d, dtype=acc, device=q.device)
-        for k0 in range(0, sk, kc):
-            k1 = min(k0 + kc, sk)
-            state = mask.tile_state(q0, q1, k0, k1)
-            if state == "empty":
-                continue
-            s, t = _scores(q_c, kt[:, :, k0:k1], softmax_scale, softcap)
-            if state == "partial":
-                s = s.masked_fill(~mask.tile(q0, q1, k0, k1, q.device), float("-inf"))
+        for k0, k1, s, t in _score_tiles(q_c, kt, mask, q0, q1, kc, softmax_scale, softcap):
             p = torch.exp(s - lse_g[:, :, :, q0:q1, None])
             p_rows = p.view(b, hkv, rows, k1 - k0)
             dv[:, :, k0:k1] += torch.matmul(p_rows.transpose(-1, -2), do_c)
