@@ -1,0 +1,58 @@
+// Register types of the gfx942 kernels: short vectors of 32-bit words and fp32, and the two 16-bit element types.
+//
+// On the device they are clang ext_vector_types (what the MFMA builtins take); in the CPU harness (g++) the GCC
+// vector_size types, which have the same size, element order and subscripting. Kernels move 16-bit data as
+// packed 32-bit words (two elements per word, the lower-addressed element in bits 15:0, as a 32-bit load from
+// memory would give) and only ever do arithmetic on it after converting to fp32.
+#pragma once
+
+#include <cstdint>
+
+#include "compat.h"
+
+#if defined(FLASHCORE_HIP_EMU)
+#define FLASHCORE_VEC(T, N) __attribute__((vector_size(sizeof(T) * (N))))
+#else
+#define FLASHCORE_VEC(T, N) __attribute__((ext_vector_type(N)))
+#endif
+
+namespace flashcore::gfx942 {
+
+typedef uint32_t u32x2 FLASHCORE_VEC(uint32_t, 2);  // 8 bytes: one MFMA A or B operand (4 x 16-bit)
+typedef uint32_t u32x4 FLASHCORE_VEC(uint32_t, 4);  // 16 bytes: one global or LDS vector transfer (8 x 16-bit)
+typedef float f32x4 FLASHCORE_VEC(float, 4);        // 16x16 MFMA accumulator: 4 fp32 per lane
+typedef float f32x16 FLASHCORE_VEC(float, 16);      // 32x32 MFMA accumulator: 16 fp32 per lane
+
+template <class To, class From>
+FLASHCORE_DEVICE To bit_cast(const From& from) {  // std::bit_cast without <bit>, which the device-only compile lacks
+  static_assert(sizeof(To) == sizeof(From));
+  return __builtin_bit_cast(To, from);
+}
+
+constexpr float kInf = __builtin_inff();
+
+// bfloat16: the upper half of an fp32. Conversion from fp32 rounds to nearest even (gfx942 has no bf16 convert
+// instruction; this is 4 integer ops). A NaN stays a NaN: its quiet bit is in the upper half and the rounding
+// increment cannot carry out of an all-ones exponent into the sign.
+struct Bf16 {
+  static constexpr bool kIsBf16 = true;
+  static FLASHCORE_DEVICE float to_float(uint32_t bits16) { return bit_cast<float>(bits16 << 16); }
+  static FLASHCORE_DEVICE uint32_t from_float(float x) {
+    const uint32_t u = bit_cast<uint32_t>(x);
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  }
+};
+
+// IEEE binary16, converted by the hardware (v_cvt_f16_f32 rounds to nearest even) or by the host compiler.
+struct Fp16 {
+  static constexpr bool kIsBf16 = false;
+  static FLASHCORE_DEVICE float to_float(uint32_t bits16) {
+    return static_cast<float>(bit_cast<_Float16>(static_cast<uint16_t>(bits16)));
+  }
+  static FLASHCORE_DEVICE uint32_t from_float(float x) { return bit_cast<uint16_t>(static_cast<_Float16>(x)); }
+};
+
+// Two 16-bit elements into one word: `lo` to bits 15:0 (the lower address), `hi` to bits 31:16.
+FLASHCORE_DEVICE uint32_t pack16(uint32_t lo, uint32_t hi) { return (lo & 0xffffu) | (hi << 16); }
+
+}  // namespace flashcore::gfx942
