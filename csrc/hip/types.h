@@ -52,6 +52,9 @@ struct Fp16 {
   static FLASHCORE_DEVICE uint32_t from_float(float x) { return bit_cast<uint16_t>(static_cast<_Float16>(x)); }
 };
 
+FLASHCORE_DEVICE int min_int(int a, int b) { return a < b ? a : b; }
+FLASHCORE_DEVICE int max_int(int a, int b) { return a > b ? a : b; }
+
 // Two 16-bit elements into one word: `lo` to bits 15:0 (the lower address), `hi` to bits 31:16.
 FLASHCORE_DEVICE uint32_t pack16(uint32_t lo, uint32_t hi) { return (lo & 0xffffu) | (hi << 16); }
 

@@ -1,0 +1,352 @@
+// Attention forward for gfx942 (MI300X): one kernel template per head dim and element type; causal, sliding
+// window, softcap, GQA/MQA and varlen are runtime parameters (FwdParams, csrc/fwd_params.h).
+//
+// Block = 4 waves x 32 query rows = 128 rows of one (sequence, head). Each wave keeps its 32 rows of Q and of the
+// output accumulator in registers for the whole kernel and walks the K/V tiles of the keys its block can see:
+//
+//   S^T = K . Q^T    32x32x8 MFMAs, A = K rows from LDS, B = Q^T from registers. Transposed on purpose: the
+//                    accumulator column is a query, so lane pair (l, l + 32) holds all of query l % 32's scores
+//                    (16 keys each per 32-key block) and the row max needs one ds_bpermute; the row sum none
+//                    (each lane sums its own keys; the halves are added once at the end).
+//   P = exp2(S^T * scale * log2 e - m)   one FMA + one v_exp per score (scale folded into the FMA).
+//   O^T += V^T . P^T 32x32x8 MFMAs, A = V^T rows from LDS, B = P^T straight from the S^T registers: the layout
+//                    that puts S^T row m in lane l's register 4j+i is exactly the B-operand layout of a
+//                    32x32x8 MFMA whose k-step j covers those keys, so P needs no shuffle at all. O^T's column
+//                    is again the query, so the online-softmax rescale is one multiply per register.
+//
+// Two free permutations (see mfma.h) make every LDS read 16 bytes and the output store contiguous:
+//   key_of_row(m): A row m of S^T holds key (m with bits 2 and 3 swapped). Lane half h's accumulator registers
+//                  of k-steps 2t and 2t+1 then hold keys 16t + 8h + 0..7, so one ds_read_b128 of V^T feeds two
+//                  MFMAs of O^T; and K's contraction (head dim) is split so one ds_read_b128 of K feeds two MFMAs.
+//   dim_of_row(m): A row m of O^T holds head-dim 16 (bit 2 of m) + 8 (bit 4) + 4 (bit 3) + (m & 3), so lane
+//                  half h's 16 accumulator registers are the 16 consecutive dims 16h..16h+15 (two 16-byte stores).
+//
+// Pipeline per K/V tile (registers stage the global loads; LDS holds one K and one V^T tile):
+//   issue global loads of the next K tile | S^T MFMAs | barrier | next K -> LDS | issue loads of the next V
+//   | softmax | O^T MFMAs | barrier | next V^T -> LDS
+// The barriers fence LDS only (compat.h), so the next tile's global loads stay in flight across them.
+// Tiles entirely outside the causal / window band of the block are never visited; a wave whose 32 rows see
+// nothing of a tile skips its MFMAs for it; per-element masks run only on tiles that cut the band or the
+// sequence end.
+#pragma once
+
+#include "../fwd_params.h"
+#include "compat.h"
+#include "lds.h"
+#include "memory.h"
+#include "mfma.h"
+#include "types.h"
+#include "wave.h"
+
+namespace flashcore::gfx942 {
+
+// Tile shapes per head dim D. Per lane, the registers that live through the K/V loop are
+//   O^T accumulator D/2, Q fragments D/4, S^T Keys/2, P Keys/4, staged K tile Keys*D/512, staged V tile 16,
+// plus the LDS fragments the scheduler hoists. Occupancy is set per D to the most waves per SIMD the allocator
+// reaches without spilling (clang 19, checked by tests/test_hip_isa.py against csrc/hip/isa_budget.json):
+//   D    Keys  LDS (K + V^T)   waves/SIMD  why
+//   64   64    8 + 8 KiB       3           168 VGPRs; 4 waves (128) spills. 64 keys keep the MFMAs per barrier up
+//   96   64    12 + 12 KiB     2           3 waves (168) spills
+//   128  64    16 + 16 KiB     2           LDS 32 KiB: two blocks (8 waves) fill a CU's 64 KiB exactly
+//   192  32    12 + 12 KiB     2           32 keys keep S^T at one accumulator so D/2 + D/4 + 16 fits 256
+//   256  32    16 + 16 KiB     1           O^T 128 + Q 64 alone leave too little of 256; AGPRs take O^T
+template <int D>
+struct FwdTile {
+  static_assert(D == 64 || D == 96 || D == 128 || D == 192 || D == 256, "head dims with kernels");
+  static constexpr int kWaves = 4;
+  static constexpr int kThreads = kWaves * kWaveSize;
+  static constexpr int kRowsPerWave = 32;  // one 32x32 MFMA column block: query = lane % 32
+  static constexpr int kBlockRows = kWaves * kRowsPerWave;
+  static constexpr int kKeys = D <= 128 ? 64 : 32;
+  // Occupancy the register allocator must keep (waves per SIMD); the ISA checks record what it achieved.
+  static constexpr int kMinWavesPerSimd = D <= 64 ? 3 : D <= 192 ? 2 : 1;
+
+  // Grid: x = query tiles of the longest sequence (seqlen_q is max_seqlen_q for varlen), y = query heads,
+  // z = sequences; blocks of one (sequence, head) are adjacent in launch order, so they read shared K/V from L2.
+  static constexpr int grid_x(const FwdParams& p) { return (p.seqlen_q + kBlockRows - 1) / kBlockRows; }
+
+  static constexpr int kKChunks = D / 8;      // 16-byte chunks per K row (LDS: [key][dim])
+  static constexpr int kVChunks = kKeys / 8;  // 16-byte chunks per V^T row (LDS: [dim][key])
+  static constexpr uint32_t kKBytes = kKeys * D * 2;
+  static constexpr uint32_t kLdsBytes = 2 * kKBytes;  // K tile, then V^T tile
+
+  // Global -> LDS staging. K: 16-byte chunks, consecutive threads along a row (coalesced loads, conflict-free
+  // ds_write_b128). V: units of 4 keys x 8 dims (four 16-byte loads), written transposed as eight 8-byte rows of
+  // V^T; consecutive threads take consecutive key quads of the same 8 dims.
+  static constexpr int kKLoads = kKeys * kKChunks / kThreads;
+  static constexpr int kVUnits = kKeys * D / 32;
+  static constexpr int kVLoads = (kVUnits + kThreads - 1) / kThreads;
+  static_assert(kKeys * kKChunks % kThreads == 0 && kVUnits % kWaveSize == 0, "whole waves load or idle");
+
+  // --- LDS addresses: the kernel uses these, and the harness replays them against the bank model (lds.h)
+  static constexpr int key_of_row(int m) { return (m & ~12) | (m & 4) << 1 | (m & 8) >> 1; }
+  static constexpr int dim_of_row(int m) { return (m & 3) | (m & 8) >> 1 | (m & 16) >> 1 | (m & 4) << 2; }
+  // Key (within the tile) of S^T register r of 32-key block `blk` in lane half `half`.
+  static constexpr int key_of_register(int blk, int half, int r) {
+    return 32 * blk + key_of_row(8 * (r / 4) + 4 * half + r % 4);
+  }
+
+  static constexpr int k_unit_row(int tid, int i) { return (tid + i * kThreads) / kKChunks; }
+  static constexpr int k_unit_chunk(int tid, int i) { return (tid + i * kThreads) % kKChunks; }
+  static constexpr uint32_t k_store(int tid, int i) {
+    return lds_offset<kKChunks>(k_unit_row(tid, i), k_unit_chunk(tid, i));
+  }
+  // S^T operand A, 32-key block `blk`, head-dim chunk pair t (dims 16t..16t+15): 8 dims at 16t + 8 * half.
+  static constexpr uint32_t k_load(int lane, int blk, int t) {
+    return lds_offset<kKChunks>(32 * blk + key_of_row(lane % 32), 2 * t + lane / 32);
+  }
+
+  static constexpr int v_unit_quad(int unit) { return unit % (kKeys / 4); }
+  static constexpr int v_unit_oct(int unit) { return unit / (kKeys / 4); }
+  // With 32-key tiles a V^T row is 64 bytes, so 16 lanes writing 8 bytes cover two rows, and rows 8 apart share
+  // banks; odd dim-octets write their columns in the order c ^ 1 to put the two rows at opposite parities.
+  static constexpr int v_column_swap(int unit) { return kKeys / 4 < 16 ? v_unit_oct(unit) & 1 : 0; }
+  static constexpr uint32_t vt_store(int unit, int c) {  // c-th of the 8 dim rows of a unit, 4 keys = 8 bytes
+    return lds_offset<kVChunks>(8 * v_unit_oct(unit) + (c ^ v_column_swap(unit)), v_unit_quad(unit) / 2) +
+           8 * (v_unit_quad(unit) % 2);
+  }
+  // O^T operand A, 32-dim block `db`, key chunk pair t (keys 16t..16t+15): 8 keys at 16t + 8 * half.
+  static constexpr uint32_t vt_load(int lane, int db, int t) {
+    return lds_offset<kVChunks>(32 * db + dim_of_row(lane % 32), 2 * t + lane / 32);
+  }
+};
+
+FLASHCORE_DEVICE u32x2 low8(u32x4 v) { return u32x2{v[0], v[1]}; }
+FLASHCORE_DEVICE u32x2 high8(u32x4 v) { return u32x2{v[2], v[3]}; }
+
+template <int D, class E>
+FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(FwdTile<D>::kThreads, FwdTile<D>::kMinWavesPerSimd)
+    fwd_kernel(const FwdParams p) {
+  using T = FwdTile<D>;
+  constexpr int kKeys = T::kKeys;
+  FLASHCORE_LDS(lds, T::kLdsBytes);
+  uint8_t* const lds_k = lds;
+  uint8_t* const lds_vt = lds + T::kKBytes;
+
+  const int tid = thread_id();
+  const int wave = readfirstlane(tid / kWaveSize);
+  const int lane = tid % kWaveSize;
+  const int half = lane / 32;
+
+  // ---- which sequence, head and rows
+  const int b = block_id_z(), head = block_id_y();
+  const int head_kv = head / (p.heads_q / p.heads_kv);  // GQA/MQA: query heads share a K/V head, no copies
+  int q_start = 0, k_start = 0, seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
+  if (p.cu_seqlens_q != nullptr) {
+    q_start = load_i32(p.cu_seqlens_q + b);
+    seqlen_q = load_i32(p.cu_seqlens_q + b + 1) - q_start;
+    k_start = load_i32(p.cu_seqlens_k + b);
+    seqlen_k = load_i32(p.cu_seqlens_k + b + 1) - k_start;
+  }
+  const int q_tiles = (seqlen_q + T::kBlockRows - 1) / T::kBlockRows;
+  if (block_id_x() >= q_tiles) return;  // the grid covers max_seqlen_q; this sequence is shorter
+  const int block_q0 = (q_tiles - 1 - block_id_x()) * T::kBlockRows;  // last rows first: causal's longest blocks
+  const int wave_q0 = block_q0 + wave * T::kRowsPerWave;
+  const int q = wave_q0 + lane % 32;  // this lane's query row (lanes l and l + 32 share it)
+  const bool q_valid = q < seqlen_q;
+
+  // ---- keys the block and the wave can see: [begin, end)
+  const int offset = seqlen_k - seqlen_q;  // bottom-right alignment
+  const bool bounded_left = p.window_left >= 0, bounded_right = p.window_right >= 0;
+  auto first_key = [&](int first_row) { return bounded_left ? max_int(0, first_row + offset - p.window_left) : 0; };
+  auto end_key = [&](int last_row) {
+    return bounded_right ? min_int(seqlen_k, last_row + offset + p.window_right + 1) : seqlen_k;
+  };
+  const int block_last = min_int(block_q0 + T::kBlockRows, seqlen_q) - 1;
+  const int wave_last = min_int(wave_q0 + T::kRowsPerWave, seqlen_q) - 1;
+  const int k_begin = first_key(block_q0), k_end = end_key(block_last);
+  const int wave_k_begin = first_key(wave_q0), wave_k_end = wave_last >= wave_q0 ? end_key(wave_last) : 0;
+
+  const uint16_t* const k_base = static_cast<const uint16_t*>(p.k) + b * p.k_stride_b + k_start * p.k_stride_s +
+                                 head_kv * p.k_stride_h;
+  const uint16_t* const v_base = static_cast<const uint16_t*>(p.v) + b * p.v_stride_b + k_start * p.v_stride_s +
+                                 head_kv * p.v_stride_h;
+
+  // ---- Q^T fragments: lane half h holds dims 16t + 8h .. +7 of its query for every t (B operand of S^T)
+  u32x4 q_frag[D / 16];
+  {
+    const uint16_t* const q_row = static_cast<const uint16_t*>(p.q) + b * p.q_stride_b +
+                                  (q_start + (q_valid ? q : 0)) * p.q_stride_s + head * p.q_stride_h;
+#pragma unroll
+    for (int t = 0; t < D / 16; ++t) q_frag[t] = load16_or_zero(q_row + 16 * t + 8 * half, q_valid) ^ p.q_sign;
+  }
+
+  // ---- staging of K / V tiles: global -> registers -> LDS
+  auto load_k = [&](int k0, u32x4 (&staged)[T::kKLoads]) {
+#pragma unroll
+    for (int i = 0; i < T::kKLoads; ++i) {
+      const int key = k0 + T::k_unit_row(tid, i);
+      staged[i] = load16_or_zero(k_base + static_cast<int64_t>(key < seqlen_k ? key : 0) * p.k_stride_s +
+                                     8 * T::k_unit_chunk(tid, i),
+                                 key < seqlen_k);
+    }
+  };
+  auto store_k = [&](const u32x4 (&staged)[T::kKLoads]) {
+#pragma unroll
+    for (int i = 0; i < T::kKLoads; ++i) lds_store16(lds_k, T::k_store(tid, i), staged[i]);
+  };
+  auto load_v = [&](int k0, u32x4 (&staged)[T::kVLoads][4]) {
+#pragma unroll
+    for (int i = 0; i < T::kVLoads; ++i) {
+      const int unit = tid + i * T::kThreads;
+      if (unit >= T::kVUnits) break;  // whole waves
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int key = k0 + 4 * T::v_unit_quad(unit) + r;
+        staged[i][r] = load16_or_zero(v_base + static_cast<int64_t>(key < seqlen_k ? key : 0) * p.v_stride_s +
+                                          8 * T::v_unit_oct(unit),
+                                      key < seqlen_k);
+      }
+    }
+  };
+  auto store_v = [&](const u32x4 (&staged)[T::kVLoads][4]) {  // transpose 4 keys x 8 dims into V^T rows
+#pragma unroll
+    for (int i = 0; i < T::kVLoads; ++i) {
+      const int unit = tid + i * T::kThreads;
+      if (unit >= T::kVUnits) break;
+      const uint32_t upper = static_cast<uint32_t>(T::v_column_swap(unit));  // 1: take the other dim of a word
+#pragma unroll
+      for (int c = 0; c < 8; ++c) {
+        const int w = c / 2;  // word of each key's 16 bytes holding dims c and c ^ 1
+        const bool hi = ((c & 1) ^ upper) != 0;
+        auto column = [&](uint32_t key_a, uint32_t key_b) {  // the chosen dim of two keys, packed
+          return hi ? (key_a >> 16) | (key_b & 0xffff0000u) : (key_a & 0xffffu) | (key_b << 16);
+        };
+        lds_store8(lds_vt, T::vt_store(unit, c),
+                   u32x2{column(staged[i][0][w], staged[i][1][w]), column(staged[i][2][w], staged[i][3][w])});
+      }
+    }
+  };
+
+  // ---- online softmax state (base 2; m includes the scale) and the O^T accumulator
+  f32x16 o[D / 32];
+#pragma unroll
+  for (int db = 0; db < D / 32; ++db) o[db] = f32x16{};
+  float m = -kInf, l = 0.0f;
+  const bool softcap = p.tanh_out > 0.0f;
+  const float score_mul = p.score_mul;
+
+  const int kt_begin = k_begin / kKeys, kt_end = (k_end + kKeys - 1) / kKeys;
+  if (kt_begin < kt_end) {
+    {
+      u32x4 staged_k[T::kKLoads];
+      u32x4 staged_v[T::kVLoads][4];
+      load_k(kt_begin * kKeys, staged_k);
+      load_v(kt_begin * kKeys, staged_v);
+      store_k(staged_k);
+      store_v(staged_v);
+    }
+    block_barrier();
+    for (int kt = kt_begin; kt < kt_end; ++kt) {
+      const int k0 = kt * kKeys;
+      const bool next = kt + 1 < kt_end;
+      const bool active = k0 < wave_k_end && k0 + kKeys > wave_k_begin;  // wave-uniform
+      u32x4 staged_k[T::kKLoads];
+      if (next) load_k(k0 + kKeys, staged_k);
+
+      f32x16 s[kKeys / 32];
+      if (active) {
+#pragma unroll
+        for (int blk = 0; blk < kKeys / 32; ++blk) s[blk] = f32x16{};
+#pragma unroll
+        for (int t = 0; t < D / 16; ++t) {
+#pragma unroll
+          for (int blk = 0; blk < kKeys / 32; ++blk) {
+            const u32x4 k_frag = lds_load16(lds_k, T::k_load(lane, blk, t));
+            s[blk] = mfma_32x32x8<E>(low8(k_frag), low8(q_frag[t]), s[blk]);
+            s[blk] = mfma_32x32x8<E>(high8(k_frag), high8(q_frag[t]), s[blk]);
+          }
+        }
+      }
+      block_barrier();  // every wave is done with this K tile
+      if (next) store_k(staged_k);
+      u32x4 staged_v[T::kVLoads][4];
+      if (next) load_v(k0 + kKeys, staged_v);
+
+      if (active) {
+        // Masks only where the tile cuts the sequence end or the band of this wave's rows.
+        const bool masked = k0 + kKeys > seqlen_k ||
+                            (bounded_right && k0 + kKeys - 1 > wave_q0 + offset + p.window_right) ||
+                            (bounded_left && k0 < wave_q0 + T::kRowsPerWave - 1 + offset - p.window_left);
+        float row_max = -kInf;
+#pragma unroll
+        for (int blk = 0; blk < kKeys / 32; ++blk) {
+#pragma unroll
+          for (int r = 0; r < 16; ++r) {
+            float y = s[blk][r];
+            if (softcap) y = p.tanh_out * tanh_fast(y * p.tanh_in);
+            if (masked) {
+              const int key = k0 + T::key_of_register(blk, half, r);
+              const bool visible = key < seqlen_k && (!bounded_right || key <= q + offset + p.window_right) &&
+                                   (!bounded_left || key >= q + offset - p.window_left);
+              y = visible ? y : -kInf;
+            }
+            s[blk][r] = y;
+            row_max = max_num(row_max, y);
+          }
+        }
+        row_max = max_num(row_max, swap_halves(row_max));
+        const float m_new = max_num(m, row_max * score_mul);
+        const float shift = m_new == -kInf ? 0.0f : m_new;  // nothing visible yet: exp2(-inf - 0) = 0, no NaN
+        const float rescale = exp2_fast(m - shift);
+        float sum = 0.0f;
+        u32x2 p_frag[kKeys / 8];  // B operand of O^T, one per k-step of 8 keys
+#pragma unroll
+        for (int blk = 0; blk < kKeys / 32; ++blk) {
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            uint32_t h16[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              const float pr = exp2_fast(__builtin_fmaf(s[blk][4 * j + i], score_mul, -shift));
+              sum += pr;
+              h16[i] = E::from_float(pr);
+            }
+            p_frag[4 * blk + j] = u32x2{pack16(h16[0], h16[1]), pack16(h16[2], h16[3])};
+          }
+        }
+        l = l * rescale + sum;
+        m = m_new;
+#pragma unroll
+        for (int db = 0; db < D / 32; ++db) o[db] *= rescale;
+#pragma unroll
+        for (int db = 0; db < D / 32; ++db) {
+#pragma unroll
+          for (int t = 0; t < kKeys / 16; ++t) {
+            const u32x4 v_frag = lds_load16(lds_vt, T::vt_load(lane, db, t));
+            o[db] = mfma_32x32x8<E>(low8(v_frag), p_frag[2 * t], o[db]);
+            o[db] = mfma_32x32x8<E>(high8(v_frag), p_frag[2 * t + 1], o[db]);
+          }
+        }
+      }
+      block_barrier();  // every wave is done with this V^T tile; the next K tile is visible
+      if (next) store_v(staged_v);
+    }
+  }
+
+  // ---- epilogue: out = O^T / l (lane half h writes dims 32db + 16h .. +15 of its row), lse
+  const float l_row = l + swap_halves(l);
+  if (q_valid) {
+    const float inv = l_row == 0.0f ? 0.0f : rcp_fast(l_row);  // a row that saw nothing: out 0
+    uint16_t* const out_row = static_cast<uint16_t*>(p.out) + b * p.o_stride_b + (q_start + q) * p.o_stride_s +
+                              head * p.o_stride_h;
+#pragma unroll
+    for (int db = 0; db < D / 32; ++db) {
+#pragma unroll
+      for (int part = 0; part < 2; ++part) {
+        u32x4 packed;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+          packed[w] = pack16(E::from_float(o[db][8 * part + 2 * w] * inv), E::from_float(o[db][8 * part + 2 * w + 1] * inv));
+        }
+        store16(out_row + 32 * db + 16 * half + 8 * part, packed);
+      }
+    }
+    if (half == 0) {
+      store_f32(p.lse + b * p.lse_stride_b + head * p.lse_stride_h + q_start + q,
+                l_row == 0.0f ? -kInf : (m + log2_fast(l_row)) * kLn2);
+    }
+  }
+}
+
+}  // namespace flashcore::gfx942
