@@ -6,7 +6,13 @@ hardware's lane layouts (csrc/hip_emu/emu.h). It is built once per session into 
 with ctypes. What is checked here:
 - each MFMA, for every lane and register, against a float64 matrix product laid out by this file's own copy of
   the CDNA3 operand tables (so the harness, csrc/hip/mfma.h and this file must agree three ways);
-- the MFMA probe kernel (row-major in, row-major out) against A @ B + C.
+- the MFMA probe kernel (row-major in, row-major out) against A @ B + C;
+- the LDS bank model (csrc/hip/lds.h) on hand-made patterns, then every LDS access of the forward kernel,
+  replayed with the kernel's own address functions: zero bank conflicts;
+- the forward kernel (csrc/hip/fwd_kernel.h, FwdParams built by the extension's make_fwd_params) against
+  flashcore.reference in float64 over head dims x dtypes, ragged seqlens, causal, windows, softcap, GQA/MQA,
+  varlen, strided views, negative scale and NaN inputs; with every global access bounds-checked by the harness
+  and out/lse pre-filled with NaN so an unwritten row fails.
 """
 
 from __future__ import annotations
@@ -24,7 +30,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
-HARNESS_SOURCES = ["hip_emu/emu.cpp", "hip_emu/harness_mfma.cpp"]
+# (source, extra flags): the forward harness once per element type, so the objects compile in parallel
+HARNESS_SOURCES = [("hip_emu/emu.cpp", []), ("hip_emu/harness_mfma.cpp", []), ("hip_emu/harness_lds.cpp", []),
+                   ("hip_emu/harness_fwd.cpp", ["-DFLASHCORE_EMU_ELEMENT=Bf16"]),
+                   ("hip_emu/harness_fwd.cpp", ["-DFLASHCORE_EMU_ELEMENT=Fp16"])]
 CXX_FLAGS = ["-std=c++20", "-O2", "-fPIC", "-pthread", "-DFLASHCORE_HIP_EMU", "-Wno-psabi", f"-I{CSRC}"]
 
 
@@ -41,15 +50,16 @@ def emu(tmp_path_factory):
     out = tmp_path_factory.mktemp("hip_emu")
     start = time.monotonic()
 
-    def compile_one(source: str) -> Path:
-        obj = out / (Path(source).stem + ".o")
-        subprocess.run([cxx, *CXX_FLAGS, "-x", "c++", "-c", str(CSRC / source), "-o", str(obj)], check=True,
+    def compile_one(index: int) -> Path:
+        source, flags = HARNESS_SOURCES[index]
+        obj = out / f"{index}_{Path(source).stem}.o"
+        subprocess.run([cxx, *CXX_FLAGS, *flags, "-x", "c++", "-c", str(CSRC / source), "-o", str(obj)], check=True,
                        capture_output=True, text=True)
         return obj
 
     try:
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            objects = list(pool.map(compile_one, HARNESS_SOURCES))
+            objects = list(pool.map(compile_one, range(len(HARNESS_SOURCES))))
         library = out / "libflashcore_hip_emu.so"
         subprocess.run([cxx, "-shared", "-pthread", *map(str, objects), "-o", str(library)], check=True,
                        capture_output=True, text=True)
@@ -135,3 +145,205 @@ def test_mfma_probe_kernel(emu, m, dtype):
     _call(emu.emu_mfma_probe, m, int(dtype == "bf16"), _ptr(a), _ptr(b), _ptr(c), _ptr(d))
     want = a.double() @ b.double() + c.double()
     torch.testing.assert_close(d.double(), want, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ forward kernel
+
+def emu_fwd(emu, q, k, v, *, softmax_scale=None, causal=False, window=(-1, -1), softcap=0.0, cu_seqlens_q=None,
+            cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, os_threads=2):
+    """csrc/hip/fwd_kernel.h in the harness. Dense q (b, sq, hq, d) or varlen q (total, hq, d) with cu_seqlens;
+    returns (out, lse, stats). out and lse start as NaN, so a row the kernel does not write fails the comparison."""
+    varlen = cu_seqlens_q is not None
+    d = q.shape[-1]
+    scale = softmax_scale if softmax_scale is not None else d ** -0.5
+    out = torch.full(q.shape, float("nan"), dtype=q.dtype)
+    lse_shape = (q.shape[1], q.shape[0]) if varlen else (q.shape[0], q.shape[2], q.shape[1])
+    lse = torch.full(lse_shape, float("nan"), dtype=torch.float32)
+    tensors = (ctypes.c_void_p * 4)(*(t.data_ptr() for t in (q, k, v, out)))
+    sizes = (ctypes.c_int64 * 16)(*[x for t in (q, k, v, out) for x in list(t.shape) + [1] * (4 - t.dim())])
+    strides = (ctypes.c_int64 * 16)(*[x for t in (q, k, v, out) for x in list(t.stride()) + [1] * (4 - t.dim())])
+    dims = (ctypes.c_int * 4)(*(t.dim() for t in (q, k, v, out)))
+    stats = (ctypes.c_uint64 * 4)()
+    batch = len(cu_seqlens_q) - 1 if varlen else q.shape[0]
+    fn = emu.emu_fwd_Bf16 if q.dtype == torch.bfloat16 else emu.emu_fwd_Fp16
+    cu = [ctypes.c_void_p(t.data_ptr()) if t is not None else None for t in (cu_seqlens_q, cu_seqlens_k)]
+    _call(fn, tensors, sizes, strides, dims, _ptr(lse), ctypes.c_int64(lse.numel()), cu[0], cu[1], batch,
+          max_seqlen_q, max_seqlen_k, ctypes.c_float(scale), int(causal), window[0], 0 if causal else window[1],
+          ctypes.c_float(softcap), os_threads, stats)
+    return out, lse, dict(zip(("blocks", "fiber_switches", "wave_collectives", "barriers"), stats))
+
+
+def reference_fwd(q, k, v, *, softmax_scale=None, causal=False, window=(-1, -1), softcap=0.0, cu_seqlens_q=None,
+                  cu_seqlens_k=None):
+    """flashcore.reference on float64 copies of the same 16-bit inputs."""
+    from flashcore import reference
+
+    options = dict(softmax_scale=softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5,
+                   window_left=window[0], window_right=0 if causal else window[1], softcap=softcap)
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    if cu_seqlens_q is None:
+        return reference.forward(q64, k64, v64, **options)
+    return reference.forward_varlen(q64, k64, v64, cu_seqlens_q, cu_seqlens_k, **options)
+
+
+def assert_matches_reference(out, lse, ref_out, ref_lse, dtype):
+    """Output: max error relative to the largest reference value, <= 1e-2 (bf16) / 2e-3 (fp16); rows that see no
+    key exactly 0 with lse -inf; lse within 1e-3 (absolute, plus relative)."""
+    assert not out.isnan().any(), f"{out.isnan().sum().item()} output elements NaN (unwritten rows?)"
+    empty = ref_lse == float("-inf")
+    assert torch.equal(lse == float("-inf"), empty), "rows with lse = -inf differ from the reference's"
+    assert not lse.isnan().any()
+    tolerance = 1e-2 if dtype == torch.bfloat16 else 2e-3
+    err = (out.double() - ref_out).abs().max().item()
+    scale = max(ref_out.abs().max().item(), 1e-6)
+    assert err <= tolerance * scale, f"max |out - ref| = {err:.3g}, {err / scale:.3g} of max |ref| (limit {tolerance})"
+    seen = ~empty
+    lse_err = (lse.double()[seen] - ref_lse[seen]).abs() / (1 + ref_lse[seen].abs())
+    assert lse_err.numel() == 0 or lse_err.max().item() <= 1e-3, f"lse error {lse_err.max().item():.3g}"
+
+
+def _qkv(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype):
+    q = torch.randn(batch, seqlen_q, heads_q, head_dim).to(dtype)
+    k = torch.randn(batch, seqlen_k, heads_kv, head_dim).to(dtype)
+    v = torch.randn(batch, seqlen_k, heads_kv, head_dim).to(dtype)
+    return q, k, v
+
+
+def check_dense(emu, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype, **options):
+    q, k, v = _qkv(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype)
+    out, lse, stats = emu_fwd(emu, q, k, v, **options)
+    ref_out, ref_lse = reference_fwd(q, k, v, **options)
+    assert_matches_reference(out, lse, ref_out, ref_lse, dtype)
+    return stats
+
+
+# ------------------------------------------------------------------------------------------------ LDS banks
+
+def _degree(emu, offsets, width, read):
+    arr = (ctypes.c_int64 * 64)(*offsets)
+    return emu.emu_lds_conflict_degree(arr, width, int(read))
+
+
+def test_lds_bank_model(emu):
+    """The phase model: consecutive 16-byte writes are free; a 256-byte row stride read by every lane conflicts
+    8 ways; only lanes of one ds_read_b128 phase ({0-3, 20-23}, ...) can conflict with each other."""
+    assert _degree(emu, [16 * l for l in range(64)], 16, False) == 1
+    assert _degree(emu, [256 * l for l in range(64)], 16, True) == 8
+    assert _degree(emu, [8 * l for l in range(64)], 8, False) == 1
+    assert _degree(emu, [128 * l for l in range(64)], 8, False) == 16
+    same_bank = [-1] * 64
+    same_bank[0], same_bank[4] = 0, 128      # different read phases: no conflict
+    assert _degree(emu, same_bank, 16, True) == 1
+    same_bank[4], same_bank[20] = -1, 128    # lanes 0 and 20 share a phase
+    assert _degree(emu, same_bank, 16, True) == 2
+    assert _degree(emu, [0] * 64, 16, True) == 1  # one address: a broadcast, not a conflict
+
+
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 192, 256])
+def test_forward_lds_accesses_conflict_free(emu, head_dim):
+    worst = (ctypes.c_int * 4)()
+    assert emu.emu_fwd_lds_conflicts(head_dim, worst) == 0
+    assert dict(zip(("K store", "K load", "V^T store", "V^T load"), worst)) == \
+        {"K store": 1, "K load": 1, "V^T store": 1, "V^T load": 1}
+
+
+HEAD_DIMS = [64, 96, 128, 192, 256]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_forward_head_dims(emu, head_dim, dtype):
+    check_dense(emu, 2, 33, 130, 2, 1, head_dim, DTYPES[dtype])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("seqlens", [(1, 1), (1, 130), (130, 1), (33, 33), (130, 130), (200, 77), (64, 64),
+                                     (77, 200)])
+def test_forward_ragged_seqlens(emu, seqlens, causal):
+    check_dense(emu, 1, *seqlens, 2, 2, 64, torch.bfloat16, causal=causal)
+
+
+@pytest.mark.parametrize("head_dim", [128, 256])
+@pytest.mark.parametrize("causal", [False, True])
+def test_forward_causal_large_head_dims(emu, head_dim, causal):
+    check_dense(emu, 1, 130, 161, 2, 1, head_dim, torch.float16, causal=causal)
+
+
+@pytest.mark.parametrize("window", [(16, 8), (0, 0), (40, -1), (-1, 5), (3, 3), (200, 0)])
+@pytest.mark.parametrize("seqlens", [(130, 130), (77, 200), (200, 77)])
+def test_forward_window(emu, window, seqlens):
+    check_dense(emu, 1, *seqlens, 2, 1, 128, torch.bfloat16, window=window)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("softcap", [2.0, 30.0])
+def test_forward_softcap(emu, softcap, dtype):
+    check_dense(emu, 1, 100, 140, 2, 1, 64, DTYPES[dtype], causal=True, softcap=softcap)
+    check_dense(emu, 1, 33, 70, 1, 1, 192, DTYPES[dtype], window=(20, 10), softcap=softcap)
+
+
+@pytest.mark.parametrize("heads", [(4, 2), (3, 1), (4, 4), (6, 3)])
+def test_forward_gqa_mqa(emu, heads):
+    check_dense(emu, 2, 40, 70, *heads, 96, torch.bfloat16, causal=True)
+
+
+@pytest.mark.parametrize("scale", [-0.2, 0.0, 1.5])
+def test_forward_scale(emu, scale):
+    """Negative scale (the kernel negates q instead), zero (uniform weights), large."""
+    check_dense(emu, 1, 50, 90, 2, 1, 64, torch.bfloat16, softmax_scale=scale, causal=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [64, 256])
+@pytest.mark.parametrize("causal", [False, True])
+def test_forward_varlen(emu, head_dim, causal, dtype):
+    """Sequences of lengths (q, k): (1, 130), (0, 5), (33, 0) -> out 0 / lse -inf, (130, 33), (140, 140)."""
+    lens_q, lens_k = [1, 0, 33, 130, 140], [130, 5, 0, 33, 140]
+    cu_q = torch.tensor([0] + lens_q, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    cu_k = torch.tensor([0] + lens_k, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    dt = DTYPES[dtype]
+    q = torch.randn(int(cu_q[-1]), 2, head_dim).to(dt)
+    k = torch.randn(int(cu_k[-1]), 1, head_dim).to(dt)
+    v = torch.randn(int(cu_k[-1]), 1, head_dim).to(dt)
+    options = dict(causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    out, lse, _ = emu_fwd(emu, q, k, v, max_seqlen_q=max(lens_q), max_seqlen_k=max(lens_k), **options)
+    ref_out, ref_lse = reference_fwd(q, k, v, **options)
+    assert_matches_reference(out, lse, ref_out, ref_lse, dt)
+
+
+def test_forward_strided_views(emu):
+    """q, k, v as views into one packed (batch, seqlen, 3, heads, dim) tensor, out into a wider buffer."""
+    qkv = torch.randn(2, 70, 3, 2, 128).to(torch.bfloat16)
+    q, k, v = qkv.unbind(2)
+    assert not q.is_contiguous()
+    out, lse, _ = emu_fwd(emu, q, k, v, causal=True)
+    ref_out, ref_lse = reference_fwd(q, k, v, causal=True)
+    assert_matches_reference(out, lse, ref_out, ref_lse, torch.bfloat16)
+
+
+def test_forward_nan_propagates(emu):
+    """A NaN key makes exactly the rows that see it NaN, as in the reference."""
+    q, k, v = _qkv(1, 64, 64, 1, 1, 64, torch.bfloat16)
+    k[0, 40, 0, 3] = float("nan")
+    out, _, _ = emu_fwd(emu, q, k, v, causal=True)
+    ref_out, _ = reference_fwd(q, k, v, causal=True)
+    assert torch.equal(out.isnan().any(-1), ref_out.isnan().any(-1))
+    assert out[0, :40].isfinite().all() and out[0, 40:].isnan().all()
+
+
+def test_forward_skips_masked_tiles(emu):
+    """Causal visits about half the K/V tiles: fewer wave collectives (MFMAs) than the full square."""
+    q, k, v = _qkv(1, 512, 512, 1, 1, 64, torch.bfloat16)
+    _, _, full = emu_fwd(emu, q, k, v)
+    _, _, causal = emu_fwd(emu, q, k, v, causal=True)
+    assert causal["wave_collectives"] < 0.6 * full["wave_collectives"]
+
+
+def test_harness_catches_out_of_bounds(emu):
+    """cu_seqlens_k claiming more keys than k holds: the harness stops the launch at the first bad load."""
+    q = torch.randn(10, 1, 64).to(torch.bfloat16)
+    k = torch.randn(10, 1, 64).to(torch.bfloat16)
+    cu = torch.tensor([0, 10], dtype=torch.int32)
+    bad = torch.tensor([0, 40], dtype=torch.int32)
+    with pytest.raises(AssertionError, match="outside every registered tensor"):
+        emu_fwd(emu, q, k, k, cu_seqlens_q=cu, cu_seqlens_k=bad, max_seqlen_q=10, max_seqlen_k=40)
