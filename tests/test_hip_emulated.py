@@ -150,9 +150,10 @@ def test_mfma_probe_kernel(emu, m, dtype):
 # ------------------------------------------------------------------------------------------------ forward kernel
 
 def emu_fwd(emu, q, k, v, *, softmax_scale=None, causal=False, window=(-1, -1), softcap=0.0, cu_seqlens_q=None,
-            cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, os_threads=2):
+            cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, os_threads=2, schedule=0):
     """csrc/hip/fwd_kernel.h in the harness. Dense q (b, sq, hq, d) or varlen q (total, hq, d) with cu_seqlens;
-    returns (out, lse, stats). out and lse start as NaN, so a row the kernel does not write fails the comparison."""
+    returns (out, lse, stats). out and lse start as NaN, so a row the kernel does not write fails the comparison.
+    schedule: the order the harness runs a block's lanes in (0 round robin, 1 / 2 one wave at a time)."""
     varlen = cu_seqlens_q is not None
     d = q.shape[-1]
     scale = softmax_scale if softmax_scale is not None else d ** -0.5
@@ -169,7 +170,7 @@ def emu_fwd(emu, q, k, v, *, softmax_scale=None, causal=False, window=(-1, -1), 
     cu = [ctypes.c_void_p(t.data_ptr()) if t is not None else None for t in (cu_seqlens_q, cu_seqlens_k)]
     _call(fn, tensors, sizes, strides, dims, _ptr(lse), ctypes.c_int64(lse.numel()), cu[0], cu[1], batch,
           max_seqlen_q, max_seqlen_k, ctypes.c_float(scale), int(causal), window[0], 0 if causal else window[1],
-          ctypes.c_float(softcap), os_threads, stats)
+          ctypes.c_float(softcap), os_threads, schedule, stats)
     return out, lse, dict(zip(("blocks", "fiber_switches", "wave_collectives", "barriers"), stats))
 
 
@@ -209,9 +210,9 @@ def _qkv(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype):
     return q, k, v
 
 
-def check_dense(emu, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype, **options):
+def check_dense(emu, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype, schedule=0, **options):
     q, k, v = _qkv(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype)
-    out, lse, stats = emu_fwd(emu, q, k, v, **options)
+    out, lse, stats = emu_fwd(emu, q, k, v, schedule=schedule, **options)
     ref_out, ref_lse = reference_fwd(q, k, v, **options)
     assert_matches_reference(out, lse, ref_out, ref_lse, dtype)
     return stats
@@ -254,6 +255,15 @@ HEAD_DIMS = [64, 96, 128, 192, 256]
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
 def test_forward_head_dims(emu, head_dim, dtype):
     check_dense(emu, 2, 33, 130, 2, 1, head_dim, DTYPES[dtype])
+
+
+@pytest.mark.parametrize("schedule", [1, 2])
+@pytest.mark.parametrize("head_dim", [64, 192])
+def test_forward_any_lane_order(emu, head_dim, schedule):
+    """One wave at a time, first to last or last to first: a missing barrier between waves (a read of an LDS
+    tile another wave has not written yet, or a write over one it still reads) changes the result."""
+    check_dense(emu, 1, 200, 150, 1, 1, head_dim, torch.bfloat16, schedule=schedule, causal=True)
+    check_dense(emu, 1, 70, 230, 1, 1, head_dim, torch.bfloat16, schedule=schedule, window=(100, 20))
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -90,6 +90,7 @@ struct Worker {
   ucontext_t scheduler_context;
 #endif
   const std::function<void()>* kernel = nullptr;
+  Schedule schedule = Schedule::kRoundRobin;
   int current = -1;
   int block[3] = {0, 0, 0};
   int block_threads = 0, live = 0;
@@ -181,10 +182,25 @@ struct Worker {
     barrier_arrived = 0;
     live = block_threads;
     for (int t = 0; t < block_threads; ++t) prepare_fiber(t);
+    const int num_waves = block_threads / kWaveSize;
     while (live > 0 && !failed) {
       const uint64_t before = events;
-      for (int t = 0; t < block_threads && !failed; ++t) {
-        if (!fibers[t].done) resume(t);
+      if (schedule == Schedule::kRoundRobin) {
+        for (int t = 0; t < block_threads && !failed; ++t) {
+          if (!fibers[t].done) resume(t);
+        }
+      } else {
+        // One wave at a time, as far as it gets (until it waits for another wave at a barrier), in ascending or
+        // descending wave order: the interleavings furthest from lock step, where a missing barrier shows.
+        for (int i = 0; i < num_waves && !failed; ++i) {
+          const int wave = schedule == Schedule::kWavesAscending ? i : num_waves - 1 - i;
+          for (uint64_t mark = ~uint64_t(0); mark != events && !failed;) {
+            mark = events;
+            for (int t = wave * kWaveSize; t < (wave + 1) * kWaveSize && !failed; ++t) {
+              if (!fibers[t].done) resume(t);
+            }
+          }
+        }
       }
       if (live > 0 && !failed && events == before) {
         failed = true;
@@ -284,7 +300,7 @@ int readfirstlane(int v) {
 }
 
 std::string launch(Dim3 grid, int block_threads, const std::function<void()>& kernel, const GlobalRange* ranges,
-                   int num_ranges, int os_threads, LaunchStats* stats) {
+                   int num_ranges, int os_threads, LaunchStats* stats, Schedule schedule) {
   if (block_threads <= 0 || block_threads % kWaveSize != 0) return "block size must be a multiple of 64";
   const std::lock_guard<std::mutex> one_launch_at_a_time(g_ranges_mutex);
   g_ranges = ranges;
@@ -297,6 +313,7 @@ std::string launch(Dim3 grid, int block_threads, const std::function<void()>& ke
   auto run = [&]() {
     Worker w;
     w.kernel = &kernel;
+    w.schedule = schedule;
     w.block_threads = block_threads;
     w.fibers.resize(block_threads);
     tl_worker = &w;

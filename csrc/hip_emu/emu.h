@@ -67,9 +67,18 @@ struct LaunchStats {
   uint64_t blocks = 0, fiber_switches = 0, wave_collectives = 0, barriers = 0;
 };
 
+// Order in which a block's fibers run between synchronisation points. Any order is a legal execution; the
+// tests run kernels under all three so that a missing barrier (a race between waves) changes the results.
+enum class Schedule : int {
+  kRoundRobin = 0,      // every lane one step per round: the waves advance nearly in lock step
+  kWavesAscending = 1,  // wave 0 runs until it waits at a barrier, then wave 1, ...
+  kWavesDescending = 2, // the last wave first
+};
+
 // Runs `kernel` (the kernel body, called once per work-item) over `grid` blocks of `block_threads` work-items
 // (a multiple of 64) on up to `os_threads` threads. Returns "" on success, else the first error.
 std::string launch(Dim3 grid, int block_threads, const std::function<void()>& kernel,
-                   const GlobalRange* ranges, int num_ranges, int os_threads, LaunchStats* stats);
+                   const GlobalRange* ranges, int num_ranges, int os_threads, LaunchStats* stats,
+                   Schedule schedule = Schedule::kRoundRobin);
 
 }  // namespace flashcore::emu

@@ -30,12 +30,13 @@ size_t extent_bytes(const Strided& t, size_t element_bytes) {  // bytes from dat
 }
 
 template <int D>
-std::string run(const FwdParams& p, const std::vector<emu::GlobalRange>& ranges, int os_threads,
+std::string run(const FwdParams& p, const std::vector<emu::GlobalRange>& ranges, int os_threads, int schedule,
                 emu::LaunchStats* stats) {
   using T = gfx942::FwdTile<D>;
   const std::function<void()> kernel = [&p] { gfx942::fwd_kernel<D, Element>(p); };
   const emu::Dim3 grid{T::grid_x(p), p.heads_q, p.batch};
-  return emu::launch(grid, T::kThreads, kernel, ranges.data(), static_cast<int>(ranges.size()), os_threads, stats);
+  return emu::launch(grid, T::kThreads, kernel, ranges.data(), static_cast<int>(ranges.size()), os_threads, stats,
+                     static_cast<emu::Schedule>(schedule));
 }
 
 }  // namespace
@@ -43,12 +44,13 @@ std::string run(const FwdParams& p, const std::vector<emu::GlobalRange>& ranges,
 extern "C" {
 
 // tensors: q, k, v, out; sizes / strides: 4 x 4 int64 (elements), dims: 4 ints; lse float32 contiguous.
+// schedule: emu::Schedule (0 round robin, 1 / 2 one wave at a time, ascending / descending).
 // stats (optional): blocks, fiber switches, wave collectives, barriers.
 int FLASHCORE_CAT(emu_fwd_, FLASHCORE_EMU_ELEMENT)(
     const void* const* tensors, const int64_t* sizes, const int64_t* strides, const int* dims, float* lse,
     int64_t lse_numel, const int32_t* cu_seqlens_q, const int32_t* cu_seqlens_k, int batch, int max_seqlen_q,
     int max_seqlen_k, float softmax_scale, int causal, int window_left, int window_right, float softcap,
-    int os_threads, uint64_t* stats, char* error, int error_bytes) {
+    int os_threads, int schedule, uint64_t* stats, char* error, int error_bytes) {
   Strided t[4];
   std::vector<emu::GlobalRange> ranges;
   for (int i = 0; i < 4; ++i) {
@@ -69,11 +71,11 @@ int FLASHCORE_CAT(emu_fwd_, FLASHCORE_EMU_ELEMENT)(
   emu::LaunchStats s;
   std::string message;
   switch (p.head_dim) {
-    case 64: message = run<64>(p, ranges, os_threads, &s); break;
-    case 96: message = run<96>(p, ranges, os_threads, &s); break;
-    case 128: message = run<128>(p, ranges, os_threads, &s); break;
-    case 192: message = run<192>(p, ranges, os_threads, &s); break;
-    case 256: message = run<256>(p, ranges, os_threads, &s); break;
+    case 64: message = run<64>(p, ranges, os_threads, schedule, &s); break;
+    case 96: message = run<96>(p, ranges, os_threads, schedule, &s); break;
+    case 128: message = run<128>(p, ranges, os_threads, schedule, &s); break;
+    case 192: message = run<192>(p, ranges, os_threads, schedule, &s); break;
+    case 256: message = run<256>(p, ranges, os_threads, schedule, &s); break;
     default: message = "head_dim " + std::to_string(p.head_dim) + " has no kernel";
   }
   if (stats != nullptr) {
