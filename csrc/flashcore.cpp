@@ -11,6 +11,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "fwd_params.h"  // FLASHCORE_HAS_FWD
 #include "ops.h"
 #include "schema.h"
 
@@ -20,10 +21,16 @@ namespace {
 void define_backend_ops(torch::Library& m) {
   m.def("bwd_preprocess(Tensor out, Tensor dout, Tensor? dlse) -> Tensor");
   m.def("build_info() -> str", &build_info);  // takes no tensors: one kernel for every device
+#if FLASHCORE_HAS_FWD
+  m.def(kFwdSchema);
+#endif
 }
 
 void impl_backend_ops(torch::Library& m) {  // the GPU kernels (dispatch key CUDA, which HIP builds use too)
   m.impl("bwd_preprocess", &bwd_preprocess);
+#if FLASHCORE_HAS_FWD
+  m.impl("fwd", &fwd);
+#endif
 }
 
 }  // namespace

@@ -12,6 +12,14 @@
 
 #include "bwd_preprocess_params.h"  // HalfType
 
+// Builds whose vendor has a forward kernel (a launch_fwd below): the shared host code (fwd.cpp) and the op
+// registration (flashcore.cpp) exist only there. The sm_90a forward joins with `|| defined(FLASHCORE_CUDA)`.
+#if defined(FLASHCORE_HIP)
+#define FLASHCORE_HAS_FWD 1
+#else
+#define FLASHCORE_HAS_FWD 0
+#endif
+
 namespace flashcore {
 
 struct FwdParams {

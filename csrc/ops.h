@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <string>
+#include <tuple>
 
 namespace flashcore {
 
@@ -16,6 +17,14 @@ namespace flashcore {
 //   dlse:      (batch, heads, seqlen) float32, optional
 //   returns D: (batch, heads, seqlen) float32, contiguous
 at::Tensor bwd_preprocess(const at::Tensor& out, const at::Tensor& dout, const std::optional<at::Tensor>& dlse);
+
+// Attention forward (csrc/fwd.cpp), the flashcore::fwd schema: out like q, lse (batch, heads_q, seqlen_q) or, varlen,
+// (heads_q, total_q) float32. Defined and registered only in builds with a forward kernel (FLASHCORE_HAS_FWD).
+std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                       const std::optional<at::Tensor>& cu_seqlens_q,
+                                       const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
+                                       int64_t max_seqlen_k, double softmax_scale, bool causal, int64_t window_left,
+                                       int64_t window_right, double softcap, bool deterministic);
 
 // How this extension was built, as a JSON object:
 //   {"vendor": "cuda", "backend": "flashcore_sm90", "archs": ["sm_90a"], "compiler": "nvcc 13.0.88", "torch": "2.14.1"}
