@@ -2,7 +2,8 @@
 # Sets up flashcore from a fresh clone, or refreshes an existing setup (safe to re-run: .venv is reused, pip skips
 # what is installed, ninja recompiles only changed sources).
 #   1. .venv/ in the repository root, if missing ($PYTHON -m venv; PYTHON defaults to python3)
-#   2. torch 2.14.1, the build and test tools, and cuobjdump/nvdisasm for the SASS checks (tests/test_build_checks.py)
+#   2. torch 2.14.1, the build and test tools, and cuobjdump/nvdisasm for the SASS checks (tests/test_build_checks.py);
+#      clang-19 through apt-get, best effort, for the gfx942 ISA checks (tests/test_hip_isa.py)
 #   3. flashcore as an editable install; with the CUDA kernels when nvcc is found
 #      (CUDA_HOME defaults to /usr/local/cuda; MAX_JOBS defaults to the number of cores;
 #       FLASHCORE_CUDA_ARCHS adds CUDA targets to sm_90a, see setup.py)
@@ -22,6 +23,22 @@ start=$(date +%s)
 "$PY" -m pip install -q "setuptools>=70.1" torch==2.14.1 ninja pybind11 pytest matplotlib numpy \
   nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm
 echo "install.sh: packages ready in $(( $(date +%s) - start )) s"
+
+# clang-19 compiles the gfx942 kernels device-only for tests/test_hip_isa.py (no ROCm needed). Best effort: without
+# root/sudo or the package, those checks skip with their reason.
+if ! command -v clang++-19 >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo -n"
+  echo "install.sh: installing clang-19 (apt-get) for the gfx942 ISA checks"
+  start=$(date +%s)
+  if $sudo apt-get install -y -q --no-install-recommends clang-19 >/dev/null 2>&1 ||
+     { $sudo apt-get update -q >/dev/null 2>&1 &&
+       $sudo apt-get install -y -q --no-install-recommends clang-19 >/dev/null 2>&1; }; then
+    echo "install.sh: clang-19 ready in $(( $(date +%s) - start )) s"
+  else
+    echo "install.sh: could not install clang-19; tests/test_hip_isa.py will skip"
+  fi
+fi
 
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
