@@ -59,6 +59,7 @@ COUNTED = {  # instruction groups reported per kernel: name -> regex on the mnem
     "ds_write": r"ds_write",
     "ds_bpermute": r"ds_bpermute",
     "global_load": r"global_load",
+    "buffer_load": r"buffer_load",
     "global_store": r"global_store",
     "s_barrier": r"s_barrier$",
     "v_exp": r"v_exp_f32",
@@ -233,7 +234,7 @@ def test_budgets(kernels):
 
 def report(kernels: dict) -> str:
     keys = ["vgpr_total", "arch_vgpr", "agpr", "sgpr", "lds", "waves_per_simd", "mfma", "ds_read_b128", "ds_write",
-            "global_load", "global_store", "s_barrier", "v_exp"]
+            "buffer_load", "global_load", "global_store", "s_barrier", "v_exp"]
     lines = ["| kernel | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 1)]
     for name, row in sorted(match_rows(kernels).items(), key=lambda item: TABLE["kernels"].index(item[1])):
         f = figures(kernels[name], row)

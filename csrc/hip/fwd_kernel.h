@@ -8,7 +8,8 @@
 //                    accumulator column is a query, so lane pair (l, l + 32) holds all of query l % 32's scores
 //                    (16 keys each per 32-key block) and the row max needs one ds_bpermute; the row sum none
 //                    (each lane sums its own keys; the halves are added once at the end).
-//   P = exp2(S^T * scale * log2 e - m)   one FMA + one v_exp per score (scale folded into the FMA).
+//   P = exp2(S^T * scale * log2 e - m)   one FMA + one v_exp per score (scale folded into the FMA); m moves
+//                    only when a tile's max exceeds it by 2^8, and O^T is rescaled only then (lazy rescale).
 //   O^T += V^T . P^T 32x32x8 MFMAs, A = V^T rows from LDS, B = P^T straight from the S^T registers: the layout
 //                    that puts S^T row m in lane l's register 4j+i is exactly the B-operand layout of a
 //                    32x32x8 MFMA whose k-step j covers those keys, so P needs no shuffle at all. O^T's column
@@ -22,9 +23,12 @@
 //                  half h's 16 accumulator registers are the 16 consecutive dims 16h..16h+15 (two 16-byte stores).
 //
 // Pipeline per K/V tile (registers stage the global loads; LDS holds one K and one V^T tile):
-//   issue global loads of the next K tile | S^T MFMAs | barrier | next K -> LDS | issue loads of the next V
+//   issue buffer loads of the next K tile | S^T MFMAs | barrier | next K -> LDS | issue loads of the next V
 //   | softmax | O^T MFMAs | barrier | next V^T -> LDS
-// The barriers fence LDS only (compat.h), so the next tile's global loads stay in flight across them.
+// The barriers fence LDS only (compat.h), so the next tile's loads stay in flight across them. K/V tiles are
+// read through buffer resources (memory.h): scalar tile base, per-thread offsets fixed for the whole loop, the
+// hardware range check zero-fills the ragged tail. LDS operand reads use one address register per lane and
+// step class plus immediate offsets (k_load_step / vt_load_step).
 // Tiles entirely outside the causal / window band of the block are never visited; a wave whose 32 rows see
 // nothing of a tile skips its MFMAs for it; per-element masks run only on tiles that cut the band or the
 // sequence end.
@@ -42,14 +46,15 @@ namespace flashcore::gfx942 {
 
 // Tile shapes per head dim D. Per lane, the registers that live through the K/V loop are
 //   O^T accumulator D/2, Q fragments D/4, S^T Keys/2, P Keys/4, staged K tile Keys*D/512, staged V tile 16,
-// plus the LDS fragments the scheduler hoists. Occupancy is set per D to the most waves per SIMD the allocator
-// reaches without spilling (clang 19, checked by tests/test_hip_isa.py against csrc/hip/isa_budget.json):
+// plus LDS fragments in flight and addresses. Occupancy is set per D to the most waves per SIMD the allocator
+// reaches without spilling (clang 19; the VGPR counts are in csrc/hip/isa_budget.json, held by
+// tests/test_hip_isa.py):
 //   D    Keys  LDS (K + V^T)   waves/SIMD  why
-//   64   64    8 + 8 KiB       3           168 VGPRs; 4 waves (128) spills. 64 keys keep the MFMAs per barrier up
-//   96   64    12 + 12 KiB     2           3 waves (168) spills
+//   64   64    8 + 8 KiB       3           4 waves (128 VGPRs) spills. 64 keys keep the MFMAs per barrier up
+//   96   64    12 + 12 KiB     2           3 waves (168 VGPRs) spills
 //   128  64    16 + 16 KiB     2           LDS 32 KiB: two blocks (8 waves) fill a CU's 64 KiB exactly
-//   192  32    12 + 12 KiB     2           32 keys keep S^T at one accumulator so D/2 + D/4 + 16 fits 256
-//   256  32    16 + 16 KiB     1           O^T 128 + Q 64 alone leave too little of 256; AGPRs take O^T
+//   192  32    12 + 12 KiB     2           32 keys keep S^T at one accumulator so D/2 + D/4 + the rest fits 256
+//   256  32    16 + 16 KiB     1           O^T 128 + Q 64 leave too little of 256; O^T lives in AGPRs
 template <int D>
 struct FwdTile {
   static_assert(D == 64 || D == 96 || D == 128 || D == 192 || D == 256, "head dims with kernels");
@@ -65,18 +70,25 @@ struct FwdTile {
   // z = sequences; blocks of one (sequence, head) are adjacent in launch order, so they read shared K/V from L2.
   static constexpr int grid_x(const FwdParams& p) { return (p.seqlen_q + kBlockRows - 1) / kBlockRows; }
 
+  static constexpr float kMaxGrowth = 8.0f;  // lazy rescale threshold, log2 units: P <= 2^8
+  static constexpr int kPvGroup = D <= 128 ? D / 32 : 2;  // O^T dim blocks whose MFMAs interleave
+
   static constexpr int kKChunks = D / 8;      // 16-byte chunks per K row (LDS: [key][dim])
   static constexpr int kVChunks = kKeys / 8;  // 16-byte chunks per V^T row (LDS: [dim][key])
   static constexpr uint32_t kKBytes = kKeys * D * 2;
   static constexpr uint32_t kLdsBytes = 2 * kKBytes;  // K tile, then V^T tile
 
-  // Global -> LDS staging. K: 16-byte chunks, consecutive threads along a row (coalesced loads, conflict-free
-  // ds_write_b128). V: units of 4 keys x 8 dims (four 16-byte loads), written transposed as eight 8-byte rows of
-  // V^T; consecutive threads take consecutive key quads of the same 8 dims.
+  // Global -> LDS staging. K: 16-byte chunks, 8 (or 4) consecutive threads along a row (128-byte lines,
+  // conflict-free ds_write_b128). V: units of 4 keys x 8 dims (four 16-byte loads), written transposed as eight
+  // 8-byte rows of V^T; consecutive threads take consecutive key quads of the same 8 dims.
   static constexpr int kKLoads = kKeys * kKChunks / kThreads;
+  static constexpr int kKLanesPerRow = kKChunks % 8 == 0 ? 8 : 4;
+  static constexpr int kKRowsPerPass = kThreads / kKLanesPerRow;
+  static constexpr int kKChunkSteps = kKChunks / kKLanesPerRow;
   static constexpr int kVUnits = kKeys * D / 32;
   static constexpr int kVLoads = (kVUnits + kThreads - 1) / kThreads;
   static_assert(kKeys * kKChunks % kThreads == 0 && kVUnits % kWaveSize == 0, "whole waves load or idle");
+  static_assert(kKChunks % kKLanesPerRow == 0 && kKeys % kKRowsPerPass == 0, "K chunks tile the K tile");
 
   // --- LDS addresses: the kernel uses these, and the harness replays them against the bank model (lds.h)
   static constexpr int key_of_row(int m) { return (m & ~12) | (m & 4) << 1 | (m & 8) >> 1; }
@@ -86,8 +98,13 @@ struct FwdTile {
     return 32 * blk + key_of_row(8 * (r / 4) + 4 * half + r % 4);
   }
 
-  static constexpr int k_unit_row(int tid, int i) { return (tid + i * kThreads) / kKChunks; }
-  static constexpr int k_unit_chunk(int tid, int i) { return (tid + i * kThreads) % kKChunks; }
+  // K chunk i of thread tid: kKLanesPerRow consecutive threads share a row (8: a 128-byte line per row per load,
+  // and 8 distinct chunks per ds_write_b128 phase; 4 for 192-byte rows, where rows of opposite parity already sit
+  // 4 bank groups apart). Load i = pass * kKChunkSteps + step: row tid / kKLanesPerRow + pass * kKRowsPerPass,
+  // chunk tid % kKLanesPerRow + step * kKLanesPerRow. The row/chunk part depending on tid is one VGPR offset; the
+  // part depending on i is a scalar offset.
+  static constexpr int k_unit_row(int tid, int i) { return tid / kKLanesPerRow + i / kKChunkSteps * kKRowsPerPass; }
+  static constexpr int k_unit_chunk(int tid, int i) { return tid % kKLanesPerRow + i % kKChunkSteps * kKLanesPerRow; }
   static constexpr uint32_t k_store(int tid, int i) {
     return lds_offset<kKChunks>(k_unit_row(tid, i), k_unit_chunk(tid, i));
   }
@@ -108,6 +125,22 @@ struct FwdTile {
   // O^T operand A, 32-dim block `db`, key chunk pair t (keys 16t..16t+15): 8 keys at 16t + 8 * half.
   static constexpr uint32_t vt_load(int lane, int db, int t) {
     return lds_offset<kVChunks>(32 * db + dim_of_row(lane % 32), 2 * t + lane / 32);
+  }
+
+  // The operand reads split into a lane part that depends on t only through t % variants, and a part the same
+  // for every lane, which becomes the ds_read_b128 immediate offset:
+  //   k_load(lane, blk, t)  == k_load(lane, 0, t % kKVariants)  + k_load_step(blk, t)
+  //   vt_load(lane, db, t)  == vt_load(lane, 0, t % kVVariants) + vt_load_step(db, t)
+  // (the swizzle depends on row bits 0..4 only, and XORs within aligned groups of 8 or 4 chunks, i.e. 4 or 2
+  // chunk pairs). So a lane keeps 4 + 4 address registers at most instead of one per step; the harness checks
+  // both identities for every lane and step.
+  static constexpr int kKVariants = kKChunks % 8 == 0 ? 4 : 2;
+  static constexpr int kVVariants = kVChunks % 8 == 0 ? 4 : 2;
+  static constexpr uint32_t k_load_step(int blk, int t) {
+    return static_cast<uint32_t>((32 * blk * kKChunks + 2 * (t - t % kKVariants)) * 16);
+  }
+  static constexpr uint32_t vt_load_step(int db, int t) {
+    return static_cast<uint32_t>((32 * db * kVChunks + 2 * (t - t % kVVariants)) * 16);
   }
 };
 
@@ -171,14 +204,20 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(FwdTile<D>::kThreads, FwdTile<D>::
     for (int t = 0; t < D / 16; ++t) q_frag[t] = load16_or_zero(q_row + 16 * t + 8 * half, q_valid) ^ p.q_sign;
   }
 
-  // ---- staging of K / V tiles: global -> registers -> LDS
+  // ---- staging of K / V tiles: global -> registers -> LDS. A tile is read through a buffer resource whose base
+  // is its first key (scalar) and whose size ends at the sequence's last key, so a thread's byte offsets are the
+  // same in every tile and keys past the end read as zeros.
+  auto tile_buffer = [&](const uint16_t* base, int64_t stride_s, int k0) {
+    const int rows = min_int(kKeys, seqlen_k - k0);
+    return make_buffer(base + k0 * stride_s, static_cast<uint32_t>(rows * stride_s * 2));
+  };
   auto load_k = [&](int k0, u32x4 (&staged)[T::kKLoads]) {
+    const GlobalBuffer tile = tile_buffer(k_base, p.k_stride_s, k0);
+    const int64_t lane_element = T::k_unit_row(tid, 0) * p.k_stride_s + 8 * T::k_unit_chunk(tid, 0);
 #pragma unroll
     for (int i = 0; i < T::kKLoads; ++i) {
-      const int key = k0 + T::k_unit_row(tid, i);
-      staged[i] = load16_or_zero(k_base + static_cast<int64_t>(key < seqlen_k ? key : 0) * p.k_stride_s +
-                                     8 * T::k_unit_chunk(tid, i),
-                                 key < seqlen_k);
+      const int64_t step_element = (T::k_unit_row(0, i) * p.k_stride_s + 8 * T::k_unit_chunk(0, i));
+      staged[i] = buffer_load16(tile, static_cast<uint32_t>(lane_element * 2), static_cast<uint32_t>(step_element * 2));
     }
   };
   auto store_k = [&](const u32x4 (&staged)[T::kKLoads]) {
@@ -186,16 +225,15 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(FwdTile<D>::kThreads, FwdTile<D>::
     for (int i = 0; i < T::kKLoads; ++i) lds_store16(lds_k, T::k_store(tid, i), staged[i]);
   };
   auto load_v = [&](int k0, u32x4 (&staged)[T::kVLoads][4]) {
+    const GlobalBuffer tile = tile_buffer(v_base, p.v_stride_s, k0);
 #pragma unroll
     for (int i = 0; i < T::kVLoads; ++i) {
       const int unit = tid + i * T::kThreads;
       if (unit >= T::kVUnits) break;  // whole waves
+      const int64_t element = 4 * T::v_unit_quad(unit) * p.v_stride_s + 8 * T::v_unit_oct(unit);
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int key = k0 + 4 * T::v_unit_quad(unit) + r;
-        staged[i][r] = load16_or_zero(v_base + static_cast<int64_t>(key < seqlen_k ? key : 0) * p.v_stride_s +
-                                          8 * T::v_unit_oct(unit),
-                                      key < seqlen_k);
+      for (int r = 0; r < 4; ++r) {  // key r of the quad: a scalar offset on the same lane offset
+        staged[i][r] = buffer_load16(tile, static_cast<uint32_t>(element * 2), static_cast<uint32_t>(r * p.v_stride_s * 2));
       }
     }
   };
@@ -217,6 +255,13 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(FwdTile<D>::kThreads, FwdTile<D>::
       }
     }
   };
+
+  // ---- LDS operand addresses of this lane (see k_load_step / vt_load_step)
+  uint32_t k_addr[T::kKVariants], vt_addr[T::kVVariants];
+#pragma unroll
+  for (int v = 0; v < T::kKVariants; ++v) k_addr[v] = T::k_load(lane, 0, v);
+#pragma unroll
+  for (int v = 0; v < T::kVVariants; ++v) vt_addr[v] = T::kKBytes + T::vt_load(lane, 0, v);
 
   // ---- online softmax state (base 2; m includes the scale) and the O^T accumulator
   f32x16 o[D / 32];
@@ -246,15 +291,26 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(FwdTile<D>::kThreads, FwdTile<D>::
 
       f32x16 s[kKeys / 32];
       if (active) {
+        // K fragments are read one step ahead of the MFMAs that use them, so an LDS read's latency hides
+        // behind the previous step's MFMAs.
+        u32x4 k_frag[2][kKeys / 32];
 #pragma unroll
-        for (int blk = 0; blk < kKeys / 32; ++blk) s[blk] = f32x16{};
+        for (int blk = 0; blk < kKeys / 32; ++blk) {
+          s[blk] = f32x16{};
+          k_frag[0][blk] = lds_load16(lds, k_addr[0] + T::k_load_step(blk, 0));
+        }
 #pragma unroll
         for (int t = 0; t < D / 16; ++t) {
 #pragma unroll
           for (int blk = 0; blk < kKeys / 32; ++blk) {
-            const u32x4 k_frag = lds_load16(lds_k, T::k_load(lane, blk, t));
-            s[blk] = mfma_32x32x8<E>(low8(k_frag), low8(q_frag[t]), s[blk]);
-            s[blk] = mfma_32x32x8<E>(high8(k_frag), high8(q_frag[t]), s[blk]);
+            if (t + 1 < D / 16) {
+              k_frag[(t + 1) % 2][blk] = lds_load16(lds, k_addr[(t + 1) % T::kKVariants] + T::k_load_step(blk, t + 1));
+            }
+          }
+#pragma unroll
+          for (int blk = 0; blk < kKeys / 32; ++blk) {
+            s[blk] = mfma_32x32x8<E>(low8(k_frag[t % 2][blk]), low8(q_frag[t]), s[blk]);
+            s[blk] = mfma_32x32x8<E>(high8(k_frag[t % 2][blk]), high8(q_frag[t]), s[blk]);
           }
         }
       }
@@ -268,25 +324,41 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(FwdTile<D>::kThreads, FwdTile<D>::
         const bool masked = k0 + kKeys > seqlen_k ||
                             (bounded_right && k0 + kKeys - 1 > wave_q0 + offset + p.window_right) ||
                             (bounded_left && k0 < wave_q0 + T::kRowsPerWave - 1 + offset - p.window_left);
+        // One wave-uniform branch per option, each around a whole loop (a test per element would be a branch
+        // per element: the loops are unrolled and the compiler does not unswitch them).
+        if (softcap) {
+#pragma unroll
+          for (int blk = 0; blk < kKeys / 32; ++blk) {
+#pragma unroll
+            for (int r = 0; r < 16; ++r) s[blk][r] = p.tanh_out * tanh_fast(s[blk][r] * p.tanh_in);
+          }
+        }
+        if (masked) {
+#pragma unroll
+          for (int blk = 0; blk < kKeys / 32; ++blk) {
+#pragma unroll
+            for (int r = 0; r < 16; ++r) {
+              const int key = k0 + T::key_of_register(blk, half, r);
+              const bool visible = key < seqlen_k && (!bounded_right || key <= q + offset + p.window_right) &&
+                                   (!bounded_left || key >= q + offset - p.window_left);
+              s[blk][r] = visible ? s[blk][r] : -kInf;
+            }
+          }
+        }
         float row_max = -kInf;
 #pragma unroll
         for (int blk = 0; blk < kKeys / 32; ++blk) {
 #pragma unroll
-          for (int r = 0; r < 16; ++r) {
-            float y = s[blk][r];
-            if (softcap) y = p.tanh_out * tanh_fast(y * p.tanh_in);
-            if (masked) {
-              const int key = k0 + T::key_of_register(blk, half, r);
-              const bool visible = key < seqlen_k && (!bounded_right || key <= q + offset + p.window_right) &&
-                                   (!bounded_left || key >= q + offset - p.window_left);
-              y = visible ? y : -kInf;
-            }
-            s[blk][r] = y;
-            row_max = max_num(row_max, y);
-          }
+          for (int r = 0; r < 16; ++r) row_max = max_num(row_max, s[blk][r]);
         }
         row_max = max_num(row_max, swap_halves(row_max));
-        const float m_new = max_num(m, row_max * score_mul);
+        // Lazy rescaling: the running max m only moves when the tile's max exceeds it by more than kMaxGrowth
+        // (log2 units), so P may reach 2^kMaxGrowth -- harmless in fp32 and in bf16/fp16 P -- and O^T is
+        // rescaled only when some lane of the wave moved a finite m. Late tiles of long rows rarely do, and
+        // for D = 256, where O^T lives in AGPRs, a rescale costs two register moves per accumulator.
+        const float m_tile = row_max * score_mul;
+        const bool grow = m_tile > m + T::kMaxGrowth;  // m = -inf: any visible key grows it
+        const float m_new = grow ? m_tile : m;
         const float shift = m_new == -kInf ? 0.0f : m_new;  // nothing visible yet: exp2(-inf - 0) = 0, no NaN
         const float rescale = exp2_fast(m - shift);
         float sum = 0.0f;
@@ -306,16 +378,31 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(FwdTile<D>::kThreads, FwdTile<D>::
           }
         }
         l = l * rescale + sum;
+        if (wave_any(grow && m != -kInf)) {  // m is still the old max here; O^T is zero while it is -inf
+#pragma unroll
+          for (int db = 0; db < D / 32; ++db) o[db] *= rescale;
+        }
         m = m_new;
+        // Per 16 keys and group of dim blocks: the group's V^T fragments, then their low-half MFMAs, then the
+        // high halves, so consecutive MFMAs accumulate into different registers (groups of 2 for D = 192/256
+        // keep the fragments within the register budget).
 #pragma unroll
-        for (int db = 0; db < D / 32; ++db) o[db] *= rescale;
+        for (int t = 0; t < kKeys / 16; ++t) {
 #pragma unroll
-        for (int db = 0; db < D / 32; ++db) {
+          for (int db0 = 0; db0 < D / 32; db0 += T::kPvGroup) {
+            u32x4 v_frag[T::kPvGroup];
 #pragma unroll
-          for (int t = 0; t < kKeys / 16; ++t) {
-            const u32x4 v_frag = lds_load16(lds_vt, T::vt_load(lane, db, t));
-            o[db] = mfma_32x32x8<E>(low8(v_frag), p_frag[2 * t], o[db]);
-            o[db] = mfma_32x32x8<E>(high8(v_frag), p_frag[2 * t + 1], o[db]);
+            for (int g = 0; g < T::kPvGroup; ++g) {
+              v_frag[g] = lds_load16(lds, vt_addr[t % T::kVVariants] + T::vt_load_step(db0 + g, t));
+            }
+#pragma unroll
+            for (int g = 0; g < T::kPvGroup; ++g) {
+              o[db0 + g] = mfma_32x32x8<E>(low8(v_frag[g]), p_frag[2 * t], o[db0 + g]);
+            }
+#pragma unroll
+            for (int g = 0; g < T::kPvGroup; ++g) {
+              o[db0 + g] = mfma_32x32x8<E>(high8(v_frag[g]), p_frag[2 * t + 1], o[db0 + g]);
+            }
           }
         }
       }

@@ -35,11 +35,16 @@ constexpr int lds_swizzle(int row_chunks, int row) {
   return row_chunks % 8 == 0 ? (row & 3) | ((row >> 4) & 1) << 2 : ((row >> 1) & 1) | ((row >> 4) & 1) << 1;
 }
 
-// Byte offset of 16-byte chunk `chunk` of row `row`.
+// Byte offset of 16-byte chunk `chunk` of row `row`. Written as (aligned group of the chunk) + (XOR within the
+// group) so that, when `chunk` is a compile-time step plus a lane term, the group part folds into the
+// instruction's immediate offset and a lane needs one address register per distinct (chunk % group), not one
+// per chunk.
 template <int kRowChunks>
 constexpr uint32_t lds_offset(int row, int chunk) {
   static_assert(kRowChunks % 4 == 0, "the swizzle permutes chunks within aligned groups of 4 or 8");
-  return static_cast<uint32_t>((row * kRowChunks + (chunk ^ lds_swizzle(kRowChunks, row))) * 16);
+  constexpr int kGroup = kRowChunks % 8 == 0 ? 8 : 4;
+  const int in_group = (chunk & (kGroup - 1)) ^ lds_swizzle(kRowChunks, row);
+  return static_cast<uint32_t>((row * kRowChunks + (chunk & ~(kGroup - 1)) + in_group) * 16);
 }
 
 FLASHCORE_DEVICE u32x4 lds_load16(const uint8_t* lds, uint32_t offset) {  // ds_read_b128

@@ -25,6 +25,16 @@ FLASHCORE_DEVICE float swap_halves(float v) {
 #endif
 }
 
+// True in every lane when `pred` holds in at least one lane of the wave (v_cmp into a 64-bit lane mask, then a
+// scalar test): a wave-uniform branch condition.
+FLASHCORE_DEVICE bool wave_any(bool pred) {
+#if defined(FLASHCORE_HIP_EMU)
+  return emu::ballot(pred) != 0;
+#else
+  return __builtin_amdgcn_ballot_w64(pred) != 0;
+#endif
+}
+
 // 2^x: v_exp_f32 (1 ULP; 2^-inf = 0, which the online softmax relies on).
 FLASHCORE_DEVICE float exp2_fast(float x) {
 #if defined(FLASHCORE_HIP_EMU)

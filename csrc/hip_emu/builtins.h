@@ -62,4 +62,13 @@ inline int ds_bpermute(int byte_address, int data) {
   });
 }
 
+// v_cmp ... / s_ballot: the 64-bit mask of lanes whose `pred` is true, in every lane.
+inline uint64_t ballot(bool pred) {
+  return wave_collective<bool, uint64_t>("ballot", pred, [](const bool* const* ins, uint64_t* const* outs) {
+    uint64_t mask = 0;
+    for (int l = 0; l < kWaveSize; ++l) mask |= static_cast<uint64_t>(*ins[l]) << l;
+    for (int l = 0; l < kWaveSize; ++l) *outs[l] = mask;
+  });
+}
+
 }  // namespace flashcore::emu

@@ -56,9 +56,30 @@ int degree(const int64_t* offsets, int width, bool read) {
   return worst;
 }
 
+// The kernel computes operand addresses as (lane part) + (immediate step part); both must equal the plain
+// address functions for every lane and step.
 template <int D>
-void kernel_degrees(int* worst) {  // worst[0..3]: K store, K load, V^T store, V^T load
+bool address_split_holds() {
   using T = FwdTile<D>;
+  for (int l = 0; l < kLanes; ++l) {
+    for (int blk = 0; blk < T::kKeys / 32; ++blk) {
+      for (int t = 0; t < D / 16; ++t) {
+        if (T::k_load(l, blk, t) != T::k_load(l, 0, t % T::kKVariants) + T::k_load_step(blk, t)) return false;
+      }
+    }
+    for (int db = 0; db < D / 32; ++db) {
+      for (int t = 0; t < T::kKeys / 16; ++t) {
+        if (T::vt_load(l, db, t) != T::vt_load(l, 0, t % T::kVVariants) + T::vt_load_step(db, t)) return false;
+      }
+    }
+  }
+  return true;
+}
+
+template <int D>
+int kernel_degrees(int* worst) {  // worst[0..3]: K store, K load, V^T store, V^T load
+  using T = FwdTile<D>;
+  if (!address_split_holds<D>()) return -2;
   int64_t off[kLanes];
   for (int i = 0; i < 4; ++i) worst[i] = 1;
   for (int wave = 0; wave < T::kWaves; ++wave) {
@@ -88,6 +109,7 @@ void kernel_degrees(int* worst) {  // worst[0..3]: K store, K load, V^T store, V
       worst[3] = std::max(worst[3], degree(off, 16, true));
     }
   }
+  return 0;
 }
 
 }  // namespace
@@ -98,13 +120,14 @@ extern "C" {
 int emu_lds_conflict_degree(const int64_t* offsets, int width, int read) { return degree(offsets, width, read != 0); }
 
 // worst[0..3] = conflict degree of the forward kernel's K store, K load, V^T store, V^T load for head dim d.
+// Returns 0, -1 (no such head dim) or -2 (the kernel's split operand addresses differ from k_load / vt_load).
 int emu_fwd_lds_conflicts(int d, int* worst) {
   switch (d) {
-    case 64: kernel_degrees<64>(worst); return 0;
-    case 96: kernel_degrees<96>(worst); return 0;
-    case 128: kernel_degrees<128>(worst); return 0;
-    case 192: kernel_degrees<192>(worst); return 0;
-    case 256: kernel_degrees<256>(worst); return 0;
+    case 64: return kernel_degrees<64>(worst);
+    case 96: return kernel_degrees<96>(worst);
+    case 128: return kernel_degrees<128>(worst);
+    case 192: return kernel_degrees<192>(worst);
+    case 256: return kernel_degrees<256>(worst);
     default: return -1;
   }
 }
