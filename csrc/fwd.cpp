@@ -98,11 +98,15 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q,  // (batch, seqlen_q
   check_fits_int32(heads_q, kOp, "heads_q");
 
   const c10::DeviceGuard device_guard(q.device());
-  // Rows the kernel cannot read with aligned 16-byte loads are copied once; q/k/v views of a packed qkv tensor
-  // and the usual layouts are not.
-  const at::Tensor qc = rows_vectorizable(q) ? q : q.contiguous();
-  const at::Tensor kc = rows_vectorizable(k) ? k : k.contiguous();
-  const at::Tensor vc = rows_vectorizable(v) ? v : v.contiguous();
+  // Rows the kernel cannot read with aligned 16-byte loads, or whose row stride a tile's buffer resource cannot
+  // span (fwd_rows_addressable), are copied once; q/k/v views of a packed qkv tensor and the usual layouts are not.
+  const int seq_dim = varlen ? 0 : 1;
+  auto usable = [&](const at::Tensor& t) {
+    return rows_vectorizable(t) && fwd_rows_addressable(t.size(seq_dim), t.stride(seq_dim), head_dim);
+  };
+  const at::Tensor qc = usable(q) ? q : q.contiguous();
+  const at::Tensor kc = usable(k) ? k : k.contiguous();
+  const at::Tensor vc = usable(v) ? v : v.contiguous();
   at::Tensor out = at::empty(q.sizes(), q.options());  // contiguous: 16-byte aligned rows
   at::Tensor lse = varlen ? at::empty({heads_q, q.size(0)}, q.options().dtype(at::kFloat))
                           : at::empty({batch, heads_q, max_seqlen_q}, q.options().dtype(at::kFloat));

@@ -55,6 +55,14 @@ struct FwdParams {
                        // the scale it applies is positive and max(q.k) is the max score
 };
 
+// The gfx942 kernel reads a K/V tile through a buffer resource spanning its valid rows, so rows must not overlap
+// (row stride >= head_dim, unless there is a single row) and in-tile offsets must stay far below 2^31 bytes.
+// The host copies K/V that break this (broadcast rows, huge strides) into contiguous tensors first.
+constexpr int64_t kFwdMaxRowStride = int64_t(1) << 23;  // elements
+inline bool fwd_rows_addressable(int64_t rows, int64_t row_stride, int64_t head_dim) {
+  return rows <= 1 || (row_stride >= head_dim && row_stride <= kFwdMaxRowStride);
+}
+
 constexpr float kLog2e = 1.4426950408889634f;  // exp(x) = exp2(x * log2(e)); exp2 is one instruction on both GPUs
 constexpr float kLn2 = 0.6931471805599453f;     // lse = log2-sum-exp * ln(2)
 constexpr float kFltMin = 1.17549435e-38f;

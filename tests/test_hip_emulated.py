@@ -323,6 +323,24 @@ def test_forward_varlen(emu, head_dim, causal, dtype):
     assert_matches_reference(out, lse, ref_out, ref_lse, dt)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [64, 256])
+def test_forward_growing_scores(emu, head_dim, dtype):
+    """Scores that climb by ~30 (log2) per K/V tile: the running max moves on every tile, so the lazy rescale of
+    O^T (taken only when the max grows by more than 2^8) runs with a finite old max."""
+    dt = DTYPES[dtype]
+    u = torch.randn(head_dim)
+    u = u / u.norm()
+    q = (u * 8 + 0.05 * torch.randn(1, 40, 2, head_dim)).to(dt)
+    ramp = torch.linspace(0, 14, 300)[None, :, None, None]
+    k = (ramp * u + 0.3 * torch.randn(1, 300, 1, head_dim)).to(dt)
+    v = torch.randn(1, 300, 1, head_dim).to(dt)
+    for causal in (False, True):
+        out, lse, _ = emu_fwd(emu, q, k, v, softmax_scale=1.0, causal=causal)
+        ref_out, ref_lse = reference_fwd(q, k, v, softmax_scale=1.0, causal=causal)
+        assert_matches_reference(out, lse, ref_out, ref_lse, dt)
+
+
 def test_forward_strided_views(emu):
     """q, k, v as views into one packed (batch, seqlen, 3, heads, dim) tensor, out into a wider buffer."""
     qkv = torch.randn(2, 70, 3, 2, 128).to(torch.bfloat16)

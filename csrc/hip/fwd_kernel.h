@@ -207,9 +207,9 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(FwdTile<D>::kThreads, FwdTile<D>::
   // ---- staging of K / V tiles: global -> registers -> LDS. A tile is read through a buffer resource whose base
   // is its first key (scalar) and whose size ends at the sequence's last key, so a thread's byte offsets are the
   // same in every tile and keys past the end read as zeros.
-  auto tile_buffer = [&](const uint16_t* base, int64_t stride_s, int k0) {
+  auto tile_buffer = [&](const uint16_t* base, int64_t stride_s, int k0) {  // rows k0 .. min(k0 + kKeys, seqlen_k)
     const int rows = min_int(kKeys, seqlen_k - k0);
-    return make_buffer(base + k0 * stride_s, static_cast<uint32_t>(rows * stride_s * 2));
+    return make_buffer(base + k0 * stride_s, static_cast<uint32_t>(((rows - 1) * stride_s + D) * 2));
   };
   auto load_k = [&](int k0, u32x4 (&staged)[T::kKLoads]) {
     const GlobalBuffer tile = tile_buffer(k_base, p.k_stride_s, k0);
