@@ -367,14 +367,13 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(FwdTile<D>::kThreads, FwdTile<D>::
         for (int blk = 0; blk < kKeys / 32; ++blk) {
 #pragma unroll
           for (int j = 0; j < 4; ++j) {
-            uint32_t h16[4];
+            float pr[4];
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-              const float pr = exp2_fast(__builtin_fmaf(s[blk][4 * j + i], score_mul, -shift));
-              sum += pr;
-              h16[i] = E::from_float(pr);
+              pr[i] = exp2_fast(__builtin_fmaf(s[blk][4 * j + i], score_mul, -shift));
+              sum += pr[i];
             }
-            p_frag[4 * blk + j] = u32x2{pack16(h16[0], h16[1]), pack16(h16[2], h16[3])};
+            p_frag[4 * blk + j] = u32x2{E::pack2_fast(pr[0], pr[1]), E::pack2_fast(pr[2], pr[3])};
           }
         }
         l = l * rescale + sum;

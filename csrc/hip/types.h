@@ -31,6 +31,15 @@ FLASHCORE_DEVICE To bit_cast(const From& from) {  // std::bit_cast without <bit>
 
 constexpr float kInf = __builtin_inff();
 
+// Bits 31:16 of `lo` in bits 15:0, bits 31:16 of `hi` in bits 31:16: one v_perm_b32.
+FLASHCORE_DEVICE uint32_t high_halves(uint32_t lo, uint32_t hi) {
+#if defined(FLASHCORE_HIP_EMU)
+  return (lo >> 16) | (hi & 0xffff0000u);
+#else
+  return __builtin_amdgcn_perm(hi, lo, 0x07060302u);  // bytes 2, 3 of lo, then bytes 2, 3 of hi
+#endif
+}
+
 // bfloat16: the upper half of an fp32. Conversion from fp32 rounds to nearest even (gfx942 has no bf16 convert
 // instruction; this is 4 integer ops). A NaN stays a NaN: its quiet bit is in the upper half and the rounding
 // increment cannot carry out of an all-ones exponent into the sign.
@@ -41,6 +50,12 @@ struct Bf16 {
     const uint32_t u = bit_cast<uint32_t>(x);
     return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
   }
+  // Two values packed (lo in bits 15:0), rounded half away from zero: one add per value and one v_perm per pair
+  // instead of RNE's three ops per value; the two roundings differ only on exact ties. For the softmax
+  // probabilities fed to the second MFMA; NaN and inf stay NaN and inf.
+  static FLASHCORE_DEVICE uint32_t pack2_fast(float lo, float hi) {
+    return high_halves(bit_cast<uint32_t>(lo) + 0x8000u, bit_cast<uint32_t>(hi) + 0x8000u);
+  }
 };
 
 // IEEE binary16, converted by the hardware (v_cvt_f16_f32 rounds to nearest even) or by the host compiler.
@@ -50,6 +65,7 @@ struct Fp16 {
     return static_cast<float>(bit_cast<_Float16>(static_cast<uint16_t>(bits16)));
   }
   static FLASHCORE_DEVICE uint32_t from_float(float x) { return bit_cast<uint16_t>(static_cast<_Float16>(x)); }
+  static FLASHCORE_DEVICE uint32_t pack2_fast(float lo, float hi) { return from_float(lo) | from_float(hi) << 16; }
 };
 
 FLASHCORE_DEVICE int min_int(int a, int b) { return a < b ? a : b; }
