@@ -299,6 +299,12 @@ int readfirstlane(int v) {
   });
 }
 
+int to_c_status(const std::string& message, char* error, int error_bytes) {
+  if (message.empty()) return 0;
+  std::snprintf(error, static_cast<size_t>(error_bytes), "%s", message.c_str());
+  return -1;
+}
+
 std::string launch(Dim3 grid, int block_threads, const std::function<void()>& kernel, const GlobalRange* ranges,
                    int num_ranges, int os_threads, LaunchStats* stats, Schedule schedule) {
   if (block_threads <= 0 || block_threads % kWaveSize != 0) return "block size must be a multiple of 64";

@@ -75,6 +75,9 @@ enum class Schedule : int {
   kWavesDescending = 2, // the last wave first
 };
 
+// For the harness's C entry points: 0 when `message` is empty, else -1 with the message copied into `error`.
+int to_c_status(const std::string& message, char* error, int error_bytes);
+
 // Runs `kernel` (the kernel body, called once per work-item) over `grid` blocks of `block_threads` work-items
 // (a multiple of 64) on up to `os_threads` threads. Returns "" on success, else the first error.
 std::string launch(Dim3 grid, int block_threads, const std::function<void()>& kernel,

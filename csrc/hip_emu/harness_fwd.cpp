@@ -2,7 +2,6 @@
 // builds FwdParams with the extension's own code (make_fwd_params, csrc/fwd_params.h), registers every tensor's
 // extent for the bounds checks, and runs csrc/hip/fwd_kernel.h over the same grid the ROCm launch uses.
 // Compiled once per element type (-DFLASHCORE_EMU_ELEMENT=Bf16 or Fp16) so the two compile in parallel.
-#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -81,9 +80,7 @@ int FLASHCORE_CAT(emu_fwd_, FLASHCORE_EMU_ELEMENT)(
   if (stats != nullptr) {
     stats[0] = s.blocks, stats[1] = s.fiber_switches, stats[2] = s.wave_collectives, stats[3] = s.barriers;
   }
-  if (message.empty()) return 0;
-  std::snprintf(error, static_cast<size_t>(error_bytes), "%s", message.c_str());
-  return -1;
+  return emu::to_c_status(message, error, error_bytes);
 }
 
 }  // extern "C"

@@ -2,7 +2,6 @@
 //   emu_mfma_lanes   one wave, each lane passes its own operand registers to csrc/hip/mfma.h's wrapper
 //   emu_mfma_probe   csrc/hip/probe/mfma_probe.hip: row-major matrices in, one MFMA, row-major D out
 // Each returns 0, or -1 with the harness's error message in `error`.
-#include <cstdio>
 #include <string>
 
 #include "../hip/probe/mfma_probe.hip"
@@ -13,12 +12,6 @@ namespace {
 using namespace flashcore;
 using gfx942::Bf16;
 using gfx942::Fp16;
-
-int finish(const std::string& message, char* error, int error_bytes) {
-  if (message.empty()) return 0;
-  std::snprintf(error, static_cast<size_t>(error_bytes), "%s", message.c_str());
-  return -1;
-}
 
 template <int M, class E>
 void lane_body(const uint32_t* a, const uint32_t* b, const float* c, float* d) {
@@ -39,7 +32,7 @@ void lane_body(const uint32_t* a, const uint32_t* b, const float* c, float* d) {
 template <class F>
 int run_one_wave(const F& body, char* error, int error_bytes) {
   const std::function<void()> kernel = body;
-  return finish(emu::launch(emu::Dim3{}, 64, kernel, nullptr, 0, 1, nullptr), error, error_bytes);
+  return emu::to_c_status(emu::launch(emu::Dim3{}, 64, kernel, nullptr, 0, 1, nullptr), error, error_bytes);
 }
 
 }  // namespace
@@ -53,7 +46,7 @@ int emu_mfma_lanes(int m, int bf16, const uint32_t* a, const uint32_t* b, const 
   if (m == 32) return run_one_wave([=] { lane_body<32, Fp16>(a, b, c, d); }, error, error_bytes);
   if (m == 16 && bf16) return run_one_wave([=] { lane_body<16, Bf16>(a, b, c, d); }, error, error_bytes);
   if (m == 16) return run_one_wave([=] { lane_body<16, Fp16>(a, b, c, d); }, error, error_bytes);
-  return finish("m must be 32 or 16", error, error_bytes);
+  return emu::to_c_status("m must be 32 or 16", error, error_bytes);
 }
 
 // a (M, K), b (K, M) 16-bit; c, d (M, M) fp32; all row-major.
@@ -64,7 +57,7 @@ int emu_mfma_probe(int m, int bf16, const uint16_t* a, const uint16_t* b, const 
   if (m == 32) return run_one_wave([=] { mfma_probe_kernel<32, Fp16>(a, b, c, d); }, error, error_bytes);
   if (m == 16 && bf16) return run_one_wave([=] { mfma_probe_kernel<16, Bf16>(a, b, c, d); }, error, error_bytes);
   if (m == 16) return run_one_wave([=] { mfma_probe_kernel<16, Fp16>(a, b, c, d); }, error, error_bytes);
-  return finish("m must be 32 or 16", error, error_bytes);
+  return emu::to_c_status("m must be 32 or 16", error, error_bytes);
 }
 
 }  // extern "C"
