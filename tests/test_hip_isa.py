@@ -9,8 +9,9 @@ table's plan, one row per kernel instantiation:
 - LDS (group segment) equal to the plan and at most 64 KiB;
 - unified VGPRs (arch VGPRs + AGPRs, what `.vgpr_count` reports on gfx942) at most 512 and at most the plan;
 - occupancy (waves per SIMD, from registers and LDS) at least the plan.
-The plan holds the values measured when it was written, so growth fails and needs a deliberate edit; a drop
-passes with a warning to lower it. Every csrc/hip/*.hip must be listed (as a source, or as needing ROCm's
+The plan holds the values measured when it was written (with the clang major version the table names), so
+growth fails and needs a deliberate edit; a drop passes with a warning to lower it. Another clang version (e.g.
+ROCm's) gets the hard limits only. Every csrc/hip/*.hip must be listed (as a source, or as needing ROCm's
 headers), and every compiled kernel must match exactly one row.
 
 Occupancy on gfx942 (CDNA3): each SIMD has 512 unified VGPRs per lane shared by its waves. A wave's arch VGPRs
@@ -65,6 +66,12 @@ COUNTED = {  # instruction groups reported per kernel: name -> regex on the mnem
     "v_exp": r"v_exp_f32",
     "scratch": r"scratch_|buffer_store_dword.*off, s\[0:3\]",
 }
+
+
+def clang_major(clang: str) -> int:
+    out = subprocess.run([clang, "--version"], capture_output=True, text=True).stdout
+    found = re.search(r"clang version (\d+)", out)
+    return int(found.group(1)) if found else 0
 
 
 def find_clang() -> str | None:
@@ -207,6 +214,13 @@ def test_every_kernel_has_a_plan(kernels):
 
 
 def test_budgets(kernels):
+    """Hard limits always; the register / occupancy plan only with the clang major version it was measured with
+    (another register allocator gives other counts: a warning says so instead)."""
+    clang = find_clang()
+    same_compiler = clang_major(clang) == TABLE["clang_major"]
+    if not same_compiler:
+        warnings.warn(f"{clang} is clang {clang_major(clang)}; {TABLE_PATH.name} was measured with clang "
+                      f"{TABLE['clang_major']}: checking hard limits only, not the register / occupancy plan")
     problems, lower = [], []
     for name, row in match_rows(kernels).items():
         f = figures(kernels[name], row)
@@ -221,11 +235,11 @@ def test_budgets(kernels):
             problems.append(f"{where}: {f['scratch']} scratch instructions")
         if f["lds"] > LDS_PER_CU or f["lds"] != row["lds"]:
             problems.append(f"{where}: LDS {f['lds']} bytes, plan {row['lds']} (at most {LDS_PER_CU})")
-        if f["vgpr_total"] > VGPRS_PER_SIMD_LANE or f["vgpr_total"] > row["vgpr_total"]:
+        if f["vgpr_total"] > VGPRS_PER_SIMD_LANE or (same_compiler and f["vgpr_total"] > row["vgpr_total"]):
             problems.append(f"{where}: {f['vgpr_total']} VGPRs (arch + AGPR), plan {row['vgpr_total']}")
-        elif f["vgpr_total"] < row["vgpr_total"]:
+        elif same_compiler and f["vgpr_total"] < row["vgpr_total"]:
             lower.append(f"{where}: {f['vgpr_total']} VGPRs, plan {row['vgpr_total']}")
-        if f["waves_per_simd"] < row["waves_per_simd"]:
+        if same_compiler and f["waves_per_simd"] < row["waves_per_simd"]:
             problems.append(f"{where}: occupancy {f['waves_per_simd']} waves/SIMD, plan {row['waves_per_simd']}")
     if lower:
         warnings.warn(f"fewer registers than {TABLE_PATH.name} plans; lower the plan: " + "; ".join(lower))
