@@ -131,6 +131,9 @@ class KernelBackend(Backend):
         return getattr(torch.ops, self.library).fwd(*args)
 
     def bwd(self, *args):
+        if not _ext.has_op(self.library, "bwd"):
+            raise BackendUnavailableError(f"backend '{self.name}' has a forward kernel but no backward kernel yet; "
+                                          f"use FLASHCORE_BACKEND=reference for training")
         return getattr(torch.ops, self.library).bwd(*args)
 
 
