@@ -79,6 +79,14 @@ def attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_s
     return (out, lse) if return_lse else out
 
 
+def __getattr__(name: str):
+    # flashcore.distributed (context parallelism) loads on first use: torch.distributed stays unimported otherwise.
+    if name == "distributed":
+        import importlib
+        return importlib.import_module(".distributed", __name__)
+    raise AttributeError(f"module 'flashcore' has no attribute {name!r}")
+
+
 def _default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
