@@ -6,7 +6,8 @@
 //   flashcore_sm90::*    (CUDA build) the kernel library of the sm_90a backend
 //   flashcore_gfx942::*  (HIP build)  the kernel library of the gfx942 backend, the same ops
 //
-// Both kernel libraries hold the same ops, declared once in define_backend_ops / impl_backend_ops; a new op is
+// Both kernel libraries hold the same ops (except flashcore_sm90::gemm, a CUDA-only test/bench op proving the
+// sm_90a PTX layer), declared once in define_backend_ops / impl_backend_ops; a new op is
 // one m.def line plus one m.impl line there (fwd: m.def(kFwdSchema) and m.impl("fwd", &fwd); bwd likewise). `import flashcore._C` loads this library and runs the registrations.
 #include <Python.h>
 #include <torch/library.h>
@@ -24,12 +25,18 @@ void define_backend_ops(torch::Library& m) {
 #if FLASHCORE_HAS_FWD
   m.def(kFwdSchema);
 #endif
+#if defined(FLASHCORE_CUDA)
+  m.def("gemm(Tensor a, Tensor b) -> Tensor");  // test/bench op proving the sm_90a PTX layer: a @ b.T
+#endif
 }
 
 void impl_backend_ops(torch::Library& m) {  // the GPU kernels (dispatch key CUDA, which HIP builds use too)
   m.impl("bwd_preprocess", &bwd_preprocess);
 #if FLASHCORE_HAS_FWD
   m.impl("fwd", &fwd);
+#endif
+#if defined(FLASHCORE_CUDA)
+  m.impl("gemm", &gemm);
 #endif
 }
 

@@ -26,6 +26,13 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
                                        int64_t max_seqlen_k, double softmax_scale, bool causal, int64_t window_left,
                                        int64_t window_right, double softcap, bool deterministic);
 
+#if defined(FLASHCORE_CUDA)
+// C = a @ b.T on the sm_90a TMA + wgmma GEMM (csrc/gemm.cpp, csrc/cuda/gemm_sm90.cu): a (M, K), b (N, K) bf16 ->
+// (M, N) bf16, fp32 accumulation; K a multiple of 8. A test and benchmark op proving the PTX layer
+// (csrc/cuda/ptx/), registered as flashcore_sm90::gemm only: not public API.
+at::Tensor gemm(const at::Tensor& a, const at::Tensor& b);
+#endif
+
 // How this extension was built, as a JSON object:
 //   {"vendor": "cuda", "backend": "flashcore_sm90", "archs": ["sm_90a"], "compiler": "nvcc 13.0.88", "torch": "2.14.1"}
 std::string build_info();
