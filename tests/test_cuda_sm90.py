@@ -161,3 +161,121 @@ def test_bwd_preprocess_rejects_bad_arguments(make, message):
     out, dout, dlse = make()
     with pytest.raises(RuntimeError, match=message):
         torch.ops.flashcore_sm90.bwd_preprocess(out, dout, dlse)
+
+
+# ---------------------------------------------------------------------------------------------- gemm (PTX layer proof)
+# flashcore_sm90::gemm(a, b) = a @ b.T on the warp-specialized TMA + wgmma kernel (csrc/cuda/gemm_sm90.cu):
+# a (M, K), b (N, K) bf16 -> (M, N) bf16 with fp32 accumulation. Tile 128 x 256 x 64, persistent grid.
+
+def gemm_reference(a, b):
+    """a @ b.T in float32 through torch.matmul with TF32 off (the exact products of bf16 values, fp32 sums)."""
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return torch.matmul(a.float(), b.float().t())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+
+
+def check_gemm(a, b):
+    if not hasattr(torch.ops.flashcore_sm90, "gemm"):
+        pytest.skip("this build of flashcore._C has no flashcore_sm90::gemm")
+    c = torch.ops.flashcore_sm90.gemm(a, b)
+    m, n = a.shape[0], b.shape[0]
+    assert c.shape == (m, n) and c.dtype == torch.bfloat16 and c.is_contiguous()
+    ref = gemm_reference(a, b)
+    if ref.numel() == 0:
+        return c
+    err = (c.float() - ref).abs()
+    # The issue's criterion: relative (Frobenius) error <= 1e-2. bf16 output rounding alone is ~2^-9 ~ 2e-3.
+    rel = (err.norm() / ref.norm().clamp_min(1e-30)).item()
+    assert rel <= 1e-2, f"relative error {rel:.3g} for M, N, K = {m}, {n}, {a.shape[1]}"
+    # Per element too, so one wrong tile row/column cannot hide in the norm: within 1e-2 of |ref| + rms(ref).
+    rms = ref.pow(2).mean().sqrt()
+    bad = err > 1e-2 * (ref.abs() + rms)
+    assert not bad.any(), (f"{bad.sum().item()} elements off, first at {bad.nonzero()[0].tolist()}: "
+                           f"{c.float()[tuple(bad.nonzero()[0])].item()} vs {ref[tuple(bad.nonzero()[0])].item()}")
+    return c
+
+
+GEMM_SHAPES = [
+    (1, 1, 8),  # smallest legal: one tile, almost all of it zero-filled / clipped
+    (127, 257, 72),  # ragged M and N (N padded for the store), K = one full and one partial K step
+    (128, 256, 64),  # exactly one tile, one K step
+    (129, 255, 8),  # one row into the second tile-row, K < one K step
+    (1000, 1000, 1000),  # ragged everything, K tail of 40
+    (300, 520, 136),  # 3 tile-columns (the last 8 wide)
+    (1, 4096, 512),  # a single row against many tiles
+    (4096, 8, 256),  # a single, almost empty, tile-column
+    (2048, 8192, 128),  # 512 tiles: each CTA runs ~4 tiles; ring phases carry across tiles
+    (4096, 4096, 4096),
+]
+
+
+@pytest.mark.parametrize("m, n, k", GEMM_SHAPES, ids=[f"{m}x{n}x{k}" for m, n, k in GEMM_SHAPES])
+def test_gemm_matches_torch_matmul(m, n, k):
+    check_gemm(rand((m, k), torch.bfloat16), rand((n, k), torch.bfloat16))
+
+
+def test_gemm_structured_inputs_place_every_element():
+    """Integer-valued inputs whose products and sums are exact in fp32 and bf16: the result must be exact, so any
+    row, column or K slice landing in the wrong place shows up (random data can hide a permutation in the norm)."""
+    m, n, k = 300, 520, 200
+    a = torch.randint(-1, 2, (m, k), device="cuda").to(torch.bfloat16)
+    b = torch.randint(-1, 2, (n, k), device="cuda").to(torch.bfloat16)
+    c = check_gemm(a, b)
+    # |c| <= K = 200 < 2^8: every integer in range is a bf16 value, so rounding the fp32 sum loses nothing.
+    torch.testing.assert_close(c.float(), gemm_reference(a, b), rtol=0, atol=0)
+
+
+def test_gemm_identity_picks_columns():
+    """a @ I.T = a exactly, for a ragged shape: each output element comes from the one K index it should."""
+    m, k = 333, 264
+    a = rand((m, k), torch.bfloat16)
+    eye = torch.eye(k, device="cuda", dtype=torch.bfloat16)
+    torch.testing.assert_close(check_gemm(a, eye), a, rtol=0, atol=0)
+
+
+def test_gemm_strided_and_transposed_inputs():
+    """Row-strided views are read in place (lda, ldb != K); transposed and unaligned views are copied first."""
+    m, n, k = 257, 300, 128
+    wide_a = rand((m, k + 64), torch.bfloat16)
+    wide_b = rand((n, k + 8), torch.bfloat16)
+    check_gemm(wide_a[:, 64:], wide_b[:, :k])  # row strides k + 64 and k + 8: multiples of 8, no copy
+    check_gemm(rand((k, m), torch.bfloat16).t(), rand((k, n), torch.bfloat16).t())  # K-stride != 1: copied
+    check_gemm(wide_a[:, 1:k + 1], wide_b[:, :k])  # base 2 bytes into a row: not 16-byte aligned, copied
+
+
+def test_gemm_empty_and_zero_k():
+    a, b = rand((0, 64), torch.bfloat16), rand((5, 64), torch.bfloat16)
+    assert torch.ops.flashcore_sm90.gemm(a, b).shape == (0, 5)
+    c = torch.ops.flashcore_sm90.gemm(rand((3, 0), torch.bfloat16), rand((5, 0), torch.bfloat16))
+    assert c.shape == (3, 5) and not c.any()
+
+
+def test_gemm_runs_on_the_current_stream():
+    a, b = rand((1024, 512), torch.bfloat16), rand((768, 512), torch.bfloat16)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        c = torch.ops.flashcore_sm90.gemm(a, b)
+    torch.cuda.current_stream().wait_stream(side)
+    ref = gemm_reference(a, b)
+    assert ((c.float() - ref).norm() / ref.norm()).item() <= 1e-2
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: (rand((4, 12), torch.bfloat16), rand((4, 12), torch.bfloat16)), r"a\.size\(1\) \(K\) is 12"),
+        (lambda: (rand((4, 16), torch.float16), rand((4, 16), torch.float16)), "a must be bfloat16"),
+        (lambda: (rand((4, 16), torch.bfloat16), rand((4, 16), torch.float32)), "b must be bfloat16"),
+        (lambda: (rand((4, 16), torch.bfloat16), rand((4, 24), torch.bfloat16)), "same K"),
+        (lambda: (rand((2, 4, 16), torch.bfloat16), rand((4, 16), torch.bfloat16)), r"a must be \(M, K\)"),
+    ],
+    ids=["k_not_multiple_of_8", "fp16", "b_fp32", "k_mismatch", "rank_3"],
+)
+def test_gemm_rejects_bad_arguments(make, message):
+    a, b = make()
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.flashcore_sm90.gemm(a, b)
