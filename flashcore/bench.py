@@ -421,6 +421,84 @@ def progress_line(row: dict) -> str:
             f"{row['median_ms']:9.3f} ms  {verdict}")
 
 
+# ---- GEMM: the sm_90a PTX layer's proof (flashcore_sm90::gemm, csrc/cuda/gemm_sm90.cu) vs cuBLAS -------------
+GEMM_SIZES = (8192, 4096)  # M = N = K; 8192³ is where the ≥ GEMM_GOAL × cuBLAS target is judged
+CPU_GEMM_SIZES = (256,)  # CPU smoke: torch.matmul only (flashcore's GEMM is an sm_90a kernel)
+GEMM_WARMUP, GEMM_REPEATS = 5, 30  # median of ≥ 20 CUDA-event-timed calls after warm-up (the issue's rule)
+GEMM_GOAL = 0.85  # flashcore / torch.matmul throughput to reach at 8192³
+GEMM_TOLERANCE = 1e-2  # ‖C − ref‖ / ‖ref‖ against the float32 product without TF32
+
+
+def bench_gemm(device: torch.device, sizes: tuple, log=print) -> list[dict]:
+    """One row per (size, impl): flashcore_sm90::gemm(a, b) = a @ b.T and torch.matmul(a, b.T) (the same
+    K-major "TN" problem for cuBLAS) on the same bf16 random normals; flashcore's result checked first."""
+    from flashcore import _ext
+
+    gpu = device.type == "cuda"
+    dtype = torch.bfloat16 if gpu else torch.float32
+    ours = gpu and _ext.has_op("flashcore_sm90", "gemm")
+    rows = []
+    for n in sizes:
+        gen = torch.Generator(device=device).manual_seed(SEED + n)
+        a, b = (torch.randn(n, n, generator=gen, device=device, dtype=dtype) for _ in range(2))
+        impls = {"torch.matmul": lambda: torch.matmul(a, b.t())}
+        if ours:
+            impls["flashcore"] = lambda: torch.ops.flashcore_sm90.gemm(a, b)
+        by_impl = {}
+        for name, fn in impls.items():
+            row = {"impl": name, "m": n, "n": n, "k": n, "dtype": str(dtype), "flops": 2 * n ** 3, "status": "ok"}
+            try:
+                if name == "flashcore":
+                    with _ieee_fp32():
+                        ref = torch.matmul(a.float(), b.float().t())
+                    err = rel_err(fn(), ref)
+                    row["check"] = {"rel_err": err, "tol": GEMM_TOLERANCE, "passed": err <= GEMM_TOLERANCE}
+                    del ref
+                times = time_calls(fn, device, GEMM_WARMUP, GEMM_REPEATS)
+                row.update(median_ms=statistics.median(times), samples=len(times))
+                row["tflops"] = row["flops"] / (row["median_ms"] * 1e-3) / 1e12
+            except Exception as exc:  # recorded, never fatal: the other rows still run
+                row.update(status="error", error=_error_text(exc, []))
+            by_impl[name] = row
+            rows.append(row)
+        mine, theirs = by_impl.get("flashcore"), by_impl["torch.matmul"]
+        if mine is None:
+            rows.append({"impl": "flashcore", "m": n, "n": n, "k": n, "status": "unsupported",
+                         "error": "needs an sm_90 GPU and a CUDA build with flashcore_sm90::gemm"})
+        elif mine["status"] == "ok" and theirs["status"] == "ok":
+            mine["vs_torch"] = mine["tflops"] / theirs["tflops"]
+            if n == max(GEMM_SIZES):
+                mine["goal"] = {"vs_torch": GEMM_GOAL, "met": mine["vs_torch"] >= GEMM_GOAL}
+        for row in rows[-2:]:  # this size's torch.matmul and flashcore rows
+            if row["status"] != "ok":
+                log(f"gemm {n}³ {row['impl']:>12}: {row['status']}: {row.get('error')}")
+                continue
+            versus = f"  {row['vs_torch']:.3f}x torch" if "vs_torch" in row else ""
+            log(f"gemm {n}³ {row['impl']:>12}: {row['tflops']:8.1f} TFLOP/s {row['median_ms']:8.3f} ms{versus}")
+        del a, b
+        _free(device)
+    return rows
+
+
+def gemm_main(args: argparse.Namespace) -> int:
+    """`--gemm`: the GEMM rows alone, written to <out>/<stem>.json (stem 'gemm' unless given)."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    sizes = args.gemm_sizes or (GEMM_SIZES if device.type == "cuda" else CPU_GEMM_SIZES)
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    doc = {"schema": SCHEMA + "/gemm", "date": date, "git": git_commit(), **environment(device),
+           "settings": {"warmup": GEMM_WARMUP, "repeats": GEMM_REPEATS, "timer": "CUDA events, median",
+                        "problem": "C = A @ B.T, A (M, K), B (N, K) row-major bf16, fp32 accumulation"}}
+    doc["rows"] = bench_gemm(device, sizes, log=lambda s: print(s, flush=True))
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{'gemm' if args.stem == 'bench' else args.stem}.json"
+    path.write_text(json.dumps(doc, indent=1, default=str))
+    mine = [r for r in doc["rows"] if r["impl"] == "flashcore" and r["status"] != "unsupported"]
+    bad = [r for r in mine if r["status"] != "ok" or not r["check"]["passed"]]
+    print(f"wrote {path}; flashcore gemm: {len(mine) - len(bad)} ok, {len(bad)} failed or wrong", flush=True)
+    return 1 if bad else 0
+
+
 # ---- environment, output ---------------------------------------------------------------------------
 def git_commit() -> dict:
     """HEAD of the checkout holding this file (or FLASHCORE_GIT_COMMIT, for copies without .git)."""
@@ -552,6 +630,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, help=f"heads·head_dim (default {HIDDEN}; CPU {CPU_HIDDEN})")
     p.add_argument("--warmup", type=int)
     p.add_argument("--repeats", type=int)
+    p.add_argument("--gemm", action="store_true",
+                   help=f"instead of the sweep: flashcore_sm90::gemm vs torch.matmul at {GEMM_SIZES} (JSON only)")
+    p.add_argument("--gemm-sizes", type=_ints, help="with --gemm: comma list of M = N = K")
     p.add_argument("--time-budget", type=float,
                    help="seconds; shapes not started by then are recorded as skipped (the first always runs)")
     return p.parse_args(argv)
@@ -581,6 +662,8 @@ def make_config(args: argparse.Namespace) -> Config:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.gemm:
+        return gemm_main(args)
     cfg = make_config(args)
     cpu = cfg.device.type != "cuda"
     cpu_warning = "CPU smoke run: these numbers mean nothing; it only exercises the benchmark code."

@@ -122,3 +122,14 @@ def test_auto_stem_names_date_device_commit():
     doc = {"date": "2026-11-25T06:00:00+00:00", "device": {"name": "NVIDIA H100 80GB HBM3"},
            "git": {"commit": "0a06287c3a5534c0f8cc96d333298e310cd0736c", "dirty": False}}
     assert bench.default_stem(doc) == "2026-11-25_nvidia-h100-80gb-hbm3_0a06287c3a"
+
+
+def test_gemm_mode_on_cpu_writes_rows(tmp_path):
+    """`--gemm` on CPU: torch.matmul timed, flashcore's sm_90a GEMM recorded as unsupported, exit status 0."""
+    code = bench.main(["--gemm", "--device", "cpu", "--out", str(tmp_path), "--gemm-sizes", "64"])
+    assert code == 0
+    doc = json.loads((tmp_path / "gemm.json").read_text())
+    rows = {row["impl"]: row for row in doc["rows"]}
+    assert rows["torch.matmul"]["status"] == "ok" and rows["torch.matmul"]["samples"] >= bench.MIN_REPEATS
+    assert rows["torch.matmul"]["flops"] == 2 * 64 ** 3
+    assert rows["flashcore"]["status"] == "unsupported"
