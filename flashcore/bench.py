@@ -485,7 +485,7 @@ def gemm_main(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     sizes = args.gemm_sizes or (GEMM_SIZES if device.type == "cuda" else CPU_GEMM_SIZES)
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    doc = {"schema": SCHEMA + "/gemm", "date": date, "git": git_commit(), **environment(device),
+    doc = {"schema": "flashcore.bench.gemm/1", "date": date, "git": git_commit(), **environment(device),
            "settings": {"warmup": GEMM_WARMUP, "repeats": GEMM_REPEATS, "timer": "CUDA events, median",
                         "problem": "C = A @ B.T, A (M, K), B (N, K) row-major bf16, fp32 accumulation"}}
     doc["rows"] = bench_gemm(device, sizes, log=lambda s: print(s, flush=True))
