@@ -7,13 +7,13 @@
 #
 # Environment:
 #   FLASHCORE_GPU_CHECK_QUICK=1      same as --quick (bench --quick: 2 seqlens per head dim)
-#   FLASHCORE_GPU_CHECK_SKIP=a,b     skip steps by name: build, tests, sanitizer, bench
+#   FLASHCORE_GPU_CHECK_SKIP=a,b     skip steps by name: build, tests, sanitizer, gemm, bench
 #   FLASHCORE_GPU_CHECK_BUDGET_S=N   total seconds (default 540); the bench gets what the others leave
 #   FLASHCORE_GIT_COMMIT=<sha>       recorded in bench.json when the copy has no .git
 #   PYTHON=python3                   the interpreter holding torch (no pip install of torch here)
 #
 # OUTDIR stays flat with at most 8 files (the device tool returns no more): build.log, tests.log,
-# tests.xml, sanitizer.log, bench.log, bench.json, bench.png, summary.txt.
+# gemm.json, sanitizer.log, bench.log, bench.json, bench.png, summary.txt.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -76,13 +76,13 @@ fi
 if ! skipped tests; then
   t0=$(date +%s)
   timeout "$(cap $TESTS_CAP_S)" "$PY" -m pytest -q -rfEs tests -p no:cacheprovider \
-    --junitxml="$OUT/tests.xml" >"$OUT/tests.log" 2>&1
+    >"$OUT/tests.log" 2>&1
   rc=$?
   record tests "$rc" "$(($(date +%s) - t0))" "($(tail -n 1 "$OUT/tests.log"))"
 fi
 
 # 3. compute-sanitizer on a small forward+backward through flashcore (tail tiles, causal, Sq != Sk,
-#    every head dim), plus torch.ops.flashcore_sm90.bwd_preprocess called directly when it exists.
+#    every head dim), plus the flashcore_sm90 kernel ops (bwd_preprocess, gemm) called directly.
 #    PYTORCH_NO_CUDA_MEMORY_CACHING makes every tensor its own cudaMalloc, so memcheck sees
 #    out-of-bounds accesses that would otherwise land inside the caching allocator's blocks.
 if ! skipped sanitizer; then
@@ -103,25 +103,19 @@ for head_dim in (64, 128, 256):
         torch.cuda.synchronize()
         print(f"fwd+bwd D={head_dim} Sq={seqlen_q} Sk={seqlen_k} causal={causal}: ok")
 ns = torch.ops.flashcore_sm90
-if hasattr(ns, "bwd_preprocess"):
-    op = ns.bwd_preprocess
-    schema = op.default._schema
-    print("bwd_preprocess schema:", schema)
-    pool = {"out": out, "o": out, "dout": dout, "do": dout, "grad_out": dout, "lse": lse, "softmax_lse": lse,
-            "q": q, "k": k, "v": v}
-    args = []
-    for arg in schema.arguments:
-        if arg.name in pool:
-            args.append(pool[arg.name].detach())
-        elif not arg.has_default_value():
-            print(f"bwd_preprocess: cannot bind argument {arg.name!r} by name; not called directly")
-            break
-    else:
-        op(*args)
-        torch.cuda.synchronize()
-        print("bwd_preprocess called directly: ok")
-else:
-    print("torch.ops.flashcore_sm90.bwd_preprocess does not exist (yet): only the attention calls ran")
+# The kernel ops themselves, on ragged shapes: bwd_preprocess (with and without dlse) and the PTX-layer GEMM.
+# (2048, 4096, 320): 256 tiles on 132 SMs and 5 K steps, so barrier phases wrap and blocks run several tiles.
+d = ns.bwd_preprocess(out.detach(), dout, None)
+ns.bwd_preprocess(out.detach(), dout, torch.randn_like(d))
+torch.cuda.synchronize()
+print("bwd_preprocess called directly: ok")
+for m, n, kk in ((1, 1, 8), (127, 257, 72), (2048, 4096, 320)):
+    a, b = rand(m, kk), rand(n, kk)
+    c = ns.gemm(a, b)
+    torch.cuda.synchronize()
+    ref = a.float() @ b.float().T
+    assert (c.float() - ref).norm() <= 1e-2 * ref.norm(), (m, n, kk)
+    print(f"gemm {m}x{n}x{kk}: ok")
 EOF
   SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   : >"$OUT/sanitizer.log"
@@ -138,7 +132,18 @@ EOF
   rm -f "$CASE" "$CASE.log"
 fi
 
-# 4. Benchmark into OUTDIR with whatever time is left.
+# 4. The PTX-layer GEMM against cuBLAS (torch.matmul) at 8192^3 and 4096^3 (issue 3's proof) -> gemm.json.
+if ! skipped gemm; then
+  t0=$(date +%s)
+  PYTHONUNBUFFERED=1 timeout "$(cap 90)" "$PY" -m flashcore.bench --gemm --out "$OUT" --stem gemm \
+    >"$OUT/gemm.log" 2>&1
+  rc=$?
+  tail -n 5 "$OUT/gemm.log" >>"$SUMMARY"
+  rm -f "$OUT/gemm.log"
+  record gemm "$rc" "$(($(date +%s) - t0))" ""
+fi
+
+# 5. Benchmark into OUTDIR with whatever time is left.
 if ! skipped bench; then
   left=$(($(remaining) - BENCH_RESERVE_S))
   args=(--out "$OUT" --stem bench --time-budget "$((left > 1 ? left : 1))")
