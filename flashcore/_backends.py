@@ -206,7 +206,7 @@ def choose(device: torch.device) -> tuple[Backend, str]:
                     if on:
                         choice = (backend, f"{dev} is served by its hand-written kernels")
                         break
-                if backend.torch_build and getattr(torch.version, backend.torch_build, None) is not None:
+                if getattr(torch.version, backend.torch_build, None) is not None:  # only this build's vendor
                     why.append(f"{name}: {reason}")
             else:
                 choice = (BACKENDS["reference"], "; ".join(why) or "no kernel backend for this device")
