@@ -12,6 +12,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "bwd_params.h"  // FLASHCORE_HAS_BWD
 #include "fwd_params.h"  // FLASHCORE_HAS_FWD
 #include "ops.h"
 #include "schema.h"
@@ -25,6 +26,9 @@ void define_backend_ops(torch::Library& m) {
 #if FLASHCORE_HAS_FWD
   m.def(kFwdSchema);
 #endif
+#if FLASHCORE_HAS_BWD
+  m.def(kBwdSchema);
+#endif
 #if defined(FLASHCORE_CUDA)
   m.def("gemm(Tensor a, Tensor b) -> Tensor");  // test/bench op proving the sm_90a PTX layer: a @ b.T
 #endif
@@ -34,6 +38,9 @@ void impl_backend_ops(torch::Library& m) {  // the GPU kernels (dispatch key CUD
   m.impl("bwd_preprocess", &bwd_preprocess);
 #if FLASHCORE_HAS_FWD
   m.impl("fwd", &fwd);
+#endif
+#if FLASHCORE_HAS_BWD
+  m.impl("bwd", &bwd);
 #endif
 #if defined(FLASHCORE_CUDA)
   m.impl("gemm", &gemm);

@@ -26,6 +26,14 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
                                        int64_t max_seqlen_k, double softmax_scale, bool causal, int64_t window_left,
                                        int64_t window_right, double softcap, bool deterministic);
 
+// Attention backward (csrc/bwd.cpp), the flashcore::bwd schema: (dq, dk, dv) like (q, k, v). Defined and registered
+// only in builds with a backward kernel (FLASHCORE_HAS_BWD, csrc/bwd_params.h).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, const std::optional<at::Tensor>& dlse, const std::optional<at::Tensor>& cu_seqlens_q,
+    const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, double softmax_scale,
+    bool causal, int64_t window_left, int64_t window_right, double softcap, bool deterministic);
+
 #if defined(FLASHCORE_CUDA)
 // C = a @ b.T on the sm_90a TMA + wgmma GEMM (csrc/gemm.cpp, csrc/cuda/gemm_sm90.cu): a (M, K), b (N, K) bf16 ->
 // (M, N) bf16, fp32 accumulation; K a multiple of 8. A test and benchmark op proving the PTX layer
