@@ -22,7 +22,6 @@ where the waste comes from; `validate` measures how well it ranks.
 from __future__ import annotations
 
 import argparse
-import heapq
 import json
 import math
 import sys
@@ -32,8 +31,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import _tiles
-from ._advise_model import (GPUS, KERNELS, Calibration, KernelPrediction, Shape, calibrate, predict_kernel,
-                            spearman, validate)
+from ._advise_model import GPUS, KERNELS, Calibration, Shape, calibrate, predict_kernel, spearman, validate
 
 __all__ = ["advise", "Advice", "Suggestion", "GPUS", "Shape", "spearman", "validate", "calibrate"]
 
@@ -41,6 +39,7 @@ __all__ = ["advise", "Advice", "Suggestion", "GPUS", "Shape", "spearman", "valid
 DEFAULT_TOLERANCE = 0.10  # parameter budget kept within ±10%: a model change small enough to be "nearby"
 MIN_GAIN = 0.01  # below a 1% predicted gain the model cannot tell a suggestion from noise
 MAX_SUGGESTIONS = 5  # a short list a person reads; --json carries the same five
+PLOT_POINTS = 24  # head counts plotted at most: each point is a full prediction (a schedule simulation)
 
 
 @dataclass
@@ -299,10 +298,9 @@ def plot(advice: Advice, path) -> None:
     s = advice.shape
     base = _replace(s, lengths=None)
     group = s.heads // s.kv_heads
-    seqlens = sorted({max(1, round(s.seqlen * 2 ** (e / 4))) for e in range(-8, 5)} | {s.seqlen})
-    heads = sorted({h for h in range(max(group, s.heads // 2), 2 * s.heads + 1) if h % group == 0} | {s.heads})
-    heads = heads[:: max(1, len(heads) // 24)] + ([s.heads] if s.heads not in heads[:: max(1, len(heads) // 24)]
-                                                  else [])
+    seqlens = sorted({max(1, round(s.seqlen * 2 ** (e / 4))) for e in range(-8, 5)} | {s.seqlen})  # S/4 ... 2S
+    heads = [h for h in range(max(group, s.heads // 2), 2 * s.heads + 1) if h % group == 0]  # heads/2 ... 2 heads
+    heads = sorted(set(heads[:: max(1, len(heads) // PLOT_POINTS)]) | {s.heads})
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, xs, make, label, mark in (
             (axes[0], seqlens, lambda x: _replace(base, seqlen=x), "seqlen", s.seqlen),
