@@ -65,7 +65,7 @@ class Advice:
     suggestions: list = field(default_factory=list)
     tolerance: float = DEFAULT_TOLERANCE
     assumptions: list = field(default_factory=list)
-    tiles_dir: Optional[str] = None  # where the tables came from (None: flashcore._tiles.tiles_dir())
+    tiles_dir: Optional[str] = None  # the directory the tables were read from
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,7 +105,7 @@ def _check_int(name: str, value, low: int = 1) -> int:
     return value
 
 
-def advise(gpu: str = "h100", batch: int = 1, seqlen: Optional[int] = None, heads: int = 1,
+def advise(gpu: str, *, heads: int, batch: int = 1, seqlen: Optional[int] = None,
            kv_heads: Optional[int] = None, head_dim: int = 128, causal: bool = False,
            varlen_lengths: Optional[Sequence[int]] = None, tolerance: float = DEFAULT_TOLERANCE,
            suggest: bool = True, results_dir=None, tiles_dir=None) -> Advice:
@@ -122,7 +122,10 @@ def advise(gpu: str = "h100", batch: int = 1, seqlen: Optional[int] = None, head
         results_dir: where bench JSON lives for calibration (default: bench/results of the checkout).
         tiles_dir: where the tile tables live (default: flashcore._tiles.tiles_dir()).
 
-    Returns an Advice. Raises ValueError for bad arguments, and flashcore._tiles.TileTableMissing when neither the
+    Returns an Advice: per kernel ("fwd", "bwd") a KernelPrediction (tiles, waves, last-wave fill, padding and
+    mask waste, schedule efficiency, GQA reuse, bound, time, TFLOP/s, fractions of peak), the calibration state,
+    the fwd+bwd TFLOP/s, and the suggestions (Suggestion: shape, change, predicted TFLOP/s, gain, time change,
+    budget before/after). Raises ValueError for bad arguments, and flashcore._tiles.TileTableMissing when neither the
     forward nor the backward table of that GPU's kernels is in this build.
     """
     if gpu not in GPUS:
@@ -287,6 +290,7 @@ def format_table(advice: Advice) -> str:
                          f"time {sug.time_change:+.1%})")
     else:
         lines.append(f"no nearby shape (±{advice.tolerance:.0%} budget) is predicted faster by {MIN_GAIN:.0%} or more")
+    lines += ["", "model assumptions:"] + [f"  - {note}" for note in advice.assumptions]
     return "\n".join(lines)
 
 
