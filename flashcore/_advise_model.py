@@ -69,26 +69,37 @@ class KernelSpec:
     columns: tuple  # columns the model needs from the table
     grid: str  # "query": a tile is block_m query rows walking key tiles; "kv": a tile is block_n keys walking
     #            query tiles (the backward's K/V blocks)
-    scheduler: str  # "longest_first" (persistent, LPT) or "launch_order" (hardware dispatch in block order)
+    item_heads: str  # "q": one work item per query head; "kv": per K/V head, walking its whole GQA group
+    scheduler: str  # see SCHEDULERS
     scheduler_note: str
 
 
+SCHEDULERS = {
+    "dynamic": "the hardware dispatches a plain grid in block order onto whichever slot frees first (greedy list "
+               "scheduling in launch order)",
+    "static": "persistent grid of min(items, slots) CTAs, CTA c runs items c, c + grid, ... of the kernel's order",
+}
 NV_COLUMNS = ("head_dim", "block_m", "block_n", "stages", "warpgroups", "ctas_per_sm")
 AMD_COLUMNS = ("head_dim", "block_m", "block_n", "waves", "waves_per_simd")
 KERNELS = {
-    ("sm90", "fwd"): KernelSpec("sm90_fwd.h", "sm90 forward", NV_COLUMNS, "query", "longest_first",
-                                "persistent grid, causal tiles taken longest first (issue 4's design): greedy LPT "
-                                "list scheduling onto SMs x ctas_per_sm slots"),
-    ("sm90", "bwd"): KernelSpec("sm90_bwd.h", "sm90 backward", NV_COLUMNS, "kv", "launch_order",
-                                "assumed until the kernel says otherwise: one CTA per K/V block, dispatched in launch "
-                                "order (K/V block fastest, so a causal head's longest block first)"),
-    ("gfx942", "fwd"): KernelSpec("gfx942_fwd.h", "gfx942 forward", AMD_COLUMNS, "query", "launch_order",
-                                  "grid (query tile, head, sequence) as csrc/hip/fwd_gfx942.hip launches it; the "
-                                  "dispatcher fills free block slots in block order (query tile fastest: a causal "
-                                  "head's shortest tile first); XCD round-robin not modelled"),
-    ("gfx942", "bwd"): KernelSpec("gfx942_bwd.h", "gfx942 backward", AMD_COLUMNS, "kv", "launch_order",
-                                  "assumed: one block per K/V block, dispatched in block order (K/V block fastest)"),
+    ("sm90", "fwd"): KernelSpec("sm90_fwd.h", "sm90 forward", NV_COLUMNS, "query", "q", "static",
+                                "static persistent (csrc/cuda/fwd/schedule.h): (sequence, head) pairs in groups whose "
+                                "K/V fit half of L2, inside a group the last query block first (longest causal tiles "
+                                "first) with the group's pairs fastest; CTA c takes tiles c, c + SMs, ..."),
+    ("sm90", "bwd"): KernelSpec("sm90_bwd.h", "sm90 backward", NV_COLUMNS, "kv", "kv", "static",
+                                "static persistent (csrc/cuda/bwd_sm90_plan.h): one item per (K/V block, K/V head, "
+                                "sequence) walking its group's query heads, K/V block fastest (causal: longest "
+                                "first); CTA c takes items c, c + SMs x ctas_per_sm, ..."),
+    ("gfx942", "fwd"): KernelSpec("gfx942_fwd.h", "gfx942 forward", AMD_COLUMNS, "query", "q", "dynamic",
+                                  "grid (query tile, head, sequence) as csrc/hip/fwd_gfx942.hip launches it, "
+                                  "dispatched in block order (query tile fastest: a causal head's shortest tile "
+                                  "first); XCD round-robin not modelled"),
+    ("gfx942", "bwd"): KernelSpec("gfx942_bwd.h", "gfx942 backward", AMD_COLUMNS, "kv", "kv", "dynamic",
+                                  "grid (K/V block, K/V head, sequence) as csrc/hip/bwd_gfx942.hip launches it, each "
+                                  "block walking its group's query heads, dispatched in block order (K/V block "
+                                  "fastest: causal longest first)"),
 }
+L2_GROUP_SHARE = 0.5  # sm90 fwd host code: a group of (sequence, head) pairs keeps its K/V within half of L2
 STEP_FLOPS_PER_MAC = {"fwd": 4, "bwd": 10}  # fwd: Q.K^T and P.V (2 GEMMs x 2 FLOPs); bwd: 5 GEMMs (S, dP, dV,
 #                                            dK, dQ) x 2: the convention's 2.5x
 OVERHEAD_STEPS = 1.0  # assumption: a tile's prologue (Q or K/V load, pipeline fill) and epilogue (store) cost about
@@ -186,18 +197,47 @@ def tile_steps(grid: str, n: int, block_m: int, block_n: int, causal: bool) -> l
     return out
 
 
-def schedule(durations: Sequence[float], slots: int, longest_first: bool) -> float:
-    """Makespan of greedy list scheduling: each tile goes to the slot that frees first (LPT when sorted)."""
+def schedule(durations: Sequence[float], slots: int, kind: str) -> float:
+    """Makespan of the items (in the kernel's order) on `slots` slots.
+
+    "dynamic": each item goes to the slot that frees first (a plain grid under the hardware dispatcher).
+    "static": slot c runs items c, c + G, c + 2G, ... with G = min(items, slots) (a persistent grid).
+    "longest_first": dynamic after sorting longest first (LPT), the best a list scheduler does; for comparisons.
+    """
     if not durations:
         return 0.0
-    jobs = sorted(durations, reverse=True) if longest_first else durations
-    if len(set(jobs)) == 1:  # equal tiles: whole waves, exactly
+    if kind == "static":
+        grid = min(slots, len(durations))
+        return max(sum(durations[c::grid]) for c in range(grid))
+    jobs = sorted(durations, reverse=True) if kind == "longest_first" else list(durations)
+    if kind not in ("dynamic", "longest_first"):
+        raise ValueError(f"kind: expected 'dynamic', 'static' or 'longest_first', got {kind!r}")
+    if len(set(jobs)) == 1:  # equal items: whole waves, exactly
         return math.ceil(len(jobs) / slots) * jobs[0]
     free = [0.0] * min(slots, len(jobs))
     heapq.heapify(free)
     for d in jobs:
         heapq.heapreplace(free, free[0] + d)
     return max(free)
+
+
+def sm90_fwd_order(pairs: list, heads_per_group: int) -> list:
+    """The sm90 forward's tile order (csrc/cuda/fwd/schedule.h tile_at): `pairs` holds each (sequence, head)'s tile
+    durations by query block; groups of heads_per_group consecutive pairs; in a group the reverse block index
+    (0 = a sequence's last block) is slowest and the pairs fastest. A shorter sequence's missing blocks are empty
+    tiles (0): they keep their place in the static round-robin."""
+    m_blocks = max(len(p) for p in pairs)
+    order = []
+    for first in range(0, len(pairs), heads_per_group):
+        group = pairs[first:first + heads_per_group]
+        for m_rev in range(m_blocks):
+            order += [p[len(p) - 1 - m_rev] if m_rev < len(p) else 0.0 for p in group]
+    return order
+
+
+def heads_per_group(l2_bytes: float, kv_bytes_per_pair: float, pairs: int) -> int:
+    """Pairs per group of the sm90 forward (csrc/cuda/fwd/schedule.h): as many as keep the group's K/V in the budget."""
+    return int(min(pairs, max(1, (l2_bytes * L2_GROUP_SHARE) // kv_bytes_per_pair)))
 
 
 @dataclass
@@ -254,26 +294,35 @@ def predict_kernel(gpu: Gpu, spec: KernelSpec, table: TileTable, shape: Shape, c
     slots = gpu.units * per_unit
     eff, eff_source = calib.efficiency(gpu.arch, mode, d)
     step_us = STEP_FLOPS_PER_MAC[mode] * bm * bn * d / (gpu.peak_tflops * 1e6 / slots * eff)
+    group = shape.heads // shape.kv_heads
+    # A work item covers one query head, or (item_heads "kv") one K/V head and the `group` query heads it serves.
+    item_heads, heads_in_item = (shape.heads, 1) if spec.item_heads == "q" else (shape.kv_heads, group)
 
-    durations, steps_all = [], []
+    pairs, steps_all = [], []  # pairs: per (sequence, item head) in launch order, its items' durations
     computed = in_range = needed = 0.0
-    for n, count in shape.sequences():
-        tiles = tile_steps(spec.grid, n, bm, bn, shape.causal)
-        copies = count * shape.heads
-        # launch order: (sequence, head, tile) with the tile fastest, as the grids are laid out
-        durations += [(st + OVERHEAD_STEPS) * step_us for st, _ in tiles] * copies
-        steps_all += [st for st, _ in tiles] * copies
-        computed += copies * sum(st for st, _ in tiles) * bm * bn
-        in_range += copies * sum(a for _, a in tiles)
-        needed += copies * (n * (n + 1) / 2 if shape.causal else n * n)
-    # varlen: blocks of the grid past a shorter sequence's end exit at once; they are left out of the schedule
-    units = len(durations)
-    makespan = schedule(durations, slots, spec.scheduler == "longest_first")
+    for n in (shape.lengths or [shape.seqlen] * shape.batch):
+        tiles = [(st * heads_in_item, area * heads_in_item) for st, area in tile_steps(spec.grid, n, bm, bn, shape.causal)]
+        durations = [(st + OVERHEAD_STEPS) * step_us for st, _ in tiles]
+        pairs += [durations] * item_heads
+        steps_all += [st for st, _ in tiles] * item_heads
+        computed += item_heads * sum(st for st, _ in tiles) * bm * bn
+        in_range += item_heads * sum(a for _, a in tiles)
+        needed += shape.heads * (n * (n + 1) / 2 if shape.causal else n * n)
+    if spec.scheduler == "static" and spec.grid == "query":
+        kv_bytes_per_pair = 2 * shape.seqlen * d * BYTES / group
+        order = sm90_fwd_order(pairs, heads_per_group(gpu.cache_mb * 1e6, kv_bytes_per_pair, len(pairs)))
+    elif spec.scheduler == "static":  # items (block, head, sequence), block fastest; blocks past a sequence: empty
+        blocks = max(len(p) for p in pairs)
+        order = [t for p in pairs for t in p + [0.0] * (blocks - len(p))]
+    else:  # dynamic: blocks past a shorter sequence's end exit at once, left out
+        order = [t for p in pairs for t in p]
+    units = len(steps_all)
+    makespan = schedule(order, slots, spec.scheduler)
     full_waves = math.ceil(units / slots)
     waves = units / slots
     fill = waves - (full_waves - 1)
 
-    mem = memory_model(gpu, mode, shape, bm, bn, slots, steps_all, spec.grid)
+    mem = memory_model(gpu, mode, shape, bm, bn, slots, steps_all, len(pairs))
     compute_us = makespan
     memory_us = mem["dram_bytes"] / (gpu.hbm_tbps * 1e6)
     aux_us = 0.0
@@ -285,45 +334,47 @@ def predict_kernel(gpu: Gpu, spec: KernelSpec, table: TileTable, shape: Shape, c
     time_us = max(compute_us, memory_us) + LAUNCH_US + aux_us
     flops = shape.fwd_flops() * (2.5 if mode == "bwd" else 1.0)
     tflops = flops / (time_us * 1e-6) / 1e12
+    busy = sum(order)
     return KernelPrediction(
         mode=mode, kernel=table.name, block_m=bm, block_n=bn, table_head_dims=list(table.head_dims),
         align=math.lcm(bm, bn), units=units, slots_per_unit=per_unit, slots=slots, waves=waves,
         full_waves=full_waves, last_wave_fill=fill, padding_waste=1 - in_range / computed,
         mask_waste=(in_range - needed) / computed, work_imbalance=max(steps_all) / statistics.fmean(steps_all),
-        schedule_efficiency=sum(durations) / (slots * makespan), wave_efficiency=units / (full_waves * slots),
-        gqa_group=shape.heads // shape.kv_heads, efficiency=eff, efficiency_source=eff_source,
-        compute_us=compute_us, memory_us=memory_us, aux_us=aux_us, bound="memory" if memory_us > compute_us else "compute",
-        time_us=time_us, flops=flops, tflops=tflops, frac_of_gpu_peak=tflops / gpu.peak_tflops,
-        frac_of_kernel_peak=tflops / (gpu.peak_tflops * eff), **mem)
+        schedule_efficiency=busy / (slots * makespan), wave_efficiency=units / (full_waves * slots),
+        gqa_group=group, efficiency=eff, efficiency_source=eff_source, compute_us=compute_us, memory_us=memory_us,
+        aux_us=aux_us, bound="memory" if memory_us > compute_us else "compute", time_us=time_us, flops=flops,
+        tflops=tflops, frac_of_gpu_peak=tflops / gpu.peak_tflops, frac_of_kernel_peak=tflops / (gpu.peak_tflops * eff),
+        **mem)
 
 
-def memory_model(gpu: Gpu, mode: str, shape: Shape, bm: int, bn: int, slots: int, steps: list, grid: str) -> dict:
+def memory_model(gpu: Gpu, mode: str, shape: Shape, bm: int, bn: int, slots: int, steps: list, groups: int) -> dict:
     """DRAM bytes: every operand once, plus re-reads of the streamed operand the cache cannot hold (MEMORY_NOTE).
 
     Forward: each query tile streams the K/V tiles of its (sequence, K/V head), shared by the GQA group's heads
-    and all their query tiles. Backward: each K/V block streams the Q/dO tiles of its (sequence, query head).
+    and all their query tiles. Backward: each K/V block streams the Q/dO tiles of its query heads. `groups` is
+    the number of (sequence, head) pairs the items are laid out by; `steps` the items' inner steps.
     """
     d, h, kv = shape.head_dim, shape.heads, shape.kv_heads
     tokens = sum(n * c for n, c in shape.sequences())
-    sequences = sum(c for _, c in shape.sequences())
     kv_once = 2 * tokens * kv * d * BYTES  # K and V (or dK and dV), each once
     if mode == "fwd":
         once = 2 * tokens * h * d * BYTES + tokens * h * LSE_BYTES  # Q in, O and LSE out
         distinct, without_reuse = kv_once, sum(steps) * 2 * bn * d * BYTES
-        groups = sequences * kv
+        sharing = groups // (h // kv) or 1  # (sequence, K/V head): the pairs of a GQA group share K/V
     else:
         once = (2 * kv_once + 2 * tokens * h * LSE_BYTES  # K, V in; dK, dV out; LSE, delta in
                 + tokens * h * d * DQ_ACCUM_BYTES)  # the fp32 dQ accumulator, written once
         distinct, without_reuse = 2 * tokens * h * d * BYTES, sum(steps) * 2 * bm * d * BYTES  # Q and dO
-        groups = sequences * h
-    tiles_per_group = max(1, len(steps) // groups)
-    groups_in_flight = min(groups, math.ceil(slots / tiles_per_group) + 1)  # +1: the next group starts early
-    working_set = groups_in_flight * distinct / groups
+        sharing = groups  # (sequence, head) whose items share Q/dO
+    tiles_per_group = max(1, len(steps) // sharing)
+    in_flight = min(sharing, math.ceil(slots / tiles_per_group) + 1)  # +1: the next group starts early
+    working_set = in_flight * distinct / sharing
     cache = gpu.cache_mb * 1e6 * CACHE_SHARE
     hit = min(1.0, cache / working_set) if working_set else 1.0
     streamed = distinct + max(0.0, without_reuse - distinct) * (1 - hit)
-    return {"streamed": "K/V" if mode == "fwd" else "Q/dO", "stream_bytes_once": distinct, "stream_bytes_no_reuse": without_reuse,
-            "l2_working_set_mb": working_set / 1e6, "l2_fits": hit >= 1.0, "dram_bytes": once + streamed}
+    return {"streamed": "K/V" if mode == "fwd" else "Q/dO", "stream_bytes_once": distinct,
+            "stream_bytes_no_reuse": without_reuse, "l2_working_set_mb": working_set / 1e6, "l2_fits": hit >= 1.0,
+            "dram_bytes": once + streamed}
 
 
 # ---- calibration -----------------------------------------------------------------------------------------

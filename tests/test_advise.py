@@ -178,13 +178,31 @@ def test_causal_waste_and_imbalance_by_hand(no_results):
     assert k.flops == 4 * 4 * 1000 * 1000 * 128 * 0.5  # the convention halves causal work
 
 
-def test_schedule_longest_first_vs_launch_order():
-    # Two slots. In launch order [1,1,1,1,4]: slot A 1, B 1, A 2, B 2, then the 4 lands at 2 -> 6.
+def test_schedule_kinds_by_hand():
+    # Two slots. Dynamic, in launch order [1,1,1,1,4]: slot A 1, B 1, A 2, B 2, then the 4 lands at 2 -> 6.
     # Longest first [4,1,1,1,1]: A 4, B takes the four 1s -> 4.
-    assert model.schedule([1, 1, 1, 1, 4], 2, longest_first=False) == 6
-    assert model.schedule([1, 1, 1, 1, 4], 2, longest_first=True) == 4
-    # Equal tiles: whole waves, ceil(5/2) = 3 waves of 5.
-    assert model.schedule([5] * 5, 2, longest_first=False) == 15
+    # Static round-robin: slot 0 runs items 0, 2, 4 = 1+1+4 = 6, slot 1 items 1, 3 = 2 -> 6; in the order
+    # [4,1,1,1,1]: slot 0 4+1+1 = 6 as well (static cannot move the short ones next to the long one).
+    assert model.schedule([1, 1, 1, 1, 4], 2, "dynamic") == 6
+    assert model.schedule([1, 1, 1, 1, 4], 2, "longest_first") == 4
+    assert model.schedule([1, 1, 1, 1, 4], 2, "static") == 6
+    assert model.schedule([4, 1, 1, 1, 1], 2, "static") == 6
+    assert model.schedule([4, 1, 1, 1, 1], 3, "static") == 5  # slot 0: items 0, 3 = 4+1
+    # Equal items: whole waves, ceil(5/2) = 3 waves of 5, either way.
+    assert model.schedule([5] * 5, 2, "dynamic") == model.schedule([5] * 5, 2, "static") == 15
+
+
+def test_sm90_fwd_order_by_hand():
+    # csrc/cuda/fwd/schedule.h: pairs in groups of heads_per_group; in a group, the reverse query block index is
+    # slowest and the pairs fastest. Three pairs with blocks of work [1,2,3] (causal), groups of 2:
+    # group {0,1}: m_rev 0 -> 3,3; m_rev 1 -> 2,2; m_rev 2 -> 1,1; then group {2}: 3, 2, 1.
+    pairs = [[1, 2, 3]] * 3
+    assert model.sm90_fwd_order(pairs, 2) == [3, 3, 2, 2, 1, 1, 3, 2, 1]
+    # Varlen: a shorter sequence's missing blocks are empty tiles that keep their place.
+    assert model.sm90_fwd_order([[1, 2, 3], [5]], 2) == [3, 5, 2, 0, 1, 0]
+    # Group size: half of a 50 MB L2 over the K/V bytes one pair stands for (2*seqlen*D*2 / group).
+    assert model.heads_per_group(50e6, 2 * 4096 * 128 * 2 / 4, 256) == 25e6 // 524288 == 47
+    assert model.heads_per_group(50e6, 1e9, 256) == 1 and model.heads_per_group(50e6, 1.0, 6) == 6
 
 
 def test_sm90_waves_and_last_wave_by_hand(with_sm90, no_results):
@@ -202,14 +220,26 @@ def test_sm90_waves_and_last_wave_by_hand(with_sm90, no_results):
     assert adv.training_tflops == pytest.approx((k.flops + b.flops) / ((k.time_us + b.time_us) * 1e-6) / 1e12)
 
 
-def test_longest_first_lowers_causal_imbalance(with_sm90, no_results):
-    # Same causal tiles on the same slots: the persistent forward's longest-first order never loses to launch order.
+def test_sm90_causal_schedule_follows_the_kernel_order(with_sm90, no_results):
+    # The forward's schedule efficiency is the static round-robin of its own tile order (checked above), and on
+    # causal shapes that longest-first order beats the plain launch order (shortest first) of the same tiles.
     k = flashcore.advise(gpu="h100", batch=3, seqlen=3000, heads=20, head_dim=128, causal=True, suggest=False,
                          results_dir=no_results).kernels["fwd"]
-    steps = model.tile_steps("query", 3000, 128, 128, True)
-    unit = [s + model.OVERHEAD_STEPS for s, _ in steps] * 60
-    assert model.schedule(unit, 132, True) <= model.schedule(unit, 132, False)
-    assert k.schedule_efficiency == pytest.approx(sum(unit) / (132 * model.schedule(unit, 132, True)))
+    durations = [s + model.OVERHEAD_STEPS for s, _ in model.tile_steps("query", 3000, 128, 128, True)]
+    hpg = model.heads_per_group(model.GPUS["h100"].cache_mb * 1e6, 2 * 3000 * 128 * 2, 60)
+    order = model.sm90_fwd_order([durations] * 60, hpg)
+    assert k.schedule_efficiency == pytest.approx(sum(order) / (132 * model.schedule(order, 132, "static")))
+    assert model.schedule(order, 132, "static") < model.schedule(durations * 60, 132, "static")
+
+
+def test_backward_items_walk_the_gqa_group(with_sm90, no_results):
+    # sm90 and gfx942 backward: one item per (K/V block, K/V head, sequence) walking the group's query heads.
+    # batch 2, seqlen 1024, 16 heads over 4 K/V heads, D=128: sm90 fixture 128-key blocks -> 8 per sequence,
+    # 8*4*2 = 64 items, each 4 heads x 1024/64 = 16 query tiles = 64 steps.
+    b = flashcore.advise(gpu="h100", batch=2, seqlen=1024, heads=16, kv_heads=4, head_dim=128, suggest=False,
+                         results_dir=no_results).kernels["bwd"]
+    assert (b.units, b.work_imbalance, b.gqa_group) == (64, 1.0, 4)
+    assert b.padding_waste == 0 and b.streamed == "Q/dO"
 
 
 def test_gqa_reuse_by_hand(no_results):
@@ -274,10 +304,13 @@ def test_suggestions_keep_the_budget_and_raise_throughput(shape, with_sm90, no_r
             assert s.shape.head_dim in adv.kernels["fwd"].table_head_dims
 
 
-def test_padding_suggestion_for_an_odd_seqlen(no_results):
-    # 4097 leaves a 1-row query tile that costs a whole tile: 4096 (the tile multiple below) must be suggested.
-    adv = flashcore.advise(gpu="mi300x", batch=8, seqlen=4097, heads=32, kv_heads=8, head_dim=128,
-                           results_dir=no_results)
+def test_padding_suggestion_for_an_odd_seqlen(tmp_path, no_results):
+    # gfx942 forward alone (the backward's table would change the sum): 4097 leaves a 1-row query tile in each
+    # of the 8*32 (sequence, head) pairs, 33 tiles instead of 32; causal, that tile is the longest of its head.
+    # 4096 (the tile multiple below) must be suggested, with less time.
+    shutil.copy(TILES / "gfx942_fwd.h", tmp_path / "gfx942_fwd.h")
+    adv = flashcore.advise(gpu="mi300x", batch=8, seqlen=4097, heads=32, kv_heads=8, head_dim=128, causal=True,
+                           results_dir=no_results, tiles_dir=tmp_path)
     four_k = [s for s in adv.suggestions if s.shape.seqlen == 4096 and s.shape.batch == 8]
     assert four_k and four_k[0].time_change < 0
 
