@@ -259,6 +259,8 @@ class KernelPrediction:
     work_imbalance: float  # largest tile's steps / mean tile's steps
     schedule_efficiency: float  # busy slot time / (slots x makespan), from the simulated schedule
     wave_efficiency: float  # units / (full_waves x slots): what equal tiles would reach
+    longest_first_efficiency: float  # what a dynamic longest-first (LPT) scheduler would reach on the same tiles:
+    #                                  the gap to schedule_efficiency is the kernel's scheduler's own loss
     gqa_group: int  # query heads per K/V head: K/V reads each shared by this many heads
     streamed: str  # the operand tiles re-read: "K/V" (fwd) or "Q/dO" (bwd)
     stream_bytes_once: float
@@ -335,12 +337,14 @@ def predict_kernel(gpu: Gpu, spec: KernelSpec, table: TileTable, shape: Shape, c
     flops = shape.fwd_flops() * (2.5 if mode == "bwd" else 1.0)
     tflops = flops / (time_us * 1e-6) / 1e12
     busy = sum(order)
+    lpt = busy / (slots * schedule([t for t in order if t], slots, "longest_first"))
     return KernelPrediction(
         mode=mode, kernel=table.name, block_m=bm, block_n=bn, table_head_dims=list(table.head_dims),
         align=math.lcm(bm, bn), units=units, slots_per_unit=per_unit, slots=slots, waves=waves,
         full_waves=full_waves, last_wave_fill=fill, padding_waste=1 - in_range / computed,
         mask_waste=(in_range - needed) / computed, work_imbalance=max(steps_all) / statistics.fmean(steps_all),
         schedule_efficiency=busy / (slots * makespan), wave_efficiency=units / (full_waves * slots),
+        longest_first_efficiency=lpt,
         gqa_group=group, efficiency=eff, efficiency_source=eff_source, compute_us=compute_us, memory_us=memory_us,
         aux_us=aux_us, bound="memory" if memory_us > compute_us else "compute", time_us=time_us, flops=flops,
         tflops=tflops, frac_of_gpu_peak=tflops / gpu.peak_tflops, frac_of_kernel_peak=tflops / (gpu.peak_tflops * eff),

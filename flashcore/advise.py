@@ -265,6 +265,7 @@ def format_table(advice: Advice) -> str:
         ("causal mask waste", lambda k: f"{k.mask_waste:.1%}"),
         ("tile work max/mean", lambda k: f"{k.work_imbalance:.2f}"),
         ("schedule efficiency", lambda k: f"{k.schedule_efficiency:.1%}"),
+        ("  longest-first would be", lambda k: f"{k.longest_first_efficiency:.1%}"),
         ("K/V reuse (GQA group)", lambda k: f"{k.gqa_group}x, L2 set {k.l2_working_set_mb:.0f} MB "
                                             f"{'fits' if k.l2_fits else 'spills'}"),
         ("bound", lambda k: k.bound),

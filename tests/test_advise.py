@@ -230,6 +230,8 @@ def test_sm90_causal_schedule_follows_the_kernel_order(with_sm90, no_results):
     order = model.sm90_fwd_order([durations] * 60, hpg)
     assert k.schedule_efficiency == pytest.approx(sum(order) / (132 * model.schedule(order, 132, "static")))
     assert model.schedule(order, 132, "static") < model.schedule(durations * 60, 132, "static")
+    lpt = sum(order) / (132 * model.schedule(durations * 60, 132, "longest_first"))
+    assert k.longest_first_efficiency == pytest.approx(lpt) and lpt >= k.schedule_efficiency
 
 
 def test_backward_items_walk_the_gqa_group(with_sm90, no_results):
