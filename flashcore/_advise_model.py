@@ -385,6 +385,7 @@ def memory_model(gpu: Gpu, mode: str, shape: Shape, bm: int, bn: int, slots: int
 DEFAULT_RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"  # the checkout's results
 DEVICE_NAMES = {"h100": ("h100",), "h200": ("h200",), "mi300x": ("mi300x",)}  # substrings of device.name, lower
 KERNEL_BACKENDS = ("cuda_sm90", "hip_gfx942")  # flashcore rows that ran our kernels (not the reference)
+DIRECT_KERNEL_IMPL = "flashcore_"  # bench peers calling a kernel library directly (e.g. flashcore_sm90): no backend
 BENCH_SCHEMA = "flashcore.bench/1"
 
 
@@ -408,15 +409,24 @@ class Calibration:
 
 
 def measured_cases(doc: dict, gpu: Optional[str] = None) -> list:
-    """The flashcore kernel rows of one bench JSON that ran, passed their check, and are fwd or bwd."""
+    """The rows of one bench JSON where our kernels ran (impl "flashcore" on a kernel backend, or a direct kernel
+    peer "flashcore_*"), passed their check, and are fwd or bwd; one per (mode, shape), "flashcore" first."""
     if doc.get("schema") != BENCH_SCHEMA:
         return []
     name = str((doc.get("device") or {}).get("name", "")).lower()
     if gpu is not None and not any(p in name for p in DEVICE_NAMES[gpu]):
         return []
-    return [c for c in doc.get("cases", []) if c.get("impl") == "flashcore" and c.get("status") == "ok"
-            and c.get("backend") in KERNEL_BACKENDS and c.get("mode") in ("fwd", "bwd")
+    ours = [c for c in doc.get("cases", [])
+            if (c.get("impl") == "flashcore" and c.get("backend") in KERNEL_BACKENDS
+                or str(c.get("impl", "")).startswith(DIRECT_KERNEL_IMPL))
+            and c.get("status") == "ok" and c.get("mode") in ("fwd", "bwd")
             and (c.get("check") or {}).get("passed") and c.get("median_ms", 0) > 0]
+    kept: dict = {}
+    for c in sorted(ours, key=lambda c: c["impl"] != "flashcore"):
+        key = (c["mode"], c["batch"], c["seqlen"], c["heads"], c.get("kv_heads", c["heads"]), c["head_dim"],
+               bool(c["causal"]))
+        kept.setdefault(key, c)
+    return list(kept.values())
 
 
 def case_shape(case: dict) -> Shape:

@@ -665,7 +665,9 @@ def make_config(args: argparse.Namespace) -> Config:
     gpu = device.type == "cuda"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype or
                                                                                   ("bf16" if gpu else "fp32")]
-    default_peers = ("flashcore",) if args.odd_shapes else (GPU_PEERS if gpu else CPU_PEERS)
+    # odd shapes: flashcore, and any peer calling one of our kernel libraries directly (flashcore_<arch>)
+    odd_peers = ("flashcore",) + tuple(n for n in PEERS if n.startswith("flashcore_")) if gpu else ("flashcore",)
+    default_peers = odd_peers if args.odd_shapes else (GPU_PEERS if gpu else CPU_PEERS)
     names = tuple(n.strip() for n in args.peers.split(",")) if args.peers else default_peers
     unknown = [n for n in names if n not in PEERS]
     if unknown:

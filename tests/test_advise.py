@@ -354,6 +354,11 @@ def test_calibration_fits_efficiency_from_measurements(tmp_path):
     assert calib.efficiency("gfx942", "fwd", 128) == (pytest.approx(0.5), "measured, 1 cases")
     assert calib.efficiency("gfx942", "fwd", 64)[1] == "interpolated from measured head dims"
     assert not model.calibrate("h100", tmp_path).calibrated  # an MI300X run says nothing about an H100
+    # A direct kernel peer's row (no backend) counts; the same shape from "flashcore" is kept instead.
+    direct = dict(doc["cases"][0], impl="flashcore_gfx942", backend=None, median_ms=5 * ms)
+    both = dict(doc, cases=[direct] + doc["cases"])
+    assert [c["impl"] for c in model.measured_cases(both, "mi300x")] == ["flashcore"]
+    assert model.measured_cases(dict(doc, cases=[direct]), "mi300x") == [direct]
     assert not model.calibrate("mi300x", tmp_path, exclude=[tmp_path / "run.json"]).calibrated
 
 
