@@ -339,6 +339,17 @@ def test_uncalibrated_says_so(no_results):
     assert adv.kernels["fwd"].efficiency == pytest.approx(model.GFX942_FWD_MFMA_SHARE[128])
 
 
+def test_uncalibrated_sm90_reproduces_the_published_anchor(with_sm90, no_results):
+    # HARDWARE.md: FA3 on an H100, 16k non-causal, heads*head_dim = 2048: fwd D=128 648 TFLOP/s, bwd 561; D=64
+    # fwd 497. Uncalibrated, the sm90 efficiency is chosen so the model says exactly that there with our tiles.
+    for d, fwd, bwd in ((128, 648.0, 561.0), (64, 497.0, 497.0 * 561 / 648)):
+        adv = flashcore.advise(gpu="h100", batch=1, seqlen=16384, heads=2048 // d, head_dim=d, suggest=False,
+                               results_dir=no_results)
+        assert adv.kernels["fwd"].tflops == pytest.approx(fwd, rel=1e-6)
+        assert adv.kernels["bwd"].tflops == pytest.approx(bwd, rel=1e-6)
+        assert adv.kernels["fwd"].efficiency_source.startswith("assumed: reproduces FA3")
+
+
 def test_calibration_fits_efficiency_from_measurements(tmp_path):
     # A measurement that takes exactly twice the uncalibrated compute time at efficiency 1 fits efficiency 0.5.
     shape = model.Shape(batch=2, seqlen=4096, heads=16, kv_heads=16, head_dim=128)
