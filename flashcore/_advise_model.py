@@ -569,7 +569,7 @@ def validate(bench_json, gpu: Optional[str] = None, results_dir=None, tiles_dir=
     if gpu is None:
         gpu = next((g for g, pats in DEVICE_NAMES.items() if any(p in name for p in pats)), None)
         if gpu is None:
-            raise ValueError(f"gpu: the bench file's device {name!r} is none of {', '.join(GPUS)}; pass gpu=")
+            raise ValueError(f"gpu: the bench file's device {name!r} is none of {', '.join(GPUS)}; pass gpu= (--gpu)")
     cases = measured_cases(doc, gpu)
     if len(cases) < 2:
         raise ValueError(f"bench_json: needs >= 2 passing flashcore kernel rows on {gpu}, found {len(cases)}")

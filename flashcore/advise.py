@@ -8,7 +8,8 @@ backward: the tiles (work units: query tiles for the forward, K/V blocks for the
 sequence), how many waves of them the SMs/CUs run and how full the last wave is, the tile area spent on rows and
 keys past the sequence end (padding) and on masked scores of diagonal tiles (causal), how unequal the tiles'
 work is (causal) and what the kernel's scheduler makes of it (a list-scheduling simulation), and what GQA's
-sharing of K/V saves in memory traffic. Time = max(compute, memory) + a launch overhead, where compute comes
+sharing of K/V saves in memory traffic. Time = max(compute, memory) + a launch overhead (+ the backward's
+preprocess and dQ postprocess), where compute comes
 from the simulated schedule at (peak dense bf16 per SM/CU) x (kernel efficiency). The efficiency is measured
 (bench/results/, `calibration`) or, until measurements exist, an assumption named in ASSUMED_EFFICIENCY; the
 result says which ("uncalibrated: ...").
@@ -360,12 +361,12 @@ def _json_default(obj):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m flashcore.advise", description=__doc__.split("\n\n")[0])
     p.add_argument("--gpu", choices=tuple(GPUS), help="default h100 (--validate: the bench file's device)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--seqlen", type=int)
-    p.add_argument("--heads", type=int, required=False)
-    p.add_argument("--kv-heads", type=int)
-    p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--causal", action="store_true")
+    p.add_argument("--batch", type=int, default=1, help="sequences (default 1)")
+    p.add_argument("--seqlen", type=int, help="tokens per sequence, seqlen_q = seqlen_k")
+    p.add_argument("--heads", type=int, help="query heads (required)")
+    p.add_argument("--kv-heads", type=int, help="K/V heads, dividing --heads (default: --heads)")
+    p.add_argument("--head-dim", type=int, default=128, help="one of the kernels' head dims (default 128)")
+    p.add_argument("--causal", action="store_true", help="causal mask")
     p.add_argument("--varlen-lengths", metavar="FILE", help="sequence lengths: JSON list or one per line")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help="suggestions keep heads*head_dim and kv_heads*head_dim within this fraction (default 0.1)")
