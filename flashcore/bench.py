@@ -63,6 +63,13 @@ HEAD_DIMS = (128, 64, 256)  # 128 first: the published anchors are D=128, so a r
 QUICK_SEQLENS = (1024, 8192)  # one short and one long sequence per head dim: a 1-minute smoke of the GPU path
 MODES = ("fwd", "fwdbwd")  # measured; "bwd" rows are derived from these two
 
+# ---- odd shapes (--odd-shapes): what the shape advisor (flashcore.advise) is validated on ---------------------
+ODD_HEAD_DIMS = (64, 96, 128, 192, 256)  # every head dim the kernels have
+ODD_HEADS = (12, 20, 28, 36, 40)  # head counts that do not divide the SM/CU counts evenly (issue 9: 12...40)
+ODD_SEQLENS = (1000, 1900, 3000, 4097, 6100)  # none a multiple of 128: every shape pads its last tiles
+ODD_TOKENS = 16384  # batch = round(ODD_TOKENS / seqlen): the same order of work as the standard sweep
+CPU_ODD_SHAPES = ((2, 65, 3, 32), (1, 130, 5, 64))  # (batch, seqlen, heads, head_dim): CI smoke, milliseconds
+
 # ---- FLOP convention (shared/HARDWARE.md) ----------------------------------------------------------
 FWD_FLOPS_PER_MAC_PRODUCT = 4  # two matmuls (Q·Kᵀ, P·V), 2 FLOPs per multiply-add
 CAUSAL_FLOP_FACTOR = 0.5  # a causal square mask keeps about half the scores ((S+1)/2S exactly; convention)
@@ -119,6 +126,14 @@ class Shape:
     @staticmethod
     def for_sweep(seqlen: int, head_dim: int, tokens: int, hidden: int) -> "Shape":
         return Shape(max(1, tokens // seqlen), seqlen, max(1, hidden // head_dim), head_dim)
+
+
+def odd_shapes() -> tuple:
+    """25 shapes: each head dim with five (heads, seqlen) pairs, rotated so every head count meets every head dim
+    and every seqlen once."""
+    n = len(ODD_HEADS)
+    return tuple(Shape(max(1, round(ODD_TOKENS / ODD_SEQLENS[k])), ODD_SEQLENS[k], ODD_HEADS[(i + k) % n], d)
+                 for i, d in enumerate(ODD_HEAD_DIMS) for k in range(n))
 
 
 # ---- implementations -------------------------------------------------------------------------------
@@ -317,6 +332,7 @@ class Config:
     warmup: int
     repeats: int
     time_budget_s: Optional[float]
+    shapes: Optional[tuple] = None  # explicit (batch, seqlen, heads, head_dim) Shapes instead of the standard sweep
 
 
 def bench_peer(peer: Peer, inputs: dict, ref: dict, shape: Shape, causal: bool, cfg: Config) -> list[dict]:
@@ -380,12 +396,14 @@ def _free(device: torch.device) -> None:
 
 
 def run_sweep(cfg: Config, peers: list[Peer], peak_tflops: float, log=print) -> list[dict]:
-    shapes = [(d, s, c) for d in cfg.head_dims for s in cfg.seqlens for c in cfg.causals]
+    sweep = cfg.shapes or tuple(Shape.for_sweep(s, d, cfg.tokens, cfg.hidden) for d in cfg.head_dims
+                                for s in cfg.seqlens)
+    shapes = [(shape, c) for shape in sweep for c in cfg.causals]
     total = len(shapes) * len(peers) * (len(cfg.modes) + (len(cfg.modes) == 2))
     cases: list[dict] = []
     started = time.perf_counter()
-    for index, (head_dim, seqlen, causal) in enumerate(shapes):
-        shape = Shape.for_sweep(seqlen, head_dim, cfg.tokens, cfg.hidden)
+    for index, (shape, causal) in enumerate(shapes):
+        head_dim, seqlen = shape.head_dim, shape.seqlen
         if index and cfg.time_budget_s is not None and time.perf_counter() - started > cfg.time_budget_s:
             for peer in peers:
                 for mode in cfg.modes + (("bwd",) if len(cfg.modes) == 2 else ()):
@@ -553,7 +571,8 @@ def default_stem(doc: dict) -> str:
     """`<date>_<device>_<commit>`, the naming of bench/results/ (README.md there)."""
     name = "".join(c if c.isalnum() else "-" for c in doc["device"]["name"]).strip("-").lower()
     commit = (doc["git"]["commit"] or "nocommit")[:10] + ("-dirty" if doc["git"]["dirty"] else "")
-    return f"{doc['date'][:10]}_{'-'.join(filter(None, name.split('-')))}_{commit}"
+    odd = "_odd" if (doc.get("settings") or {}).get("sweep") == "odd_shapes" else ""
+    return f"{doc['date'][:10]}_{'-'.join(filter(None, name.split('-')))}_{commit}{odd}"
 
 
 def plot(doc: dict, path: Path) -> None:
@@ -633,6 +652,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gemm", action="store_true",
                    help=f"instead of the sweep: flashcore_sm90::gemm vs torch.matmul at {GEMM_SIZES} (JSON only)")
     p.add_argument("--gemm-sizes", type=_ints, help="with --gemm: comma list of M = N = K")
+    p.add_argument("--odd-shapes", action="store_true",
+                   help="instead of the standard sweep: head dims 64-256 x heads 12-40 x seqlens off the 128 grid "
+                        "(flashcore only unless --peers), the shapes `python -m flashcore.advise --validate` reads")
     p.add_argument("--time-budget", type=float,
                    help="seconds; shapes not started by then are recorded as skipped (the first always runs)")
     return p.parse_args(argv)
@@ -643,7 +665,10 @@ def make_config(args: argparse.Namespace) -> Config:
     gpu = device.type == "cuda"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype or
                                                                                   ("bf16" if gpu else "fp32")]
-    names = tuple(n.strip() for n in args.peers.split(",")) if args.peers else (GPU_PEERS if gpu else CPU_PEERS)
+    # odd shapes: flashcore, and any peer calling one of our kernel libraries directly (flashcore_<arch>)
+    odd_peers = ("flashcore",) + tuple(n for n in PEERS if n.startswith("flashcore_")) if gpu else ("flashcore",)
+    default_peers = odd_peers if args.odd_shapes else (GPU_PEERS if gpu else CPU_PEERS)
+    names = tuple(n.strip() for n in args.peers.split(",")) if args.peers else default_peers
     unknown = [n for n in names if n not in PEERS]
     if unknown:
         raise SystemExit(f"--peers: unknown {unknown}; known: {', '.join(PEERS)}")
@@ -657,7 +682,8 @@ def make_config(args: argparse.Namespace) -> Config:
         causals={"0": (False,), "1": (True,), "both": (False, True)}[args.causal],
         modes=MODES if args.mode == "both" else (args.mode,), peers=names,
         warmup=args.warmup if args.warmup is not None else warmup, repeats=args.repeats or repeats,
-        time_budget_s=args.time_budget)
+        time_budget_s=args.time_budget,
+        shapes=(odd_shapes() if gpu else tuple(Shape(*s) for s in CPU_ODD_SHAPES)) if args.odd_shapes else None)
 
 
 def main(argv=None) -> int:
@@ -681,6 +707,8 @@ def main(argv=None) -> int:
         settings={"dtype": str(cfg.dtype), "tokens": cfg.tokens, "hidden": cfg.hidden, "seqlens": list(cfg.seqlens),
                   "head_dims": list(cfg.head_dims), "causal": list(cfg.causals), "modes": list(cfg.modes),
                   "peers": list(cfg.peers), "warmup": cfg.warmup, "repeats": cfg.repeats, "quick": args.quick,
+                  "sweep": "odd_shapes" if cfg.shapes else "standard",
+                  "shapes": [[x.batch, x.seqlen, x.heads, x.head_dim] for x in cfg.shapes or ()],
                   "case_seconds": CASE_SECONDS, "time_budget_s": cfg.time_budget_s,
                   "timer": "time.perf_counter" if cpu else "CUDA events, one pair per call, median",
                   "layout": "inputs (B,S,H,D); SDPA gets transpose views, its layout copies are timed",
