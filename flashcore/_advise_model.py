@@ -92,8 +92,8 @@ KERNELS = {
                                 "first); CTA c takes items c, c + SMs x ctas_per_sm, ..."),
     ("gfx942", "fwd"): KernelSpec("gfx942_fwd.h", "gfx942 forward", AMD_COLUMNS, "query", "q", "dynamic",
                                   "grid (query tile, head, sequence) as csrc/hip/fwd_gfx942.hip launches it, "
-                                  "dispatched in block order (query tile fastest: a causal head's shortest tile "
-                                  "first); XCD round-robin not modelled"),
+                                  "dispatched in block order (query tile fastest; block x runs the x-th tile from "
+                                  "the end, so a causal head's longest tile first); XCD round-robin not modelled"),
     ("gfx942", "bwd"): KernelSpec("gfx942_bwd.h", "gfx942 backward", AMD_COLUMNS, "kv", "kv", "dynamic",
                                   "grid (K/V block, K/V head, sequence) as csrc/hip/bwd_gfx942.hip launches it, each "
                                   "block walking its group's query heads, dispatched in block order (K/V block "
@@ -338,7 +338,10 @@ def predict_kernel(gpu: Gpu, spec: KernelSpec, table: TileTable, shape: Shape, c
     elif spec.scheduler == "static":  # items (block, head, sequence), block fastest; blocks past a sequence: empty
         blocks = max(len(p) for p in pairs)
         order = [t for p in pairs for t in p + [0.0] * (blocks - len(p))]
-    else:  # dynamic: blocks past a shorter sequence's end exit at once, left out
+    elif spec.grid == "query":  # dynamic; block x runs query tile (tiles - 1 - x): the last rows, causal's longest
+        # tiles, launch first (csrc/hip/fwd_kernel.h block_q0); blocks past a shorter sequence exit at once, left out
+        order = [t for p in pairs for t in reversed(p)]
+    else:  # dynamic, K/V block fastest (block 0 is causal's longest); blocks past a sequence's end: left out
         order = [t for p in pairs for t in p]
     units = len(steps_all)
     makespan = schedule(order, slots, spec.scheduler)

@@ -178,6 +178,18 @@ def test_causal_waste_and_imbalance_by_hand(no_results):
     assert k.flops == 4 * 4 * 1000 * 1000 * 128 * 0.5  # the convention halves causal work
 
 
+def test_gfx942_causal_schedule_runs_the_last_query_tile_first(no_results):
+    # csrc/hip/fwd_kernel.h maps block x to query tile (tiles - 1 - x): each (sequence, head) launches its longest
+    # causal tile first, so the model's launch order is the reversed tile list, not the tile order.
+    k = flashcore.advise(gpu="mi300x", batch=3, seqlen=3000, heads=20, head_dim=128, causal=True, suggest=False,
+                         results_dir=no_results).kernels["fwd"]
+    durations = [s + model.OVERHEAD_STEPS for s, _ in model.tile_steps("query", 3000, 128, 64, True)]
+    slots = 304 * 2  # 304 CUs x 2 blocks of 4 waves (2 waves per SIMD)
+    launch = durations[::-1] * 60
+    assert k.schedule_efficiency == pytest.approx(sum(launch) / (slots * model.schedule(launch, slots, "dynamic")))
+    assert model.schedule(launch, slots, "dynamic") < model.schedule(durations * 60, slots, "dynamic")
+
+
 def test_schedule_kinds_by_hand():
     # Two slots. Dynamic, in launch order [1,1,1,1,4]: slot A 1, B 1, A 2, B 2, then the 4 lands at 2 -> 6.
     # Longest first [4,1,1,1,1]: A 4, B takes the four 1s -> 4.
