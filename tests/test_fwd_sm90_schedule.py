@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -44,14 +45,34 @@ def test_schedule_against_brute_force(tmp_path):
     assert int(out.split("checked ")[1].split()[0]) > 100_000, out  # the sweep really ran
 
 
-def test_fragments_and_epilogue_addresses(tmp_path):
+@pytest.fixture(scope="module")
+def layout_check_output(tmp_path_factory) -> str:
     nvcc = find_nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found (set CUDA_HOME): the sm_90a headers cannot be compiled here")
-    exe = tmp_path / "layout_check"
+    exe = tmp_path_factory.mktemp("fwd_sm90") / "layout_check"
     run([nvcc, "-std=c++20", "-O1", "-gencode=arch=compute_90a,code=sm_90a", f"-I{ROOT / 'csrc'}",
          str(CPP / "fwd_sm90_layout_check.cu"), "-o", str(exe)])
-    out = run([str(exe)])
+    return run([str(exe)])
+
+
+def test_fragments_and_epilogue_addresses(layout_check_output):
+    out = layout_check_output
     assert ", 0 failures" in out, out
     for head_dim in (64, 96, 128, 192, 256):
         assert f"D={head_dim} " in out, out
+
+
+TILE_ROW = re.compile(r"^\s*X\((\d+), (\d+), (\d+), (\d+), (\d+), (\d+)\)\s*\\?\s*$")
+
+
+def test_tile_table_is_what_the_kernel_compiles(layout_check_output):
+    """csrc/tiles/sm90_fwd.h is parsed as text by the shape advisor: its rows must be exactly the constants the
+    compiled kernel traits hold (and cover the five head dims)."""
+    text = (ROOT / "csrc" / "tiles" / "sm90_fwd.h").read_text()
+    assert "// columns: head_dim, block_m, block_n, stages, warpgroups, ctas_per_sm" in text
+    rows = [tuple(map(int, m.groups())) for line in text.splitlines() if (m := TILE_ROW.match(line))]
+    assert [r[0] for r in rows] == [64, 96, 128, 192, 256], rows
+    for head_dim, block_m, block_n, stages, warpgroups, ctas_per_sm in rows:
+        assert f"D={head_dim} block_m={block_m} block_n={block_n} stages={stages} " in layout_check_output
+        assert (warpgroups, ctas_per_sm) == (3, 1)  # static_assert in fwd/traits.cuh
