@@ -26,8 +26,10 @@ __device__ void produce(SharedStorage<D>& s, const CUtensorMap* tmap_q, const CU
   using T = FwdTraits<D>;
   using namespace ptx;
   prefetch_tensor_map(tmap_q);
-  prefetch_tensor_map(tmap_k);
-  prefetch_tensor_map(tmap_v);
+  if (a.p.rows_k > 0) {  // no keys at all: the K/V maps were left unencoded (launch) and are never used
+    prefetch_tensor_map(tmap_k);
+    prefetch_tensor_map(tmap_v);
+  }
   int stage = 0;
   uint32_t phase = 0, q_phase = 0;  // parities: the ring's lap, and the Q buffer's use count
   const int num_tiles = a.order.num_tiles();
