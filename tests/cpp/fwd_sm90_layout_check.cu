@@ -8,6 +8,7 @@
 //      128B-swizzled panel reads element (row, col) - simulated byte by byte;
 //   5. descriptor fields of the K-major and MN-major operands; shared-memory budgets per head dim (printed).
 #include <cstdio>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -111,9 +112,14 @@ static void report() {
   std::printf("D=%d block_m=%d block_n=%d stages=%d panels=%d smem=%d (limit %d) regs O=%d S=%d P=%d\n", D, T::kBlockM,
               T::kBlockN, T::kStages, T::kPanels, smem, fwd::kMaxSmemPerBlock, T::kORegs, T::kSRegs, T::kPRegs);
   EXPECT(smem <= fwd::kMaxSmemPerBlock, "smem D %d", D);
-  EXPECT(offsetof(fwd::SharedStorage<D>, k) % 1024 == 0 && offsetof(fwd::SharedStorage<D>, v) % 1024 == 0 &&
-             T::kKvPanelBytes % 1024 == 0 && T::kQPanelBytes % 1024 == 0,
-         "1024-byte aligned panels D %d", D);
+  // Every TMA / wgmma tile starts on a 1024-byte boundary (128B swizzle atoms), given a 1024-aligned base.
+  alignas(1024) static fwd::SharedStorage<D> st;
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 1024 == 0; };
+  bool ok = aligned(st.q) && T::kKvPanelBytes % 1024 == 0 && T::kQPanelBytes % 1024 == 0;
+  for (int i = 0; i < T::kStages; ++i) ok = ok && aligned(st.k[i]) && aligned(st.v[i]);
+  if constexpr (T::kSeparateOut) ok = ok && aligned(st.out);
+  EXPECT(ok, "1024-byte aligned panels D %d", D);
+  std::printf("D=%d separate output buffer: %d\n", D, int(T::kSeparateOut));
   // V as MN-major B: LBO = the next 64-wide head-dim panel, SBO = the next 8 keys; start address in 16 B units.
   const uint64_t desc = ptx::mnmajor_sw128_desc(0x4000, T::kKvPanelBytes);
   EXPECT((desc & 0x3FFF) == (0x4000 >> 4) && ((desc >> 16) & 0x3FFF) == (T::kKvPanelBytes >> 4) &&

@@ -113,6 +113,7 @@ __device__ void consume(SharedStorage<D>& s, const CUtensorMap* tmap_o, const Ke
     wgmma_wait<0>();
     fence_operands(sc);
     release(&s.k_empty[stage], lane);
+    if (T::kSeparateOut && kt == w.span.first) release(&s.q_empty, lane);  // the last S: Q is dead
     transform_scores(sc, ops, masked(kt), keys, kt * T::kBlockN, tid);
     softmax_step(sc, score_mul, m, l, rescale);  // O is still 0: nothing to rescale
     pack_p<kBf16>(sc, pc);
@@ -135,6 +136,7 @@ __device__ void consume(SharedStorage<D>& s, const CUtensorMap* tmap_o, const Ke
       wgmma_wait<1>();  // S done; P V may still run
       fence_operands(sc);
       release(&s.k_empty[stage], lane);
+      if (T::kSeparateOut && kt == w.span.first) release(&s.q_empty, lane);  // the last S: Q is dead
       transform_scores(sc, ops, masked(kt), keys, kt * T::kBlockN, tid);
       softmax_step(sc, score_mul, m, l, rescale);  // the exponentials run while P V does
       wgmma_wait<0>();

@@ -1,8 +1,9 @@
 // Epilogue of one consumer warpgroup (its 64 query rows): finish the row sums, write LSE, normalize O and store it.
 //   * LSE: lane 0 of each quad writes its two rows (fp32, a few bytes per row: plain stores).
-//   * O: bf16/fp16 through shared memory and a TMA store. The consumer's own 64 rows of the Q buffer are dead once
-//     its last S = Q K^T has completed, so O is staged there (stmatrix, 128B swizzle, the Q panel layout) and one
-//     thread stores each 64-column panel with one bulk tensor copy. The tensor map clips at the tensor's edge: for
+//   * O: bf16/fp16 through shared memory and a TMA store: stmatrix into the consumer's 64 rows of a staging buffer
+//     (128B swizzle, the Q panel layout), then one thread stores each 64-column panel with one bulk tensor copy.
+//     The staging buffer is a separate output buffer where shared memory allows (traits.cuh kSeparateOut: Q is
+//     then released right after the last S GEMM), else the consumer's own 64 rows of Q, dead by then. The tensor map clips at the tensor's edge: for
 //     dense inputs the sequence is its own map dimension, so rows past seqlen_q are dropped by the hardware. A
 //     packed varlen tensor has no such edge between sequences, so a warpgroup whose rows run past its sequence's end
 //     stores from registers instead (4-byte stores, masked per row): one warpgroup per sequence at most.
@@ -72,9 +73,17 @@ __device__ __forceinline__ void epilogue(float (&o)[FwdTraits<D>::kORegs], const
 
   const bool tma_store = p.cu_seqlens_q == nullptr || wg_row0 + frag::kWgmmaM <= w.band.seqlen_q;
   const uint32_t bar = kEpilogueBarrier + consumer;
-  const uint32_t rows_base = smem_u32(s.q) + consumer * frag::kWgmmaM * kSwizzle128Row;  // this consumer's rows
+  uint8_t* staging;  // this consumer's 64 rows of the output buffer, or of Q's (T::kSeparateOut)
+  if constexpr (T::kSeparateOut) {
+    staging = s.out + consumer * frag::kWgmmaM * kSwizzle128Row;
+  } else {
+    staging = s.q + consumer * frag::kWgmmaM * kSwizzle128Row;
+  }
+  const uint32_t rows_base = smem_u32(staging);
   if (tma_store) {
-    // Every warp of this warpgroup is past its last wgmma (which read these Q rows) before any overwrites them.
+    // Separate buffer: the previous tile's store from it must have read it (one thread issued and waits for it).
+    // Staging in Q: every warp of this warpgroup must be past its last wgmma, which read these Q rows.
+    if (T::kSeparateOut && tid == 0) bulk_wait_group_read<0>();
     named_barrier_sync(bar, frag::kWarpgroupThreads);
     const int warp = tid / frag::kWarpSize, lane = tid % frag::kWarpSize;
 #pragma unroll
@@ -90,17 +99,21 @@ __device__ __forceinline__ void epilogue(float (&o)[FwdTraits<D>::kORegs], const
     named_barrier_sync(bar, frag::kWarpgroupThreads);
     if (tid == 0) {
       for (int panel = 0; panel < T::kPanels; ++panel) {
-        tma_store_4d(tmap_o, s.q + consumer * frag::kWgmmaM * kSwizzle128Row + panel * T::kQPanelBytes,
-                     panel * T::kPanelCols, w.q_start + wg_row0, w.head, w.tma_batch);
+        tma_store_4d(tmap_o, staging + panel * T::kQPanelBytes, panel * T::kPanelCols, w.q_start + wg_row0, w.head,
+                     w.tma_batch);
       }
       bulk_commit_group();
-      bulk_wait_group_read<0>();  // the buffer is read: the producer may load the next Q into it
-      mbarrier_arrive(&s.q_empty);
+      if constexpr (!T::kSeparateOut) {
+        bulk_wait_group_read<0>();  // Q's buffer is read: the producer may load the next Q into it
+        mbarrier_arrive(&s.q_empty);
+      }  // else the next epilogue waits, so the store's read overlaps the next tile
     }
   } else {
     store_rows_direct<D, kBf16>(o, p, w, wg_row0, tid);
-    named_barrier_sync(bar, frag::kWarpgroupThreads);  // every warp is past its last wgmma reading Q
-    if (tid == 0) mbarrier_arrive(&s.q_empty);
+    if constexpr (!T::kSeparateOut) {
+      named_barrier_sync(bar, frag::kWarpgroupThreads);  // every warp is past its last wgmma reading Q
+      if (tid == 0) mbarrier_arrive(&s.q_empty);
+    }
   }
 }
 

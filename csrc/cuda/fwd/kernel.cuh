@@ -32,7 +32,7 @@ __global__ void __launch_bounds__(FwdTraits<D>::kThreads, 1)
 
   if (threadIdx.x == 0) {
     ptx::mbarrier_init(&s.q_full, 1);            // the producer's arrive.expect_tx; the bytes come from TMA
-    ptx::mbarrier_init(&s.q_empty, T::kConsumers);  // thread 0 of each consumer, after its output store read
+    ptx::mbarrier_init(&s.q_empty, T::kQEmptyArrivals);
     for (int i = 0; i < T::kStages; ++i) {
       ptx::mbarrier_init(&s.k_full[i], 1);
       ptx::mbarrier_init(&s.v_full[i], 1);
@@ -90,6 +90,9 @@ template <int D>
 void launch(const FwdParams& p) {
   using T = FwdTraits<D>;
   static_assert(smem_bytes<D>() <= kMaxSmemPerBlock, "shared memory over the 227 KB per-block limit");
+  static_assert(sizeof(SharedStorage<D>) + kSmemAlign <= T::kFixedSmemBytes + T::kQBytes * (T::kSeparateOut ? 2 : 1) +
+                                                          2 * T::kStages * T::kKvTileBytes,
+                "kSeparateOut's estimate of shared memory is below the real layout");
   const ptx::TmaElem elem = p.dtype == HalfType::kBf16 ? ptx::TmaElem::kBf16 : ptx::TmaElem::kFp16;
   const bool varlen = p.cu_seqlens_q != nullptr;
   const int64_t batch_dim = varlen ? 1 : p.batch;  // varlen: one packed sequence of rows_q / rows_k rows

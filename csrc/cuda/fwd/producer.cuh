@@ -1,7 +1,8 @@
 // The producer of the sm_90a forward: one thread of warpgroup 0 walks the same tiles as the consumers and issues
 // every TMA load. Per work tile: K and V tiles through the kStages ring (separate full/empty barriers for K and V,
 // so a consumer can release K once S = Q K^T is done and V once O += P V is), and Q once, into a buffer the
-// consumers free (q_empty) after their output stores have read it (the output is staged in Q's buffer).
+// consumers free (q_empty) after their last S GEMM, or, where the output is staged in Q's buffer (D = 192, 256),
+// after their output stores have read it.
 // Key tiles are visited last-first: the tiles cut by the causal diagonal / the sequence end come first, so the
 // masked ones are the first and the last of the walk, and the running max settles on the diagonal early.
 #pragma once

@@ -67,6 +67,21 @@ struct FwdTraits {
   static constexpr uint32_t kQBytes = kPanels * kQPanelBytes;      // complete_tx of a Q load (whole boxes count)
   static constexpr uint32_t kKvTileBytes = kPanels * kKvPanelBytes;  // complete_tx of one K (or V) tile
   static constexpr int kOutRows = frag::kWgmmaM;  // a consumer stores its own 64 rows (TMA store box rows)
+  // The output is staged for its TMA store in a buffer of its own when shared memory allows (D <= 128): then the
+  // consumers release Q as soon as their last S = Q K^T is done, and the next tile's Q loads under this tile's last
+  // P V and epilogue. Otherwise (D = 192, 256) each consumer stages its output in its own, by then dead, 64 rows of
+  // Q, and the next Q waits for the stores. Building with -DFLASHCORE_FWD_SM90_OUT_IN_Q forces the second way for
+  // every head dim (a switch for bisecting on a GPU).
+  static constexpr int kFixedSmemBytes = 2 * 1024;  // barriers (rounded to the 1 KB alignment) + base alignment slack
+#if defined(FLASHCORE_FWD_SM90_OUT_IN_Q)
+  static constexpr bool kSeparateOut = false;
+#else
+  static constexpr bool kSeparateOut =
+      2 * kQBytes + 2 * kStages * kKvTileBytes + kFixedSmemBytes <= 227 * 1024;  // 227 KB: kMaxSmemPerBlock
+#endif
+  // Arrivals that free Q: with an output buffer, lane 0 of each consumer warp once its last S GEMM is done; else
+  // thread 0 of each consumer once the output store staged in Q has read it.
+  static constexpr uint32_t kQEmptyArrivals = kSeparateOut ? kConsumerWarps : kConsumers;
 
   static constexpr int kQkSteps = D / 16;        // wgmma K slices of S = Q K^T (16 head-dim columns each)
   static constexpr int kPvSteps = kBlockN / 16;  // wgmma K slices of O += P V (16 keys each)
@@ -76,14 +91,23 @@ struct FwdTraits {
   static_assert(D % 16 == 0, "head_dim is a whole number of wgmma K slices");
 };
 
+// The output staging buffer (Q's panel layout), present only when FwdTraits<D>::kSeparateOut; an empty base costs
+// no bytes otherwise.
+template <int D, bool kPresent = FwdTraits<D>::kSeparateOut>
+struct OutStorage {};
 template <int D>
-struct SharedStorage {
+struct OutStorage<D, true> {
+  alignas(1024) uint8_t out[FwdTraits<D>::kQBytes];
+};
+
+template <int D>
+struct SharedStorage : OutStorage<D> {
   using T = FwdTraits<D>;
-  alignas(1024) uint8_t q[T::kQBytes];  // Q tile; each consumer's output rows reuse its own 64 rows of it
+  alignas(1024) uint8_t q[T::kQBytes];  // Q tile; without an output buffer, each consumer stages its output here
   alignas(1024) uint8_t k[T::kStages][T::kKvTileBytes];
   alignas(1024) uint8_t v[T::kStages][T::kKvTileBytes];
   uint64_t q_full;   // producer -> consumers: Q landed (1 arrival + kQBytes)
-  uint64_t q_empty;  // consumers -> producer: both output stores have read the buffer (1 arrival per consumer)
+  uint64_t q_empty;  // consumers -> producer: Q is dead (kQEmptyArrivals, below)
   uint64_t k_full[T::kStages], k_empty[T::kStages];  // K ring: full (1 + tx), empty (lane 0 of each consumer warp)
   uint64_t v_full[T::kStages], v_empty[T::kStages];  // V ring, same stage index as K
 };
