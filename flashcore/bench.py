@@ -24,6 +24,9 @@ What is measured (read this before quoting a number):
   shape is compared with a float32 reference (TF32 off) by ‖x − ref‖ / ‖ref‖. The reference runs on
   the first batches/heads of the same inputs (a slice of at most CHECK_MAX_SCORES scores; heads and
   batches are independent, so the slice of the full call's result is exact to compare).
+- Peers "flashcore" (flashcore.attention: whichever backend the routing picks; the sm_90a kernel is opt-in
+  until proven, so on an H100 without FLASHCORE_BACKEND=cuda_sm90 that is the reference) and "flashcore_sm90"
+  (torch.ops.flashcore_sm90.fwd called directly: the sm_90a forward kernel, fwd mode only).
 - CPU (no GPU): a tiny float32 sweep timed with time.perf_counter, peers flashcore and SDPA math.
   It exists so CI exercises this module; its numbers mean nothing.
 
@@ -101,7 +104,7 @@ SEED = 1234  # inputs are fresh random normals per shape, from SEED + shape inde
 ERROR_CHARS = 600  # error texts in the JSON are cut to this length
 
 SCHEMA = "flashcore.bench/1"
-GPU_PEERS = ("flashcore", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "fa2", "fa3")
+GPU_PEERS = ("flashcore", "flashcore_sm90", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "fa2", "fa3")
 CPU_PEERS = ("flashcore", "sdpa_math")
 
 
@@ -174,8 +177,28 @@ def _flash_attn_peer(name: str, module: str) -> Peer:
     return Peer(name, call)
 
 
+def _flashcore_sm90_peer() -> Peer:
+    """The sm_90a forward kernel called directly (torch.ops.flashcore_sm90.fwd). Until a GPU run proves it, the
+    kernel is opt-in (FLASHCORE_BACKEND=cuda_sm90), so the "flashcore" peer may be the reference on an H100; this
+    peer times the kernel whatever the routing says. Forward only: there is no sm_90a backward kernel yet."""
+    from flashcore import _ext
+    name = "flashcore_sm90"
+    if not _ext.has_op(name, "fwd"):
+        return Peer(name, error="this build of the extension has no flashcore_sm90::fwd (CUDA builds only)")
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        return Peer(name, error="needs an sm_90 GPU (H100/H200)")
+
+    def call(q, k, v, causal):
+        if q.requires_grad:
+            raise RuntimeError("forward kernel only: fwd+bwd needs the sm_90a backward kernel (issue 5)")
+        return torch.ops.flashcore_sm90.fwd(q, k, v, None, None, 0, 0, q.shape[-1] ** -0.5, causal, -1, -1, 0.0,
+                                            False)[0]
+    return Peer(name, call)
+
+
 PEERS: dict[str, Callable[[], Peer]] = {
     "flashcore": lambda: Peer("flashcore", lambda q, k, v, causal: flashcore.attention(q, k, v, causal=causal)),
+    "flashcore_sm90": _flashcore_sm90_peer,
     "sdpa_flash": lambda: _sdpa_peer("sdpa_flash", "FLASH_ATTENTION"),
     "sdpa_cudnn": lambda: _sdpa_peer("sdpa_cudnn", "CUDNN_ATTENTION"),
     "sdpa_efficient": lambda: _sdpa_peer("sdpa_efficient", "EFFICIENT_ATTENTION"),

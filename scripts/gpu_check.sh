@@ -82,7 +82,7 @@ if ! skipped tests; then
 fi
 
 # 3. compute-sanitizer on a small forward+backward through flashcore (tail tiles, causal, Sq != Sk,
-#    every head dim), plus the flashcore_sm90 kernel ops (bwd_preprocess, gemm) called directly.
+#    every head dim), plus the flashcore_sm90 kernel ops (fwd, bwd_preprocess, gemm) called directly.
 #    PYTORCH_NO_CUDA_MEMORY_CACHING makes every tensor its own cudaMalloc, so memcheck sees
 #    out-of-bounds accesses that would otherwise land inside the caching allocator's blocks.
 if ! skipped sanitizer; then
@@ -109,6 +109,21 @@ d = ns.bwd_preprocess(out.detach(), dout, None)
 ns.bwd_preprocess(out.detach(), dout, torch.randn_like(d))
 torch.cuda.synchronize()
 print("bwd_preprocess called directly: ok")
+# The sm_90a attention forward, called directly (it is opt-in until proven, so flashcore.attention above may route
+# to the reference): every head dim, ragged lengths, Sq != Sk both ways, causal / window / softcap, GQA, and a
+# varlen batch whose sequences end mid-tile (the register-store path) and one with no keys.
+if hasattr(ns, "fwd"):
+    for head_dim in (64, 96, 128, 192, 256):
+        for sq, sk, causal, wl, wr, cap in ((193, 193, False, -1, -1, 0.0), (97, 193, True, -1, -1, 0.0),
+                                            (193, 97, False, 40, 7, 30.0), (1, 1, False, -1, -1, 0.0)):
+            q, k, v = rand(2, sq, 4, head_dim), rand(2, sk, 2, head_dim), rand(2, sk, 2, head_dim)
+            ns.fwd(q, k, v, None, None, 0, 0, head_dim ** -0.5, causal, wl, wr, cap, False)
+        lens_q, lens_k = (1, 129, 200), (70, 0, 263)
+        cu = lambda lens: torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device=dev)
+        q, k, v = rand(sum(lens_q), 4, head_dim), rand(sum(lens_k), 2, head_dim), rand(sum(lens_k), 2, head_dim)
+        ns.fwd(q, k, v, cu(lens_q), cu(lens_k), max(lens_q), max(lens_k), head_dim ** -0.5, True, -1, -1, 0.0, False)
+        torch.cuda.synchronize()
+        print(f"fwd kernel D={head_dim} called directly: ok")
 for m, n, kk in ((1, 1, 8), (127, 257, 72), (2048, 4096, 320)):
     a, b = rand(m, kk), rand(n, kk)
     c = ns.gemm(a, b)
