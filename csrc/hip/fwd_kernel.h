@@ -91,8 +91,8 @@ struct FwdTile {
   static_assert(kKChunks % kKLanesPerRow == 0 && kKeys % kKRowsPerPass == 0, "K chunks tile the K tile");
 
   // --- LDS addresses: the kernel uses these, and the harness replays them against the bank model (lds.h)
-  static constexpr int key_of_row(int m) { return (m & ~12) | (m & 4) << 1 | (m & 8) >> 1; }
-  static constexpr int dim_of_row(int m) { return (m & 3) | (m & 8) >> 1 | (m & 16) >> 1 | (m & 4) << 2; }
+  static constexpr int key_of_row(int m) { return swap_bits_2_3(m); }
+  static constexpr int dim_of_row(int m) { return contiguous_16(m); }
   // Key (within the tile) of S^T register r of 32-key block `blk` in lane half `half`.
   static constexpr int key_of_register(int blk, int half, int r) {
     return 32 * blk + key_of_row(8 * (r / 4) + 4 * half + r % 4);

@@ -27,6 +27,21 @@ FLASHCORE_DEVICE u32x4 load16_or_zero(const void* p, bool valid) {
   return v & keep;
 }
 
+// The 16-bit element at p (a readable address) in bits 15:0 when `valid`, else 0.
+FLASHCORE_DEVICE uint32_t load2_or_zero(const uint16_t* p, bool valid) {
+#if defined(FLASHCORE_HIP_EMU)
+  emu::check_global(p, 2, false);
+#endif
+  return valid ? static_cast<uint32_t>(*p) : 0u;
+}
+
+FLASHCORE_DEVICE float load_f32(const float* p) {
+#if defined(FLASHCORE_HIP_EMU)
+  emu::check_global(p, 4, false);
+#endif
+  return *p;
+}
+
 // A raw buffer: `bytes` from `base`; a load at an offset at or past `bytes` returns zeros.
 #if defined(FLASHCORE_HIP_EMU)
 struct GlobalBuffer {

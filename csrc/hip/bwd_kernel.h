@@ -1,0 +1,514 @@
+// Attention backward for gfx942 (MI300X): one kernel template per head dim and element type, plus the dQ
+// postprocess; causal, sliding window, softcap, GQA/MQA, varlen and deterministic mode are runtime parameters
+// (BwdParams, csrc/bwd_params.h, whose header gives the math). Tile shapes: csrc/tiles/gfx942_bwd.h.
+//
+// Workgroup = one K/V block of block_n keys of one (sequence, K/V head); wave w owns keys 32w..32w+31 and keeps,
+// for the whole kernel, their K and V rows as MFMA B operands and their dK^T, dV^T accumulators in registers. The
+// workgroup walks the query heads of its GQA group (dK/dV reduced in registers: no expanded K/V, no partials)
+// and, per head, the Q tiles of block_m rows whose causal / window band meets its keys. Per Q tile:
+//
+//   S  = Q . K^T       32x32x8 MFMAs, A = Q rows from LDS, B = K from registers. The accumulator column is the
+//                      lane's key; row m holds query swap_bits_2_3(m) (mfma.h), so lane half h's registers of
+//                      k-steps 2t, 2t + 1 are queries 16t + 8h + 0..7.
+//   P  = exp2(S * scale * log2 e - lse * log2 e)     one FMA + v_exp; lse and delta reach the lanes that need
+//                      them by ds_bpermute (no LDS space: at D = 256 the four tiles below fill all 64 KiB).
+//   dP = dO . V^T      as S, A = dO rows from LDS, B = V from registers.
+//   dS = P * (dP - delta)   (softcap: times 1 - tanh^2), fp32, then packed to 16 bits.
+//   dV^T += dO^T . P   A = dO^T rows (dims) from LDS, B = P straight from the S registers: the accumulator layout
+//   dK^T += Q^T . dS   of S *is* the B layout of an MFMA contracting over queries, so no shuffle; the A rows use
+//                      contiguous_16 so a lane's 16 accumulator registers are 16 consecutive dims of its key.
+//   dQ  += dS . K      contracts over keys, which S's layout spreads over lanes: dS goes through LDS ([query][key],
+//                      over the then-dead Q/dO tiles), B = K^T fragments kept in registers; the waves share the
+//                      (row block, dim block) tiles of dQ and add them into an fp32 workspace with
+//                      global_atomic_add_f32 (coalesced: a lane per dim). Deterministic mode takes the tile's
+//                      ticket (atomics.h) first, so K/V blocks add in block order.
+// After the last tile, dK = dK^T * scale and dV^T are written, 16 bytes per store; keys no query sees get 0.
+// The postprocess (bwd_dq_kernel) converts the fp32 dQ to dq with the softmax scale.
+//
+// LDS per tile (4 x block_m x D x 2 bytes, XOR-swizzled, csrc/hip/lds.h): Q, dO row-major (S, dP operands) and
+// Q^T, dO^T (dK, dV operands), written from the same staged global loads (units of 4 rows x 8 dims, as the
+// forward's V^T); the next tile's loads are issued before this tile's MFMAs (kPrefetch) and written to LDS after
+// the tile's last barrier. Barriers per tile: tile visible | Q, dO free (dS may overwrite) | dS visible | tile free.
+#pragma once
+
+#include "../bwd_params.h"
+#include "../tiles/gfx942_bwd.h"
+#include "atomics.h"
+#include "compat.h"
+#include "lds.h"
+#include "memory.h"
+#include "mfma.h"
+#include "types.h"
+#include "wave.h"
+
+namespace flashcore::gfx942 {
+
+struct BwdShape {
+  int block_m, block_n, waves, waves_per_simd;
+};
+
+// The row of csrc/tiles/gfx942_bwd.h for head dim d (all zeros if there is none).
+constexpr BwdShape bwd_shape(int d) {
+#define FLASHCORE_BWD_ROW(head_dim, block_m, block_n, waves, waves_per_simd) \
+  if (d == head_dim) return BwdShape{block_m, block_n, waves, waves_per_simd};
+  FLASHCORE_TILES_GFX942_BWD(FLASHCORE_BWD_ROW)
+#undef FLASHCORE_BWD_ROW
+  return BwdShape{0, 0, 0, 0};
+}
+
+template <int D>
+struct BwdTile {
+  static constexpr BwdShape kShape = bwd_shape(D);
+  static_assert(kShape.block_m > 0, "head dim without a row in csrc/tiles/gfx942_bwd.h");
+  static constexpr int kBlockM = kShape.block_m;
+  static constexpr int kBlockN = kShape.block_n;
+  static constexpr int kWaves = kShape.waves;
+  static constexpr int kWavesPerSimd = kShape.waves_per_simd;
+  static constexpr int kThreads = kWaves * kWaveSize;
+  static constexpr int kKeysPerWave = 32;  // one 32x32 MFMA column block: key = lane % 32
+  static_assert(kBlockN == kKeysPerWave * kWaves, "each wave owns 32 keys of the block");
+  static_assert(kBlockM % 32 == 0 && D % 32 == 0, "32-row / 32-dim MFMA blocks");
+  static constexpr int kRowBlocks = kBlockM / 32;
+  static constexpr int kDimBlocks = D / 32;
+  // dQ tiles (32 rows x 32 dims) of one Q tile, dealt round robin: slot s of wave w is tile w + kWaves * s.
+  static constexpr int kDqTiles = kRowBlocks * kDimBlocks;
+  static constexpr int kDqSlots = (kDqTiles + kWaves - 1) / kWaves;
+  // Register prefetch of the next Q/dO tile: every D fits it at the occupancy of the table (isa_budget.json).
+  static constexpr bool kPrefetch = true;
+
+  // Grid: x = K/V blocks of the longest sequence, y = K/V heads, z = sequences.
+  static constexpr int grid_x(const FwdParams& f) { return (f.seqlen_k + kBlockN - 1) / kBlockN; }
+  static constexpr int q_tiles(int seqlen_q) { return (seqlen_q + kBlockM - 1) / kBlockM; }
+
+  // ---- LDS: Q | dO | Q^T | dO^T; dS ([query][key]) over Q | dO once both are read
+  static constexpr int kRowChunks = D / 8;        // 16-byte chunks per Q / dO row
+  static constexpr int kColChunks = kBlockM / 8;  // per Q^T / dO^T row (a dim)
+  static constexpr int kDsChunks = kBlockN / 8;   // per dS row (a query)
+  static constexpr uint32_t kTileBytes = kBlockM * D * 2;
+  static constexpr uint32_t kQ = 0, kDo = kTileBytes, kQt = 2 * kTileBytes, kDot = 3 * kTileBytes, kDs = 0;
+  static constexpr uint32_t kLdsBytes = 4 * kTileBytes;
+  static_assert(kBlockM * kBlockN * 2 <= 2 * kTileBytes, "dS fits where Q and dO were");
+  static_assert(kLdsBytes <= 65536, "gfx942 has 64 KiB of LDS per CU");
+
+  // ---- staging: a unit is 4 rows x 8 dims (four 16-byte loads); consecutive threads take consecutive row quads
+  // of the same 8 dims. Written row-major as four 16-byte chunks and transposed as eight 8-byte rows of Q^T.
+  static constexpr int kUnits = kBlockM * D / 32;
+  static constexpr int kUnitLoads = (kUnits + kThreads - 1) / kThreads;
+  static constexpr int unit_quad(int unit) { return unit % (kBlockM / 4); }
+  static constexpr int unit_oct(int unit) { return unit / (kBlockM / 4); }
+  static constexpr uint32_t row_store(int unit, int r) {
+    return lds_offset<kRowChunks>(4 * unit_quad(unit) + r, unit_oct(unit));
+  }
+  // 64-byte Q^T rows (block_m = 32): odd dim octets write their rows in the order c ^ 1 (as the forward's V^T).
+  static constexpr int column_swap(int unit) { return kBlockM / 4 < 16 ? unit_oct(unit) & 1 : 0; }
+  static constexpr uint32_t col_store(int unit, int c) {
+    return lds_offset<kColChunks>(8 * unit_oct(unit) + (c ^ column_swap(unit)), unit_quad(unit) / 2) +
+           8 * (unit_quad(unit) % 2);
+  }
+  // dS element (row, key): 2-byte writes from the S layout (a lane per key).
+  static constexpr uint32_t ds_store(int row, int key) {
+    return kDs + lds_offset<kDsChunks>(row, key / 8) + 2 * (key % 8);
+  }
+  // Query (within its 32-row block) that row m of S / dP holds, and the S row register r of lane half h is.
+  static constexpr int query_of_row(int m) { return swap_bits_2_3(m); }
+  static constexpr int row_of_register(int half, int r) { return 8 * (r / 4) + 4 * half + r % 4; }
+};
+
+// ---- the workspace (zero-filled by the host): the fp32 dQ accumulator, laid out like q but fp32 with rows
+// numbered like lse (b * lse_stride_b + head * lse_stride_h + start + s), then, in deterministic mode, one int32
+// ticket counter per (sequence, query head, Q tile).
+constexpr int64_t bwd_dq_accum_bytes(const FwdParams& f) {
+  const int64_t rows = f.cu_seqlens_q != nullptr ? f.lse_stride_h : int64_t{f.batch} * f.seqlen_q;  // varlen: total_q
+  const int64_t bytes = int64_t{f.heads_q} * rows * f.head_dim * 4;
+  return (bytes + kBwdWorkspaceAlign - 1) / kBwdWorkspaceAlign * kBwdWorkspaceAlign;
+}
+
+template <int D>
+constexpr int64_t bwd_workspace_bytes_for(const BwdParams& p) {
+  const FwdParams& f = p.fwd;
+  const int64_t counters = p.deterministic ? int64_t{f.batch} * f.heads_q * BwdTile<D>::q_tiles(f.seqlen_q) * 4 : 0;
+  return bwd_dq_accum_bytes(f) + counters;
+}
+
+FLASHCORE_DEVICE u32x2 low8(u32x4 v) { return u32x2{v[0], v[1]}; }
+FLASHCORE_DEVICE u32x2 high8(u32x4 v) { return u32x2{v[2], v[3]}; }
+
+template <int D, class E>
+FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::kWavesPerSimd)
+    bwd_kernel(const BwdParams p) {
+  using T = BwdTile<D>;
+  constexpr int kBlockM = T::kBlockM, kBlockN = T::kBlockN;
+  const FwdParams& f = p.fwd;
+  FLASHCORE_LDS(lds, T::kLdsBytes);
+
+  const int tid = thread_id();
+  const int wave = readfirstlane(tid / kWaveSize);
+  const int lane = tid % kWaveSize;
+  const int half = lane / 32;
+
+  // ---- which sequence, K/V head and keys
+  const int b = block_id_z(), head_kv = block_id_y(), n = block_id_x();
+  const int group = f.heads_q / f.heads_kv;
+  int q_start = 0, k_start = 0, seqlen_q = f.seqlen_q, seqlen_k = f.seqlen_k;
+  if (f.cu_seqlens_q != nullptr) {
+    q_start = load_i32(f.cu_seqlens_q + b);
+    seqlen_q = load_i32(f.cu_seqlens_q + b + 1) - q_start;
+    k_start = load_i32(f.cu_seqlens_k + b);
+    seqlen_k = load_i32(f.cu_seqlens_k + b + 1) - k_start;
+  }
+  const int k0 = n * kBlockN;
+  if (k0 >= seqlen_k) return;  // the grid covers max_seqlen_k; this sequence is shorter
+  const int k1 = min_int(k0 + kBlockN, seqlen_k);
+  const int wave_k0 = k0 + wave * T::kKeysPerWave;
+  const int key = wave_k0 + lane % 32;  // this lane's key (lanes l and l + 32 share it)
+  const bool key_valid = key < seqlen_k;
+
+  // ---- the band: query i sees key j when i + offset - window_left <= j <= i + offset + window_right
+  const int offset = seqlen_k - seqlen_q;
+  const bool bounded_left = f.window_left >= 0, bounded_right = f.window_right >= 0;
+  auto first_key = [&](int first_row) { return bounded_left ? max_int(0, first_row + offset - f.window_left) : 0; };
+  auto end_key = [&](int last_row) {
+    return bounded_right ? min_int(seqlen_k, last_row + offset + f.window_right + 1) : seqlen_k;
+  };
+  // Queries that see any of keys [k0, k1), and so the Q tiles to walk (each of them meets the band).
+  const int q_lo = bounded_right ? max_int(0, k0 - offset - f.window_right) : 0;
+  const int q_hi = bounded_left ? min_int(seqlen_q - 1, k1 - 1 - offset + f.window_left) : seqlen_q - 1;
+  const int t_lo = q_lo / kBlockM, t_hi = q_lo <= q_hi ? q_hi / kBlockM : t_lo - 1;
+
+  // ---- K, V rows of this lane's key as B operands (lane half h: dims 16t + 8h .. + 7), K^T for dQ
+  const int64_t key_row = k_start + (key_valid ? key : 0);  // a key past the end reads row 0, zeroed
+  const uint16_t* const k_head = static_cast<const uint16_t*>(f.k) + b * f.k_stride_b + head_kv * f.k_stride_h;
+  const uint16_t* const v_head = static_cast<const uint16_t*>(f.v) + b * f.v_stride_b + head_kv * f.v_stride_h;
+  u32x4 k_frag[D / 16], v_frag[D / 16];
+#pragma unroll
+  for (int t = 0; t < D / 16; ++t) {
+    k_frag[t] = load16_or_zero(k_head + key_row * f.k_stride_s + 16 * t + 8 * half, key_valid);
+    v_frag[t] = load16_or_zero(v_head + key_row * f.v_stride_s + 16 * t + 8 * half, key_valid);
+  }
+  // dQ B operand of slot s: K[k0 + 16t + 8h + e][32 db + lane % 32], e = 0..7 packed as 8 x 16 bits.
+  u32x4 kt_frag[T::kDqSlots][kBlockN / 16];
+#pragma unroll
+  for (int s = 0; s < T::kDqSlots; ++s) {
+    const int tile = wave + T::kWaves * s;
+    const int dim = 32 * (tile % T::kDimBlocks) + lane % 32;
+#pragma unroll
+    for (int t = 0; t < kBlockN / 16; ++t) {
+      uint32_t e[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int kk = k0 + 16 * t + 8 * half + i;
+        e[i] = load2_or_zero(k_head + (k_start + (kk < seqlen_k ? kk : 0)) * f.k_stride_s + dim,
+                             kk < seqlen_k && tile < T::kDqTiles);
+      }
+      kt_frag[s][t] = u32x4{pack16(e[0], e[1]), pack16(e[2], e[3]), pack16(e[4], e[5]), pack16(e[6], e[7])};
+    }
+  }
+
+  f32x16 dk[D / 32], dv[D / 32];
+#pragma unroll
+  for (int db = 0; db < D / 32; ++db) dk[db] = dv[db] = f32x16{};
+
+  const bool softcap = f.tanh_out > 0.0f;
+  const float score_mul = f.score_mul;
+  // d score / d(q.k) beyond the softcap factor: without softcap q was negated for a negative scale (q_sign), so
+  // dK = |scale| dS^T q'; with softcap q is as given and the scale keeps its sign.
+  const float dk_mul = softcap ? f.softmax_scale : __builtin_fabsf(f.softmax_scale);
+
+  // ---- LDS operand addresses of this lane
+  const LanePairAddress<T::kRowChunks> q_addr(T::kQ, T::query_of_row(lane % 32), half);
+  const LanePairAddress<T::kRowChunks> do_addr(T::kDo, T::query_of_row(lane % 32), half);
+  const LanePairAddress<T::kColChunks> qt_addr(T::kQt, contiguous_16(lane % 32), half);
+  const LanePairAddress<T::kColChunks> dot_addr(T::kDot, contiguous_16(lane % 32), half);
+  const LanePairAddress<T::kDsChunks> ds_addr(T::kDs, lane % 32, half);
+
+  const int q_tiles_max = T::q_tiles(f.seqlen_q);
+  float* const dq_accum = static_cast<float*>(p.workspace);
+  int32_t* const counters = reinterpret_cast<int32_t*>(static_cast<uint8_t*>(p.workspace) +
+                                                       bwd_dq_accum_bytes(f));
+
+  for (int head = head_kv * group; head < (head_kv + 1) * group; ++head) {
+    if (t_lo > t_hi) break;
+    const uint16_t* const q_base = static_cast<const uint16_t*>(f.q) + b * f.q_stride_b + q_start * f.q_stride_s +
+                                   head * f.q_stride_h;
+    const uint16_t* const do_base = static_cast<const uint16_t*>(p.dout) + b * p.do_stride_b +
+                                    q_start * p.do_stride_s + head * p.do_stride_h;
+    const int64_t row_base = b * f.lse_stride_b + head * f.lse_stride_h + q_start;  // lse, delta, dQ rows
+
+    // Global -> registers: rows past the end read row 0 of the sequence and are zeroed.
+    auto load_tile = [&](const uint16_t* base, int64_t stride_s, int row0, uint32_t sign,
+                         u32x4 (&staged)[T::kUnitLoads][4]) {
+#pragma unroll
+      for (int i = 0; i < T::kUnitLoads; ++i) {
+        const int unit = tid + i * T::kThreads;
+        if (unit >= T::kUnits) break;  // D = 96: part of a wave idles (no wave collective in here)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int row = row0 + 4 * T::unit_quad(unit) + r;
+          const bool valid = row < seqlen_q;
+          staged[i][r] = load16_or_zero(base + (valid ? row : 0) * stride_s + 8 * T::unit_oct(unit), valid) ^ sign;
+        }
+      }
+    };
+    auto store_tile = [&](uint32_t rows, uint32_t columns, const u32x4 (&staged)[T::kUnitLoads][4]) {
+#pragma unroll
+      for (int i = 0; i < T::kUnitLoads; ++i) {
+        const int unit = tid + i * T::kThreads;
+        if (unit >= T::kUnits) break;
+#pragma unroll
+        for (int r = 0; r < 4; ++r) lds_store16(lds, rows + T::row_store(unit, r), staged[i][r]);
+        const uint32_t upper = static_cast<uint32_t>(T::column_swap(unit));  // 1: take the other dim of a word
+#pragma unroll
+        for (int c = 0; c < 8; ++c) {
+          const int w = c / 2;  // word of each row's 16 bytes holding dims c and c ^ 1
+          const bool hi = ((c & 1) ^ upper) != 0;
+          auto column = [&](uint32_t row_a, uint32_t row_b) {  // the chosen dim of two rows, packed
+            return hi ? (row_a >> 16) | (row_b & 0xffff0000u) : (row_a & 0xffffu) | (row_b << 16);
+          };
+          lds_store8(lds, columns + T::col_store(unit, c),
+                     u32x2{column(staged[i][0][w], staged[i][1][w]), column(staged[i][2][w], staged[i][3][w])});
+        }
+      }
+    };
+
+    u32x4 staged_q[T::kUnitLoads][4], staged_do[T::kUnitLoads][4];
+    load_tile(q_base, f.q_stride_s, t_lo * kBlockM, f.q_sign, staged_q);
+    load_tile(do_base, p.do_stride_s, t_lo * kBlockM, 0u, staged_do);
+
+    for (int t = t_lo; t <= t_hi; ++t) {
+      const int tile_q0 = t * kBlockM;
+      store_tile(T::kQ, T::kQt, staged_q);
+      store_tile(T::kDo, T::kDot, staged_do);
+
+      // lse (log2 units; +inf for rows past the end or that saw no key, so P = 0) and delta of the query row
+      // lane m % 32 stands for in each 32-row block; lane_value hands them to the lanes whose registers hold it.
+      float lse_own[T::kRowBlocks], delta_own[T::kRowBlocks];
+#pragma unroll
+      for (int rb = 0; rb < T::kRowBlocks; ++rb) {
+        const int q = tile_q0 + 32 * rb + T::query_of_row(lane % 32);
+        const bool valid = q < seqlen_q;
+        const int64_t row = row_base + (valid ? q : 0);
+        const float lse = load_f32(f.lse + row);
+        lse_own[rb] = valid && lse != -kInf ? lse * kLog2e : kInf;
+        delta_own[rb] = valid ? load_f32(p.delta + row) : 0.0f;
+      }
+      block_barrier();  // the tile is in LDS
+
+      const bool next = t < t_hi;
+      if (T::kPrefetch && next) {
+        load_tile(q_base, f.q_stride_s, tile_q0 + kBlockM, f.q_sign, staged_q);
+        load_tile(do_base, p.do_stride_s, tile_q0 + kBlockM, 0u, staged_do);
+      }
+
+      // Does this wave's key range meet the tile's band? (wave-uniform)
+      const int tile_last = min_int(tile_q0 + kBlockM, seqlen_q) - 1;
+      const bool active = wave_k0 < min_int(k1, end_key(tile_last)) &&
+                          wave_k0 + T::kKeysPerWave > first_key(tile_q0);
+      u32x2 ds_frag[T::kRowBlocks][4];  // dS, packed: B operand of dK^T and the dQ tile's source
+      if (active) {
+        f32x16 s[T::kRowBlocks], dp[T::kRowBlocks];
+#pragma unroll
+        for (int rb = 0; rb < T::kRowBlocks; ++rb) s[rb] = dp[rb] = f32x16{};
+#pragma unroll
+        for (int t2 = 0; t2 < D / 16; ++t2) {
+#pragma unroll
+          for (int rb = 0; rb < T::kRowBlocks; ++rb) {
+            const u32x4 a = lds_load16(lds, q_addr.at(rb, t2));
+            s[rb] = mfma_32x32x8<E>(low8(a), low8(k_frag[t2]), s[rb]);
+            s[rb] = mfma_32x32x8<E>(high8(a), high8(k_frag[t2]), s[rb]);
+          }
+        }
+#pragma unroll
+        for (int t2 = 0; t2 < D / 16; ++t2) {
+#pragma unroll
+          for (int rb = 0; rb < T::kRowBlocks; ++rb) {
+            const u32x4 a = lds_load16(lds, do_addr.at(rb, t2));
+            dp[rb] = mfma_32x32x8<E>(low8(a), low8(v_frag[t2]), dp[rb]);
+            dp[rb] = mfma_32x32x8<E>(high8(a), high8(v_frag[t2]), dp[rb]);
+          }
+        }
+
+        // Masks only where the tile cuts the sequence end or the band of this wave's keys.
+        const bool masked = wave_k0 + T::kKeysPerWave > seqlen_k ||
+                            (bounded_right && wave_k0 + T::kKeysPerWave - 1 > tile_q0 + offset + f.window_right) ||
+                            (bounded_left && wave_k0 < tile_q0 + kBlockM - 1 + offset - f.window_left);
+        u32x2 p_frag[T::kRowBlocks][4];  // P, packed: B operand of dV^T
+#pragma unroll
+        for (int rb = 0; rb < T::kRowBlocks; ++rb) {
+          // S-register r (row 8(r/4) + 4h + r%4) of every lane needs the lse / delta that lane row holds.
+          float pr[16], dsr[16];
+#pragma unroll
+          for (int r = 0; r < 16; ++r) {
+            const int source = T::row_of_register(half, r);
+            const float lse = lane_value(lse_own[rb], source);
+            float x = s[rb][r], dscale = 1.0f;
+            if (softcap) {
+              const float th = tanh_fast(x * f.tanh_in);
+              x = f.tanh_out * th;
+              dscale = 1.0f - th * th;
+            }
+            if (masked) {
+              const int q = tile_q0 + 32 * rb + T::query_of_row(source);
+              const bool visible = key < seqlen_k && (!bounded_right || key <= q + offset + f.window_right) &&
+                                   (!bounded_left || key >= q + offset - f.window_left);
+              x = visible ? x : -kInf;
+            }
+            pr[r] = exp2_fast(__builtin_fmaf(x, score_mul, -lse));
+            dsr[r] = pr[r] * dscale * (dp[rb][r] - lane_value(delta_own[rb], source));
+          }
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            p_frag[rb][j] = u32x2{E::pack2_fast(pr[4 * j], pr[4 * j + 1]), E::pack2_fast(pr[4 * j + 2], pr[4 * j + 3])};
+            ds_frag[rb][j] = u32x2{E::pack2_fast(dsr[4 * j], dsr[4 * j + 1]),
+                                   E::pack2_fast(dsr[4 * j + 2], dsr[4 * j + 3])};
+          }
+        }
+
+        // dV^T += dO^T . P and dK^T += Q^T . dS: k-steps 2c, 2c + 1 of row block rb are queries 32rb + 16c + 8h + 0..7
+#pragma unroll
+        for (int db = 0; db < D / 32; ++db) {
+#pragma unroll
+          for (int rb = 0; rb < T::kRowBlocks; ++rb) {
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const u32x4 a = lds_load16(lds, dot_addr.at(db, 2 * rb + c));
+              dv[db] = mfma_32x32x8<E>(low8(a), p_frag[rb][2 * c], dv[db]);
+              dv[db] = mfma_32x32x8<E>(high8(a), p_frag[rb][2 * c + 1], dv[db]);
+            }
+          }
+        }
+#pragma unroll
+        for (int db = 0; db < D / 32; ++db) {
+#pragma unroll
+          for (int rb = 0; rb < T::kRowBlocks; ++rb) {
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const u32x4 a = lds_load16(lds, qt_addr.at(db, 2 * rb + c));
+              dk[db] = mfma_32x32x8<E>(low8(a), ds_frag[rb][2 * c], dk[db]);
+              dk[db] = mfma_32x32x8<E>(high8(a), ds_frag[rb][2 * c + 1], dk[db]);
+            }
+          }
+        }
+      } else {
+#pragma unroll
+        for (int rb = 0; rb < T::kRowBlocks; ++rb) {
+#pragma unroll
+          for (int j = 0; j < 4; ++j) ds_frag[rb][j] = u32x2{0u, 0u};
+        }
+      }
+      block_barrier();  // every wave is done with Q and dO: dS goes over them
+
+#pragma unroll
+      for (int rb = 0; rb < T::kRowBlocks; ++rb) {
+#pragma unroll
+        for (int r = 0; r < 16; ++r) {
+          const uint32_t word = ds_frag[rb][r / 4][(r % 4) / 2];
+          lds_store2(lds, T::ds_store(32 * rb + T::query_of_row(T::row_of_register(half, r)), 32 * wave + lane % 32),
+                     r % 2 ? word >> 16 : word);
+        }
+      }
+      block_barrier();  // dS is visible
+
+      // dQ tile (rb, db) of each slot: 32 rows x 32 dims, contraction over the block's keys
+      f32x16 dq[T::kDqSlots];
+#pragma unroll
+      for (int s = 0; s < T::kDqSlots; ++s) {
+        const int tile = wave + T::kWaves * s;
+        dq[s] = f32x16{};
+        if (tile < T::kDqTiles) {
+          const int rb = tile / T::kDimBlocks;
+#pragma unroll
+          for (int t2 = 0; t2 < kBlockN / 16; ++t2) {
+            const u32x4 a = lds_load16(lds, ds_addr.at(rb, t2));
+            dq[s] = mfma_32x32x8<E>(low8(a), low8(kt_frag[s][t2]), dq[s]);
+            dq[s] = mfma_32x32x8<E>(high8(a), high8(kt_frag[s][t2]), dq[s]);
+          }
+        }
+      }
+      int32_t* const counter = counters + (static_cast<int64_t>(b) * f.heads_q + head) * q_tiles_max + t;
+      const int rank = n - first_key(tile_q0) / kBlockN;  // K/V blocks before this one that touch the tile
+      if (p.deterministic) {
+        if (tid == 0) wait_counter(counter, rank);
+        block_barrier_global();
+      }
+#pragma unroll
+      for (int s = 0; s < T::kDqSlots; ++s) {
+        const int tile = wave + T::kWaves * s;
+        if (tile < T::kDqTiles) {
+          const int rb = tile / T::kDimBlocks, db = tile % T::kDimBlocks;
+#pragma unroll
+          for (int r = 0; r < 16; ++r) {
+            const int q = tile_q0 + 32 * rb + T::row_of_register(half, r);
+            if (q < seqlen_q) atomic_add_f32(dq_accum + (row_base + q) * D + 32 * db + lane % 32, dq[s][r]);
+          }
+        }
+      }
+      if (p.deterministic) {
+        block_barrier_global();  // every add of the block is done
+        if (tid == 0) release_counter(counter, rank + 1);
+      }
+      if (!T::kPrefetch && next) {
+        load_tile(q_base, f.q_stride_s, tile_q0 + kBlockM, f.q_sign, staged_q);
+        load_tile(do_base, p.do_stride_s, tile_q0 + kBlockM, 0u, staged_do);
+      }
+      block_barrier();  // every wave is done with dS, Q^T and dO^T: the next tile may be stored
+    }
+  }
+
+  // ---- epilogue: lane half h writes dims 32db + 16h .. + 15 of its key's dK and dV rows
+  if (key_valid) {
+    uint16_t* const dk_row = static_cast<uint16_t*>(p.dk) + b * p.dk_stride_b + (k_start + key) * p.dk_stride_s +
+                             head_kv * p.dk_stride_h;
+    uint16_t* const dv_row = static_cast<uint16_t*>(p.dv) + b * p.dv_stride_b + (k_start + key) * p.dv_stride_s +
+                             head_kv * p.dv_stride_h;
+#pragma unroll
+    for (int db = 0; db < D / 32; ++db) {
+#pragma unroll
+      for (int part = 0; part < 2; ++part) {
+        u32x4 packed_k, packed_v;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+          const int r = 8 * part + 2 * w;
+          packed_k[w] = pack16(E::from_float(dk[db][r] * dk_mul), E::from_float(dk[db][r + 1] * dk_mul));
+          packed_v[w] = pack16(E::from_float(dv[db][r]), E::from_float(dv[db][r + 1]));
+        }
+        store16(dk_row + 32 * db + 16 * half + 8 * part, packed_k);
+        store16(dv_row + 32 * db + 16 * half + 8 * part, packed_v);
+      }
+    }
+  }
+}
+
+// ---- dQ postprocess: dq = softmax_scale * (fp32 accumulator), rounded to E; every row of every sequence.
+constexpr int kDqPostRows = 64;     // rows per block: 64 x D / 8 16-byte outputs over 256 threads
+constexpr int kDqPostThreads = 256;
+
+template <int D, class E>
+FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(kDqPostThreads, 1) bwd_dq_kernel(const BwdParams p) {
+  const FwdParams& f = p.fwd;
+  const int b = block_id_z(), head = block_id_y();
+  int q_start = 0, seqlen_q = f.seqlen_q;
+  if (f.cu_seqlens_q != nullptr) {
+    q_start = load_i32(f.cu_seqlens_q + b);
+    seqlen_q = load_i32(f.cu_seqlens_q + b + 1) - q_start;
+  }
+  const float* const accum = static_cast<const float*>(p.workspace);
+  const int64_t row_base = b * f.lse_stride_b + head * f.lse_stride_h + q_start;
+  for (int c = thread_id(); c < kDqPostRows * D / 8; c += kDqPostThreads) {
+    const int q = block_id_x() * kDqPostRows + c / (D / 8), chunk = c % (D / 8);
+    if (q >= seqlen_q) continue;
+    const float* const src = accum + (row_base + q) * D + 8 * chunk;
+    const u32x4 lo = load16_or_zero(src, true), hi = load16_or_zero(src + 4, true);
+    u32x4 packed;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const u32x4& v = w < 2 ? lo : hi;
+      packed[w] = pack16(E::from_float(bit_cast<float>(v[2 * (w % 2)]) * f.softmax_scale),
+                         E::from_float(bit_cast<float>(v[2 * (w % 2) + 1]) * f.softmax_scale));
+    }
+    store16(static_cast<uint16_t*>(p.dq) + b * p.dq_stride_b + (q_start + q) * p.dq_stride_s + head * p.dq_stride_h +
+                8 * chunk,
+            packed);
+  }
+}
+
+}  // namespace flashcore::gfx942
