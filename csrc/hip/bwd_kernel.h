@@ -73,8 +73,16 @@ struct BwdTile {
   // dQ tiles (32 rows x 32 dims) of one Q tile, dealt round robin: slot s of wave w is tile w + kWaves * s.
   static constexpr int kDqTiles = kRowBlocks * kDimBlocks;
   static constexpr int kDqSlots = (kDqTiles + kWaves - 1) / kWaves;
-  // Register prefetch of the next Q/dO tile: every D fits it at the occupancy of the table (isa_budget.json).
-  static constexpr bool kPrefetch = true;
+  // What stays in registers beyond the accumulators (the rest of 512 / waves_per_simd; isa_budget.json holds
+  // the counts). D <= 128: K and V B operands for the whole kernel, and the next Q/dO tile's loads in flight
+  // during this tile's MFMAs. D >= 192: dK^T + dV^T alone are 2D/2 = 192..256 VGPRs, so K and V are re-read
+  // (L1/L2 hits: the block's own 32 keys per wave) right before the MFMAs that use them, and the next tile is
+  // loaded after this one's MFMAs.
+  static constexpr bool kKeepKV = D <= 128;
+  static constexpr bool kPrefetch = D <= 128;
+  // D = 256: K^T for dQ (64 VGPRs) does not fit beside dK^T + dV^T (256) and S / dP either; it is gathered again
+  // per Q tile between the dK/dV MFMAs and the dQ ones (L1 hits; 128 two-byte loads per lane and tile).
+  static constexpr bool kKeepKt = D <= 192;
 
   // Grid: x = K/V blocks of the longest sequence, y = K/V heads, z = sequences.
   static constexpr int grid_x(const FwdParams& f) { return (f.seqlen_k + kBlockN - 1) / kBlockN; }
@@ -112,6 +120,34 @@ struct BwdTile {
   // Query (within its 32-row block) that row m of S / dP holds, and the S row register r of lane half h is.
   static constexpr int query_of_row(int m) { return swap_bits_2_3(m); }
   static constexpr int row_of_register(int half, int r) { return 8 * (r / 4) + 4 * half + r % 4; }
+  // The dS write of register r (row block rb) of lane `lane` in wave `wave`, split as (lane part of one of 8
+  // variants) + (immediate): the swizzle of a dS row depends on row bits 0, 1, 4, which for these rows are
+  // register bits 0, 1, 3; so the registers r and r & ~4 differ by a constant. Without the split the compiler
+  // hoists all 16 kRowBlocks addresses out of the tile loop into VGPRs.
+  static constexpr int kDsVariants = 8;
+  static constexpr int ds_variant_register(int v) { return (v & 3) | (v & 4) << 1; }  // 0..3, 8..11
+  static constexpr int ds_variant(int r) { return (r & 3) | (r & 8) >> 1; }
+  static constexpr uint32_t ds_store_of(int lane, int wave, int rb, int r) {
+    return ds_store(32 * rb + query_of_row(row_of_register(lane / 32, r)), kKeysPerWave * wave + lane % 32);
+  }
+  static constexpr uint32_t ds_store_step(int rb, int r) {
+    return ds_store_of(0, 0, rb, r) - ds_store_of(0, 0, 0, ds_variant_register(ds_variant(r)));
+  }
+  static constexpr bool ds_store_split_holds() {
+    for (int w = 0; w < kWaves; ++w) {
+      for (int lane = 0; lane < kWaveSize; ++lane) {
+        for (int rb = 0; rb < kRowBlocks; ++rb) {
+          for (int r = 0; r < 16; ++r) {
+            if (ds_store_of(lane, w, rb, r) !=
+                ds_store_of(lane, w, 0, ds_variant_register(ds_variant(r))) + ds_store_step(rb, r)) {
+              return false;
+            }
+          }
+        }
+      }
+    }
+    return true;
+  }
 };
 
 // ---- the workspace (zero-filled by the host): the fp32 dQ accumulator, laid out like q but fp32 with rows
@@ -179,29 +215,41 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
   const int64_t key_row = k_start + (key_valid ? key : 0);  // a key past the end reads row 0, zeroed
   const uint16_t* const k_head = static_cast<const uint16_t*>(f.k) + b * f.k_stride_b + head_kv * f.k_stride_h;
   const uint16_t* const v_head = static_cast<const uint16_t*>(f.v) + b * f.v_stride_b + head_kv * f.v_stride_h;
-  u32x4 k_frag[D / 16], v_frag[D / 16];
+  auto load_key_row = [&](const uint16_t* head_base, int64_t stride_s, u32x4 (&frag)[D / 16]) {
 #pragma unroll
-  for (int t = 0; t < D / 16; ++t) {
-    k_frag[t] = load16_or_zero(k_head + key_row * f.k_stride_s + 16 * t + 8 * half, key_valid);
-    v_frag[t] = load16_or_zero(v_head + key_row * f.v_stride_s + 16 * t + 8 * half, key_valid);
+    for (int t = 0; t < D / 16; ++t) frag[t] = load16_or_zero(head_base + key_row * stride_s + 16 * t + 8 * half, key_valid);
+  };
+  u32x4 k_frag[D / 16], v_frag[D / 16];
+  if (T::kKeepKV) {
+    load_key_row(k_head, f.k_stride_s, k_frag);
+    load_key_row(v_head, f.v_stride_s, v_frag);
   }
   // dQ B operand of slot s: K[k0 + 16t + 8h + e][32 db + lane % 32], e = 0..7 packed as 8 x 16 bits.
   u32x4 kt_frag[T::kDqSlots][kBlockN / 16];
+  // Gathered through a buffer over the block's keys (scalar base, one lane offset, a scalar offset per key, the
+  // range check zeroing keys past the end): loop-invariant per-load addresses would otherwise take a VGPR each.
+  const int block_rows = k1 - k0;
+  const GlobalBuffer k_block = make_buffer(k_head + (k_start + k0) * f.k_stride_s,
+                                           static_cast<uint32_t>(((block_rows - 1) * f.k_stride_s + D) * 2));
+  auto load_kt = [&](const GlobalBuffer& buffer, int s) {
+    {
+      const int tile = wave + T::kWaves * s;
+      const int dim = 32 * (tile % T::kDimBlocks) + lane % 32;
+      const uint32_t lane_offset = static_cast<uint32_t>((8 * half * f.k_stride_s + dim) * 2);
 #pragma unroll
-  for (int s = 0; s < T::kDqSlots; ++s) {
-    const int tile = wave + T::kWaves * s;
-    const int dim = 32 * (tile % T::kDimBlocks) + lane % 32;
+      for (int t = 0; t < kBlockN / 16; ++t) {
+        uint32_t e[8];
 #pragma unroll
-    for (int t = 0; t < kBlockN / 16; ++t) {
-      uint32_t e[8];
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const int kk = k0 + 16 * t + 8 * half + i;
-        e[i] = load2_or_zero(k_head + (k_start + (kk < seqlen_k ? kk : 0)) * f.k_stride_s + dim,
-                             kk < seqlen_k && tile < T::kDqTiles);
+        for (int i = 0; i < 8; ++i) {
+          e[i] = buffer_load2(buffer, lane_offset, static_cast<uint32_t>((16 * t + i) * f.k_stride_s * 2));
+        }
+        kt_frag[s][t] = u32x4{pack16(e[0], e[1]), pack16(e[2], e[3]), pack16(e[4], e[5]), pack16(e[6], e[7])};
       }
-      kt_frag[s][t] = u32x4{pack16(e[0], e[1]), pack16(e[2], e[3]), pack16(e[4], e[5]), pack16(e[6], e[7])};
     }
+  };
+  if (T::kKeepKt) {
+#pragma unroll
+    for (int s = 0; s < T::kDqSlots; ++s) load_kt(k_block, s);
   }
 
   f32x16 dk[D / 32], dv[D / 32];
@@ -220,6 +268,10 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
   const LanePairAddress<T::kColChunks> qt_addr(T::kQt, contiguous_16(lane % 32), half);
   const LanePairAddress<T::kColChunks> dot_addr(T::kDot, contiguous_16(lane % 32), half);
   const LanePairAddress<T::kDsChunks> ds_addr(T::kDs, lane % 32, half);
+  static_assert(T::ds_store_split_holds(), "dS write addresses: lane variant + immediate");
+  uint32_t ds_lane[T::kDsVariants];
+#pragma unroll
+  for (int v = 0; v < T::kDsVariants; ++v) ds_lane[v] = T::ds_store_of(lane, wave, 0, T::ds_variant_register(v));
 
   const int q_tiles_max = T::q_tiles(f.seqlen_q);
   float* const dq_accum = static_cast<float*>(p.workspace);
@@ -260,9 +312,11 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
 #pragma unroll
         for (int c = 0; c < 8; ++c) {
           const int w = c / 2;  // word of each row's 16 bytes holding dims c and c ^ 1
-          const bool hi = ((c & 1) ^ upper) != 0;
-          auto column = [&](uint32_t row_a, uint32_t row_b) {  // the chosen dim of two rows, packed
-            return hi ? (row_a >> 16) | (row_b & 0xffff0000u) : (row_a & 0xffffu) | (row_b << 16);
+          // The chosen dim of two rows, packed; a shift by 0 or 16 rather than a select (which the compiler
+          // turns into a branch per store when `upper` varies across the wave).
+          const uint32_t shift = 16 * ((c & 1) ^ upper);
+          auto column = [&](uint32_t row_a, uint32_t row_b) {
+            return ((row_a >> shift) & 0xffffu) | ((row_b >> shift) << 16);
           };
           lds_store8(lds, columns + T::col_store(unit, c),
                      u32x2{column(staged[i][0][w], staged[i][1][w]), column(staged[i][2][w], staged[i][3][w])});
@@ -308,6 +362,7 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
         f32x16 s[T::kRowBlocks], dp[T::kRowBlocks];
 #pragma unroll
         for (int rb = 0; rb < T::kRowBlocks; ++rb) s[rb] = dp[rb] = f32x16{};
+        if (!T::kKeepKV) load_key_row(k_head, f.k_stride_s, k_frag);
 #pragma unroll
         for (int t2 = 0; t2 < D / 16; ++t2) {
 #pragma unroll
@@ -316,6 +371,10 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
             s[rb] = mfma_32x32x8<E>(low8(a), low8(k_frag[t2]), s[rb]);
             s[rb] = mfma_32x32x8<E>(high8(a), high8(k_frag[t2]), s[rb]);
           }
+        }
+        if (!T::kKeepKV) {
+          schedule_fence();  // V's registers are K's: its loads must not start before S's MFMAs are issued
+          load_key_row(v_head, f.v_stride_s, v_frag);
         }
 #pragma unroll
         for (int t2 = 0; t2 < D / 16; ++t2) {
@@ -334,26 +393,38 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
         u32x2 p_frag[T::kRowBlocks][4];  // P, packed: B operand of dV^T
 #pragma unroll
         for (int rb = 0; rb < T::kRowBlocks; ++rb) {
+          // One wave-uniform branch per option, each around a whole loop (a test per element would split the
+          // unrolled code into a basic block per element).
+          float x[16], dscale[16], pr[16], dsr[16];
+#pragma unroll
+          for (int r = 0; r < 16; ++r) x[r] = s[rb][r];
+          if (softcap) {
+#pragma unroll
+            for (int r = 0; r < 16; ++r) {
+              const float th = tanh_fast(x[r] * f.tanh_in);
+              x[r] = f.tanh_out * th;
+              dscale[r] = 1.0f - th * th;
+            }
+          }
+          if (masked) {
+#pragma unroll
+            for (int r = 0; r < 16; ++r) {
+              const int q = tile_q0 + 32 * rb + T::query_of_row(T::row_of_register(half, r));
+              const bool visible = key < seqlen_k && (!bounded_right || key <= q + offset + f.window_right) &&
+                                   (!bounded_left || key >= q + offset - f.window_left);
+              x[r] = visible ? x[r] : -kInf;
+            }
+          }
           // S-register r (row 8(r/4) + 4h + r%4) of every lane needs the lse / delta that lane row holds.
-          float pr[16], dsr[16];
 #pragma unroll
           for (int r = 0; r < 16; ++r) {
             const int source = T::row_of_register(half, r);
-            const float lse = lane_value(lse_own[rb], source);
-            float x = s[rb][r], dscale = 1.0f;
-            if (softcap) {
-              const float th = tanh_fast(x * f.tanh_in);
-              x = f.tanh_out * th;
-              dscale = 1.0f - th * th;
-            }
-            if (masked) {
-              const int q = tile_q0 + 32 * rb + T::query_of_row(source);
-              const bool visible = key < seqlen_k && (!bounded_right || key <= q + offset + f.window_right) &&
-                                   (!bounded_left || key >= q + offset - f.window_left);
-              x = visible ? x : -kInf;
-            }
-            pr[r] = exp2_fast(__builtin_fmaf(x, score_mul, -lse));
-            dsr[r] = pr[r] * dscale * (dp[rb][r] - lane_value(delta_own[rb], source));
+            pr[r] = exp2_fast(__builtin_fmaf(x[r], score_mul, -lane_value(lse_own[rb], source)));
+            dsr[r] = pr[r] * (dp[rb][r] - lane_value(delta_own[rb], source));
+          }
+          if (softcap) {
+#pragma unroll
+            for (int r = 0; r < 16; ++r) dsr[r] *= dscale[r];
           }
 #pragma unroll
           for (int j = 0; j < 4; ++j) {
@@ -402,8 +473,7 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
 #pragma unroll
         for (int r = 0; r < 16; ++r) {
           const uint32_t word = ds_frag[rb][r / 4][(r % 4) / 2];
-          lds_store2(lds, T::ds_store(32 * rb + T::query_of_row(T::row_of_register(half, r)), 32 * wave + lane % 32),
-                     r % 2 ? word >> 16 : word);
+          lds_store2(lds, ds_lane[T::ds_variant(r)] + T::ds_store_step(rb, r), r % 2 ? word >> 16 : word);
         }
       }
       block_barrier();  // dS is visible
@@ -414,6 +484,10 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
       for (int s = 0; s < T::kDqSlots; ++s) {
         const int tile = wave + T::kWaves * s;
         dq[s] = f32x16{};
+        if (!T::kKeepKt) {
+          schedule_fence();  // one slot's K^T at a time, loaded after S, dP (and the previous slot) are dead
+          load_kt(k_block, s);
+        }
         if (tile < T::kDqTiles) {
           const int rb = tile / T::kDimBlocks;
 #pragma unroll
@@ -434,11 +508,15 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
       for (int s = 0; s < T::kDqSlots; ++s) {
         const int tile = wave + T::kWaves * s;
         if (tile < T::kDqTiles) {
+          // Wave-uniform base (an SGPR pair) + a 32-bit lane offset + the register's row as an immediate.
           const int rb = tile / T::kDimBlocks, db = tile % T::kDimBlocks;
+          float* const base = dq_accum + (row_base + tile_q0 + 32 * rb) * D + 32 * db;
+          const int rows_left = seqlen_q - (tile_q0 + 32 * rb + 4 * half);  // rows of this lane half in the sequence
+          const uint32_t lane_offset = static_cast<uint32_t>(4 * half * D + lane % 32);
 #pragma unroll
           for (int r = 0; r < 16; ++r) {
-            const int q = tile_q0 + 32 * rb + T::row_of_register(half, r);
-            if (q < seqlen_q) atomic_add_f32(dq_accum + (row_base + q) * D + 32 * db + lane % 32, dq[s][r]);
+            const int row = T::row_of_register(0, r);  // + 4 * half, in lane_offset
+            if (row < rows_left) atomic_add_f32(base + lane_offset + row * D, dq[s][r]);
           }
         }
       }

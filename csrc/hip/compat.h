@@ -56,6 +56,9 @@ inline int block_id_y() { return emu::block_id(1); }
 inline int block_id_z() { return emu::block_id(2); }
 inline void block_barrier() { emu::block_barrier(); }
 inline int readfirstlane(int v) { return emu::readfirstlane(v); }
+inline void schedule_fence() {}
+template <class T>
+inline T* opaque(T* p) { return p; }
 
 #else
 
@@ -78,6 +81,18 @@ FLASHCORE_DEVICE void block_barrier() {
   __builtin_amdgcn_s_barrier();
   __builtin_amdgcn_fence(__ATOMIC_ACQUIRE, "workgroup");
 #endif
+}
+
+// No instruction moves across this point in the compiler's scheduling (it emits no code): for the places where
+// hoisting loads early would push the live registers past the budget.
+FLASHCORE_DEVICE void schedule_fence() { __builtin_amdgcn_sched_barrier(0); }
+
+// A wave-uniform pointer the compiler cannot see through: loads from it inside a loop stay in the loop (loop-
+// invariant code motion would hoist them and keep their results live across every iteration).
+template <class T>
+FLASHCORE_DEVICE T* opaque(T* p) {
+  __asm__ volatile("" : "+s"(p));
+  return p;
 }
 
 // Lane 0's value in every lane: makes a value the compiler cannot prove wave-uniform live in an SGPR.

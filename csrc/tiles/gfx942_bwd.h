@@ -23,8 +23,8 @@
 //
 // columns: head_dim, block_m, block_n, waves, waves_per_simd
 #define FLASHCORE_TILES_GFX942_BWD(X) \
-  X(64, 64, 128, 4, 2) \
-  X(96, 32, 128, 4, 2) \
+  X(64, 64, 128, 4, 1) \
+  X(96, 32, 128, 4, 1) \
   X(128, 32, 128, 4, 1) \
   X(192, 32, 128, 4, 1) \
   X(256, 32, 128, 4, 1)
