@@ -30,7 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 SOURCES = [("hip_emu/emu.cpp", []),
            ("hip_emu/harness_bwd.cpp", ["-DFLASHCORE_EMU_ELEMENT=Bf16"]),
-           ("hip_emu/harness_bwd.cpp", ["-DFLASHCORE_EMU_ELEMENT=Fp16"])]
+           ("hip_emu/harness_bwd.cpp", ["-DFLASHCORE_EMU_ELEMENT=Fp16"]),
+           # the negative tests' kernels: 1 without the barrier before dQ reads dS, 2 without the ticket wait
+           ("hip_emu/harness_bwd.cpp", ["-DFLASHCORE_EMU_ELEMENT=Bf16", "-DFLASHCORE_BWD_FAULT=1"]),
+           ("hip_emu/harness_bwd.cpp", ["-DFLASHCORE_EMU_ELEMENT=Bf16", "-DFLASHCORE_BWD_FAULT=2"])]
 CXX_FLAGS = ["-std=c++20", "-O2", "-fPIC", "-pthread", "-DFLASHCORE_HIP_EMU", "-Wno-psabi", f"-I{CSRC}"]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # max |grad - ref| / max |ref|: the kernel rounds P and dS to 16 bits before their MFMAs, as every
@@ -80,8 +83,9 @@ def _delta(out, dout, dlse, varlen):
 
 def emu_bwd(emu, q, k, v, out, lse, dout, dlse=None, *, softmax_scale=None, causal=False, window=(-1, -1),
             softcap=0.0, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, deterministic=False,
-            os_threads=2, schedule=0, reverse_blocks=False):
-    """The backward kernels in the harness; returns (dq, dk, dv, stats). dq/dk/dv start as NaN."""
+            os_threads=2, schedule=0, reverse_blocks=False, fault=0):
+    """The backward kernels in the harness; returns (dq, dk, dv, stats), stats["workspace"] being the workspace
+    after the run (its fp32 dQ accumulator first). dq/dk/dv start as NaN. fault: a negative test's kernel."""
     varlen = cu_seqlens_q is not None
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     delta = _delta(out, dout, dlse, varlen)
@@ -93,6 +97,8 @@ def emu_bwd(emu, q, k, v, out, lse, dout, dlse=None, *, softmax_scale=None, caus
     dims = (ctypes.c_int * 8)(*(t.dim() for t in tensors8))
     batch = len(cu_seqlens_q) - 1 if varlen else q.shape[0]
     fn = emu.emu_bwd_Bf16 if q.dtype == torch.bfloat16 else emu.emu_bwd_Fp16
+    if fault:
+        fn = getattr(emu, f"emu_bwd_fault{fault}_Bf16")
     stats = (ctypes.c_uint64 * 4)()
     workspace_bytes = ctypes.c_int64(0)
     lse = lse.contiguous()
@@ -107,8 +113,10 @@ def emu_bwd(emu, q, k, v, out, lse, dout, dlse=None, *, softmax_scale=None, caus
         assert rc == 0, error.value.decode()
 
     call(None)
-    call(torch.zeros(max(workspace_bytes.value, 1), dtype=torch.uint8))
-    return (*grads, dict(zip(("blocks", "fiber_switches", "wave_collectives", "barriers"), stats)))
+    workspace = torch.zeros(max(workspace_bytes.value, 1), dtype=torch.uint8)
+    call(workspace)
+    return (*grads, dict(zip(("blocks", "fiber_switches", "wave_collectives", "barriers"), stats),
+                         workspace=workspace))
 
 
 def _options(q, softmax_scale, causal, window, softcap):
@@ -138,9 +146,9 @@ def reference_bwd(q, k, v, out, lse, dout, dlse, *, softmax_scale=None, causal=F
     return reference.backward_varlen(*args, cu_seqlens_q, cu_seqlens_k, **options)
 
 
-def assert_grads_match(got, want, dtype):
+def assert_grads_match(got, want, dtype, names=("dq", "dk", "dv")):
     tolerance = TOLERANCE[dtype]
-    for name, x, ref in zip(("dq", "dk", "dv"), got, want):
+    for name, x, ref in zip(names, got, want):
         assert not x.isnan().any(), f"{name}: {x.isnan().sum().item()} elements NaN (unwritten?)"
         err = (x.double() - ref).abs().max().item()
         scale = max(ref.abs().max().item(), 1e-6)
@@ -170,3 +178,143 @@ HEAD_DIMS = [64, 96, 128, 192, 256]
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
 def test_backward_head_dims(emu, head_dim, dtype):
     check_dense(emu, 1, 40, 150, 2, 1, head_dim, DTYPES[dtype], causal=True)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("seqlens", [(1, 1), (1, 17), (17, 1), (17, 17), (1, 300), (300, 1), (130, 130), (200, 77),
+                                     (77, 200)])
+def test_backward_ragged_seqlens(emu, seqlens, causal):
+    check_dense(emu, 1, *seqlens, 2, 1, 64, torch.bfloat16, causal=causal)
+
+
+@pytest.mark.parametrize("head_dim", [128, 256])
+def test_backward_no_dlse(emu, head_dim):
+    check_dense(emu, 2, 70, 90, 2, 2, head_dim, torch.float16, with_dlse=False)
+
+
+@pytest.mark.parametrize("window", [(16, 8), (0, 0), (40, -1), (-1, 5), (200, 0)])
+@pytest.mark.parametrize("seqlens", [(130, 130), (77, 200), (200, 77)])
+def test_backward_window(emu, window, seqlens):
+    check_dense(emu, 1, *seqlens, 1, 1, 128, torch.bfloat16, window=window)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("softcap", [2.0, 30.0])
+def test_backward_softcap(emu, softcap, dtype):
+    check_dense(emu, 1, 100, 140, 2, 1, 64, DTYPES[dtype], causal=True, softcap=softcap)
+    check_dense(emu, 1, 33, 70, 1, 1, 192, DTYPES[dtype], window=(20, 10), softcap=softcap)
+
+
+@pytest.mark.parametrize("heads", [(4, 2), (3, 1), (4, 4), (6, 3)])
+def test_backward_gqa_mqa(emu, heads):
+    """dK/dV of a K/V head sum over its group's query heads (the workgroup walks them itself)."""
+    check_dense(emu, 2, 40, 150, *heads, 96, torch.bfloat16, causal=True)
+
+
+@pytest.mark.parametrize("scale", [-0.2, 0.0, 1.5])
+def test_backward_scale(emu, scale):
+    """Negative scale (q negated in the kernel, dK scaled by |scale|, dQ by scale), zero, large."""
+    check_dense(emu, 1, 50, 90, 2, 1, 64, torch.bfloat16, softmax_scale=scale, causal=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [64, 256])
+@pytest.mark.parametrize("causal", [False, True])
+def test_backward_varlen(emu, head_dim, causal, dtype):
+    """Sequences of lengths (q, k): (1, 130), (0, 5) -> dk = dv = 0, (33, 0) -> dq = 0, (130, 33), (17, 17)."""
+    lens_q, lens_k = [1, 0, 33, 130, 17], [130, 5, 0, 33, 17]
+    cu_q = torch.tensor([0] + lens_q, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    cu_k = torch.tensor([0] + lens_k, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    dt = DTYPES[dtype]
+    q = torch.randn(int(cu_q[-1]), 2, head_dim).to(dt)
+    k = torch.randn(int(cu_k[-1]), 1, head_dim).to(dt)
+    v = torch.randn(int(cu_k[-1]), 1, head_dim).to(dt)
+    dout = torch.randn(q.shape).to(dt)
+    options = dict(causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    out, lse = forward_for(q, k, v, **options)
+    dlse = torch.randn(lse.shape)
+    *got, _ = emu_bwd(emu, q, k, v, out, lse, dout, dlse, max_seqlen_q=max(lens_q), max_seqlen_k=max(lens_k),
+                      **options)
+    want = reference_bwd(q, k, v, out, lse, dout, dlse, **options)
+    assert_grads_match(got, want, dt)
+    assert torch.equal(got[1][130:135], torch.zeros_like(got[1][130:135]))  # keys of the query-less sequence
+    assert torch.equal(got[0][1:34], torch.zeros_like(got[0][1:34]))        # queries of the key-less sequence
+
+
+def test_backward_unseen_keys_and_empty_rows(emu):
+    """A window that leaves keys 0..274 unseen: their dK = dV = 0 exactly. seqlen_q > seqlen_k with causal: the
+    first rows see no key (lse = -inf), and with a nonzero dlse they still contribute nothing (dQ = 0)."""
+    got, _ = check_dense(emu, 1, 20, 300, 1, 1, 64, torch.bfloat16, window=(5, 0))
+    assert torch.equal(got[1][0, :275], torch.zeros_like(got[1][0, :275]))
+    assert torch.equal(got[2][0, :275], torch.zeros_like(got[2][0, :275]))
+    assert got[1][0, 275:].abs().sum() > 0
+    got, _ = check_dense(emu, 1, 150, 40, 1, 1, 64, torch.bfloat16, causal=True)
+    assert torch.equal(got[0][0, :110], torch.zeros_like(got[0][0, :110]))
+
+
+
+def _determinism_case(dtype=torch.bfloat16, head_dim=64):
+    """5 K/V blocks x 2 query heads sharing a K/V head, every Q tile touched by several blocks."""
+    q = torch.randn(1, 300, 2, head_dim).to(dtype)
+    k = torch.randn(1, 600, 1, head_dim).to(dtype)
+    v = torch.randn(1, 600, 1, head_dim).to(dtype)
+    dout = torch.randn(q.shape).to(dtype)
+    out, lse = forward_for(q, k, v, window=(300, 100))
+    return (q, k, v, out, lse, dout, torch.randn(lse.shape)), dict(window=(300, 100))
+
+
+BLOCKS = 5  # K/V blocks of _determinism_case: reversed dispatch needs a thread per block (they wait on each other)
+
+
+def test_deterministic_bit_identical(emu):
+    """deterministic=True: dq, dk, dv and the fp32 dQ accumulator bit-identical across OS thread counts, lane
+    schedules and block dispatch order (last block first). The atomic mode on the same inputs is as accurate,
+    and its accumulator follows the dispatch order: first-to-last and last-to-first differ in the last bits."""
+    args, options = _determinism_case()
+    runs = [dict(os_threads=1), dict(os_threads=3, schedule=1), dict(os_threads=2, schedule=2),
+            dict(os_threads=BLOCKS, reverse_blocks=True)]
+    first = None
+    for run in runs:
+        *grads, stats = emu_bwd(emu, *args, deterministic=True, **options, **run)
+        result = (*grads, stats["workspace"])
+        if first is None:
+            first = result
+            assert_grads_match(grads, reference_bwd(*args[:5], args[5], args[6], **options), torch.bfloat16)
+        for name, a, b in zip(("dq", "dk", "dv", "workspace"), first, result):
+            assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), f"{name} differs under {run}"
+    *_, forward_order = emu_bwd(emu, *args, os_threads=1, **options)
+    *_, reverse_order = emu_bwd(emu, *args, os_threads=1, reverse_blocks=True, **options)
+    assert not torch.equal(forward_order["workspace"], reverse_order["workspace"]), \
+        "the atomic mode's fp32 sums did not depend on the block order: the test cannot tell the modes apart"
+
+
+def test_harness_catches_missing_ticket_wait(emu):
+    """The deterministic kernel without its ticket wait: the dQ sums follow the dispatch order again."""
+    args, options = _determinism_case()
+    *_, a = emu_bwd(emu, *args, deterministic=True, os_threads=1, fault=2, **options)
+    *_, b = emu_bwd(emu, *args, deterministic=True, os_threads=1, reverse_blocks=True, fault=2, **options)
+    assert not torch.equal(a["workspace"], b["workspace"])
+
+
+@pytest.mark.parametrize("schedule", [1, 2])
+def test_backward_any_lane_order(emu, schedule):
+    """One wave at a time, first to last or last to first: a missing barrier between waves changes the result."""
+    check_dense(emu, 1, 200, 150, 1, 1, 64, torch.bfloat16, schedule=schedule, causal=True)
+    check_dense(emu, 1, 70, 230, 2, 1, 192, torch.bfloat16, schedule=schedule, window=(100, 20))
+
+
+def test_harness_catches_missing_barrier(emu):
+    """The kernel without the barrier between the dS writes and the dQ MFMAs that read other waves' dS: with
+    one wave at a time it reads Q/dO (or poison) instead and dq is wrong; dk, dv are untouched."""
+    q = torch.randn(1, 64, 1, 64).to(torch.bfloat16)
+    k = torch.randn(1, 128, 1, 64).to(torch.bfloat16)
+    v = torch.randn(1, 128, 1, 64).to(torch.bfloat16)
+    dout = torch.randn(q.shape).to(torch.bfloat16)
+    out, lse = forward_for(q, k, v)
+    want = reference_bwd(q, k, v, out, lse, dout, None)
+    dq, dk, dv, _ = emu_bwd(emu, q, k, v, out, lse, dout, schedule=1, fault=1)
+    assert_grads_match((dk, dv), want[1:], torch.bfloat16, names=("dk", "dv"))
+    with pytest.raises(AssertionError, match="dq"):
+        assert_grads_match((dq,), want[:1], torch.bfloat16)
+    dq, _, _, _ = emu_bwd(emu, q, k, v, out, lse, dout, schedule=1)  # the real kernel, same lane order
+    assert_grads_match((dq,), want[:1], torch.bfloat16)

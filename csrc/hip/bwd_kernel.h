@@ -169,7 +169,9 @@ constexpr int64_t bwd_workspace_bytes_for(const BwdParams& p) {
 FLASHCORE_DEVICE u32x2 low8(u32x4 v) { return u32x2{v[0], v[1]}; }
 FLASHCORE_DEVICE u32x2 high8(u32x4 v) { return u32x2{v[2], v[3]}; }
 
-template <int D, class E>
+// kFault: fault injection for the CPU harness's negative tests only (tests/test_hip_emulated_bwd.py): 1 drops the
+// barrier that makes dS visible before the dQ MFMAs read it, 2 drops the ticket wait of deterministic mode.
+template <int D, class E, int kFault = 0>
 FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::kWavesPerSimd)
     bwd_kernel(const BwdParams p) {
   using T = BwdTile<D>;
@@ -476,7 +478,7 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
           lds_store2(lds, ds_lane[T::ds_variant(r)] + T::ds_store_step(rb, r), r % 2 ? word >> 16 : word);
         }
       }
-      block_barrier();  // dS is visible
+      if (kFault != 1) block_barrier();  // dS is visible
 
       // dQ tile (rb, db) of each slot: 32 rows x 32 dims, contraction over the block's keys
       f32x16 dq[T::kDqSlots];
@@ -501,7 +503,7 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
       int32_t* const counter = counters + (static_cast<int64_t>(b) * f.heads_q + head) * q_tiles_max + t;
       const int rank = n - first_key(tile_q0) / kBlockN;  // K/V blocks before this one that touch the tile
       if (p.deterministic) {
-        if (tid == 0) wait_counter(counter, rank);
+        if (tid == 0 && kFault != 2) wait_counter(counter, rank);
         block_barrier_global();
       }
 #pragma unroll

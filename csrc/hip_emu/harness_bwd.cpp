@@ -19,6 +19,9 @@ namespace {
 
 using namespace flashcore;
 using Element = gfx942::FLASHCORE_EMU_ELEMENT;
+#ifndef FLASHCORE_BWD_FAULT
+#define FLASHCORE_BWD_FAULT 0  // the negative tests' builds set 1 or 2 (bwd_kernel's kFault)
+#endif
 
 size_t extent_bytes(const Strided& t, size_t element_bytes) {  // bytes from data to the view's last element
   int64_t last = 0;
@@ -45,7 +48,7 @@ template <int D>
 std::string run(const BwdParams& p, Launch& l) {
   using T = gfx942::BwdTile<D>;
   const FwdParams& f = p.fwd;
-  const std::function<void()> main = [&p] { gfx942::bwd_kernel<D, Element>(p); };
+  const std::function<void()> main = [&p] { gfx942::bwd_kernel<D, Element, FLASHCORE_BWD_FAULT>(p); };
   std::string message = emu::launch({T::grid_x(f), f.heads_kv, f.batch}, T::kThreads, main, l.ranges.data(),
                                     static_cast<int>(l.ranges.size()), l.os_threads, &l.stats,
                                     static_cast<emu::Schedule>(l.schedule), l.reverse_blocks);
@@ -81,7 +84,12 @@ extern "C" {
 // needs in *workspace_bytes and runs nothing. Otherwise runs the main kernel and the postprocess.
 // schedule: emu::Schedule; reverse_blocks: hand out blocks last to first. stats (optional): blocks, fiber
 // switches, wave collectives, barriers of the main kernel.
-int FLASHCORE_CAT(emu_bwd_, FLASHCORE_EMU_ELEMENT)(
+#if FLASHCORE_BWD_FAULT  // the negative tests' builds: emu_bwd_fault1_Bf16, ...
+#define FLASHCORE_EMU_BWD_NAME FLASHCORE_CAT(FLASHCORE_CAT(emu_bwd_fault, FLASHCORE_BWD_FAULT), FLASHCORE_CAT(_, FLASHCORE_EMU_ELEMENT))
+#else
+#define FLASHCORE_EMU_BWD_NAME FLASHCORE_CAT(emu_bwd_, FLASHCORE_EMU_ELEMENT)
+#endif
+int FLASHCORE_EMU_BWD_NAME(
     const void* const* tensors, const int64_t* sizes, const int64_t* strides, const int* dims, float* lse,
     const float* delta, int64_t lse_numel, const int32_t* cu_seqlens_q, const int32_t* cu_seqlens_k, int batch,
     int max_seqlen_q, int max_seqlen_k, float softmax_scale, int causal, int window_left, int window_right,
