@@ -234,6 +234,8 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
   const GlobalBuffer k_block = make_buffer(k_head + (k_start + k0) * f.k_stride_s,
                                            static_cast<uint32_t>(((block_rows - 1) * f.k_stride_s + D) * 2));
   auto load_kt = [&](const GlobalBuffer& buffer, int s) {
+    // Per-tile gathers (D = 256) compute their 64 scalar offsets where they load (opaque), not once for the loop.
+    const int64_t row_bytes = (T::kKeepKt ? f.k_stride_s : opaque(f.k_stride_s)) * 2;
     {
       const int tile = wave + T::kWaves * s;
       const int dim = 32 * (tile % T::kDimBlocks) + lane % 32;
@@ -243,7 +245,7 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
         uint32_t e[8];
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
-          e[i] = buffer_load2(buffer, lane_offset, static_cast<uint32_t>((16 * t + i) * f.k_stride_s * 2));
+          e[i] = buffer_load2(buffer, lane_offset, static_cast<uint32_t>((16 * t + i) * row_bytes));
         }
         kt_frag[s][t] = u32x4{pack16(e[0], e[1]), pack16(e[2], e[3]), pack16(e[4], e[5]), pack16(e[6], e[7])};
       }

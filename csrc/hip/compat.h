@@ -58,7 +58,7 @@ inline void block_barrier() { emu::block_barrier(); }
 inline int readfirstlane(int v) { return emu::readfirstlane(v); }
 inline void schedule_fence() {}
 template <class T>
-inline T* opaque(T* p) { return p; }
+inline T opaque(T v) { return v; }
 
 #else
 
@@ -87,12 +87,14 @@ FLASHCORE_DEVICE void block_barrier() {
 // hoisting loads early would push the live registers past the budget.
 FLASHCORE_DEVICE void schedule_fence() { __builtin_amdgcn_sched_barrier(0); }
 
-// A wave-uniform pointer the compiler cannot see through: loads from it inside a loop stay in the loop (loop-
-// invariant code motion would hoist them and keep their results live across every iteration).
+// A wave-uniform value (a pointer or integer in SGPRs) the compiler cannot see through: what is computed from it
+// is computed where it is used. Loop-invariant code motion would otherwise hoist that work out of the loop and
+// keep its results live across every iteration, and values read from the kernel arguments would stay in SGPRs
+// from the first use to the last instead of being read again.
 template <class T>
-FLASHCORE_DEVICE T* opaque(T* p) {
-  __asm__ volatile("" : "+s"(p));
-  return p;
+FLASHCORE_DEVICE T opaque(T v) {
+  __asm__ volatile("" : "+s"(v));
+  return v;
 }
 
 // Lane 0's value in every lane: makes a value the compiler cannot prove wave-uniform live in an SGPR.
