@@ -9,17 +9,19 @@
 //                   records what it reached
 //
 // Per wave the K/V block lives in registers for the whole kernel: K and V as MFMA B operands (D/4 VGPRs each),
-// K^T fragments for dQ (D/4 per dQ tile slot), and the dK^T, dV^T accumulators (D/2 each); per Q tile the S and
-// dP accumulators (16 per 32 rows each) come on top. LDS holds Q, dO (row-major) and Q^T, dO^T of one tile:
-// 4 * block_m * D * 2 bytes (dS for dQ reuses the Q and dO space).
+// K^T fragments for dQ (32 per dQ tile slot) and the dK^T, dV^T accumulators (D/2 each); per Q tile the S and
+// dP accumulators (16 per 32 rows each) and the P / dS operands come on top. LDS holds Q, dO (row-major) and
+// Q^T, dO^T of one tile: 4 * block_m * D * 2 bytes (dS for dQ reuses the Q and dO space). Every head dim runs at
+// one wave per SIMD: two would cap a wave at 256 registers, and the K/V state alone is 1.75 D (csrc/hip/
+// isa_budget.json has the counts the allocator reached, 396..512 of 512).
 //
-//   D    block_m  LDS      VGPR plan          waves/SIMD  why
-//   64   64       32 KiB   ~1.5 D + 2 tiles   2           64 rows give each of the 4 waves one dQ tile (2 row x 2 dim
-//                                                         blocks) and halve the barriers per query row
-//   96   32       24 KiB   ~1.5 D + 1 tile    2           3 dim blocks: waves 0-2 take a dQ tile each
-//   128  32       32 KiB   1.75 D + 1 tile    1           K, V, K^T (96) + dK^T, dV^T (128) leave no room in 256
-//   192  32       48 KiB   2 D + 1 tile       1           as D = 128; two dQ slots for waves 0 and 1
-//   256  32       64 KiB   1.75 D + 1 tile    1           LDS is full (4 x 16 KiB); accumulators live in AGPRs
+//   D    block_m  LDS      why this block_m
+//   64   64       32 KiB   64 rows give each of the 4 waves one 32x32 dQ tile (2 row x 2 dim blocks) and halve
+//                          the barriers per query row; S and dP for 64 rows still fit beside the K/V state
+//   96   32       24 KiB   3 dim blocks: waves 0-2 take a dQ tile each, wave 3 none
+//   128  32       32 KiB   one dQ tile per wave; 64 rows would fill all 64 KiB and add ~48 VGPRs (not tried)
+//   192  32       48 KiB   K and V re-read per tile (the accumulators are 192 VGPRs); 6 dQ tiles over 4 waves
+//   256  32       64 KiB   LDS full (4 x 16 KiB); accumulators fill the AGPRs; K^T re-gathered per dQ slot
 //
 // columns: head_dim, block_m, block_n, waves, waves_per_simd
 #define FLASHCORE_TILES_GFX942_BWD(X) \
