@@ -10,7 +10,9 @@ What is checked here:
 - keys no query sees get dK = dV = 0, rows with lse = -inf contribute nothing;
 - deterministic mode: bit-identical across OS thread counts, lane schedules and block dispatch order (blocks
   handed out last to first), while the atomic mode's sums follow the dispatch order;
-- lanes run one wave at a time in both orders, so a missing barrier changes the result.
+- lanes run one wave at a time in both orders, so a missing barrier changes the result;
+- every LDS access pattern of the kernel, from its own address functions, against the CDNA3 bank model
+  (csrc/hip/lds.h, harness_lds.cpp): operand reads and transposed stores conflict-free.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
-SOURCES = [("hip_emu/emu.cpp", []),
+SOURCES = [("hip_emu/emu.cpp", []), ("hip_emu/harness_lds.cpp", []),
            ("hip_emu/harness_bwd.cpp", ["-DFLASHCORE_EMU_ELEMENT=Bf16"]),
            ("hip_emu/harness_bwd.cpp", ["-DFLASHCORE_EMU_ELEMENT=Fp16"]),
            # the negative tests' kernels: 1 without the barrier before dQ reads dS, 2 without the ticket wait
@@ -318,3 +320,24 @@ def test_harness_catches_missing_barrier(emu):
         assert_grads_match((dq,), want[:1], torch.bfloat16)
     dq, _, _, _ = emu_bwd(emu, q, k, v, out, lse, dout, schedule=1)  # the real kernel, same lane order
     assert_grads_match((dq,), want[:1], torch.bfloat16)
+
+
+# Worst bank-conflict degree per LDS access class (csrc/hip/lds.h's model). The MFMA operand reads and the
+# transposed tile stores are conflict-free; the row-major copy of a staged unit (4 rows x 8 dims: 8 lanes write
+# 8 row quads of one chunk column) is 4-way.
+LDS_EXPECTED = {"Q/dO read": 1, "Q^T/dO^T read": 1, "dS read": 1, "row-major store": 4, "transposed store": 1,
+                "dS write": 1}
+
+
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_backward_lds_banks(emu, head_dim):
+    offsets = (ctypes.c_int64 * 64)()
+    worst = {}
+    for kind, name in enumerate(LDS_EXPECTED):
+        step = 0
+        while (width := emu.emu_bwd_lds_offsets(head_dim, kind, step, offsets)) > 0:
+            degree = emu.emu_lds_conflict_degree(offsets, width, int(kind < 3))
+            worst[name] = max(worst.get(name, 1), degree)
+            step += 1
+        assert step > 0 and width == 0, f"{name}: no accesses"
+    assert worst == LDS_EXPECTED

@@ -1,4 +1,4 @@
-// C entry point of the CPU harness for the attention backward (loaded with ctypes by tests/test_hip_emulated_bwd.py):
+// C entry points of the CPU harness for the attention backward (loaded with ctypes by tests/test_hip_emulated_bwd.py):
 // builds BwdParams with the extension's own code (make_fwd_params + make_bwd_params, csrc/fwd_params.h and
 // csrc/bwd_params.h), sizes the workspace with the kernel's own bwd_workspace_bytes_for, registers every tensor's
 // extent for the bounds checks, and runs csrc/hip/bwd_kernel.h and the dQ postprocess over the grids the ROCm
@@ -19,6 +19,9 @@ namespace {
 
 using namespace flashcore;
 using Element = gfx942::FLASHCORE_EMU_ELEMENT;
+#define FLASHCORE_EMU_IS_BF16 FLASHCORE_CAT(FLASHCORE_EMU_IS_, FLASHCORE_EMU_ELEMENT)
+#define FLASHCORE_EMU_IS_Bf16 1
+#define FLASHCORE_EMU_IS_Fp16 0
 #ifndef FLASHCORE_BWD_FAULT
 #define FLASHCORE_BWD_FAULT 0  // the negative tests' builds set 1 or 2 (bwd_kernel's kFault)
 #endif
@@ -139,5 +142,73 @@ int FLASHCORE_EMU_BWD_NAME(
   }
   return emu::to_c_status(message, error, error_bytes);
 }
+
+}  // extern "C"
+
+extern "C" {
+
+// The LDS byte offsets of one wave-wide access of the backward kernel, from BwdTile's own address functions (the
+// ones the kernel uses), for the bank model of harness_lds.cpp. kind: 0 Q / dO operand read (step t), 1 Q^T /
+// dO^T operand read (dim block x step), 2 dS operand read (step), 3 row-major tile store (wave x row of the
+// unit), 4 transposed tile store (wave x dim of the unit), 5 dS write (wave x register). offsets[l] = -1: lane
+// idle. Returns the access width in bytes, 0 past the last step, -1 for a head dim without a kernel.
+#if !FLASHCORE_BWD_FAULT && FLASHCORE_EMU_IS_BF16
+int emu_bwd_lds_offsets(int d, int kind, int step, int64_t* offsets) {
+  auto fill = [&](auto tile) -> int {
+    using T = decltype(tile);
+    for (int l = 0; l < 64; ++l) offsets[l] = -1;
+    switch (kind) {
+      case 0: {
+        if (step >= T::kRowBlocks * (T::kRowChunks / 2)) return 0;
+        const int rb = step / (T::kRowChunks / 2), t = step % (T::kRowChunks / 2);
+        for (int l = 0; l < 64; ++l) {
+          offsets[l] = gfx942::LanePairAddress<T::kRowChunks>(T::kQ, T::query_of_row(l % 32), l / 32).at(rb, t);
+        }
+        return 16;
+      }
+      case 1: {
+        if (step >= T::kDimBlocks * (T::kColChunks / 2)) return 0;
+        const int db = step / (T::kColChunks / 2), t = step % (T::kColChunks / 2);
+        for (int l = 0; l < 64; ++l) {
+          offsets[l] = gfx942::LanePairAddress<T::kColChunks>(T::kQt, gfx942::contiguous_16(l % 32), l / 32).at(db, t);
+        }
+        return 16;
+      }
+      case 2: {
+        if (step >= T::kRowBlocks * (T::kDsChunks / 2)) return 0;
+        const int rb = step / (T::kDsChunks / 2), t = step % (T::kDsChunks / 2);
+        for (int l = 0; l < 64; ++l) offsets[l] = gfx942::LanePairAddress<T::kDsChunks>(T::kDs, l % 32, l / 32).at(rb, t);
+        return 16;
+      }
+      case 3:
+      case 4: {
+        const int per_wave = kind == 3 ? 4 : 8;
+        if (step >= T::kWaves * T::kUnitLoads * per_wave) return 0;
+        const int wave = step / (T::kUnitLoads * per_wave), i = step / per_wave % T::kUnitLoads, part = step % per_wave;
+        for (int l = 0; l < 64; ++l) {
+          const int unit = wave * 64 + l + i * T::kThreads;
+          if (unit < T::kUnits) offsets[l] = kind == 3 ? T::row_store(unit, part) : T::kQt + T::col_store(unit, part);
+        }
+        return kind == 3 ? 16 : 8;
+      }
+      case 5: {
+        if (step >= T::kWaves * T::kRowBlocks * 16) return 0;
+        const int wave = step / (T::kRowBlocks * 16), rb = step / 16 % T::kRowBlocks, r = step % 16;
+        for (int l = 0; l < 64; ++l) offsets[l] = T::ds_store_of(l, wave, rb, r) & ~3u;
+        return 4;  // ds_write_b16, modelled as the 4-byte word it writes (lanes of one word do not conflict)
+      }
+      default: return 0;
+    }
+  };
+  switch (d) {
+    case 64: return fill(gfx942::BwdTile<64>{});
+    case 96: return fill(gfx942::BwdTile<96>{});
+    case 128: return fill(gfx942::BwdTile<128>{});
+    case 192: return fill(gfx942::BwdTile<192>{});
+    case 256: return fill(gfx942::BwdTile<256>{});
+    default: return -1;
+  }
+}
+#endif
 
 }  // extern "C"
