@@ -75,7 +75,7 @@ struct BwdTile {
   static constexpr int kDqSlots = (kDqTiles + kWaves - 1) / kWaves;
   // What stays in registers beyond the accumulators (the rest of 512 / waves_per_simd; isa_budget.json holds
   // the counts). D <= 128: K and V B operands for the whole kernel, and the next Q/dO tile's loads in flight
-  // during this tile's MFMAs. D >= 192: dK^T + dV^T alone are 2D/2 = 192..256 VGPRs, so K and V are re-read
+  // during this tile's MFMAs. D >= 192: dK^T + dV^T alone are D = 192..256 VGPRs, so K and V are re-read
   // (L1/L2 hits: the block's own 32 keys per wave) right before the MFMAs that use them, and the next tile is
   // loaded after this one's MFMAs.
   static constexpr bool kKeepKV = D <= 128;
@@ -165,9 +165,6 @@ constexpr int64_t bwd_workspace_bytes_for(const BwdParams& p) {
   const int64_t counters = p.deterministic ? int64_t{f.batch} * f.heads_q * BwdTile<D>::q_tiles(f.seqlen_q) * 4 : 0;
   return bwd_dq_accum_bytes(f) + counters;
 }
-
-FLASHCORE_DEVICE u32x2 low8(u32x4 v) { return u32x2{v[0], v[1]}; }
-FLASHCORE_DEVICE u32x2 high8(u32x4 v) { return u32x2{v[2], v[3]}; }
 
 // kFault: fault injection for the CPU harness's negative tests only (tests/test_hip_emulated_bwd.py): 1 drops the
 // barrier that makes dS visible before the dQ MFMAs read it, 2 drops the ticket wait of deterministic mode.

@@ -144,9 +144,6 @@ struct FwdTile {
   }
 };
 
-FLASHCORE_DEVICE u32x2 low8(u32x4 v) { return u32x2{v[0], v[1]}; }
-FLASHCORE_DEVICE u32x2 high8(u32x4 v) { return u32x2{v[2], v[3]}; }
-
 template <int D, class E>
 FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(FwdTile<D>::kThreads, FwdTile<D>::kMinWavesPerSimd)
     fwd_kernel(const FwdParams p) {

@@ -27,15 +27,6 @@ FLASHCORE_DEVICE u32x4 load16_or_zero(const void* p, bool valid) {
   return v & keep;
 }
 
-// The 16-bit element at p (a readable address) in bits 15:0 when `valid`, else 0.
-FLASHCORE_DEVICE uint32_t load2_or_zero(const uint16_t* p, bool valid) {
-#if defined(FLASHCORE_HIP_EMU)
-  emu::check_global(p, 2, false);
-#endif
-  const uint32_t v = *p;  // unconditional: a select, not a branch around the load
-  return valid ? v : 0u;
-}
-
 FLASHCORE_DEVICE float load_f32(const float* p) {
 #if defined(FLASHCORE_HIP_EMU)
   emu::check_global(p, 4, false);

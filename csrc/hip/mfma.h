@@ -62,6 +62,10 @@ struct MfmaLayout {
 constexpr int swap_bits_2_3(int m) { return (m & ~12) | (m & 4) << 1 | (m & 8) >> 1; }
 constexpr int contiguous_16(int m) { return (m & 3) | (m & 8) >> 1 | (m & 16) >> 1 | (m & 4) << 2; }
 
+// The two 8-byte MFMA operands in a 16-byte LDS / global read: 8 consecutive k feed two successive MFMAs.
+FLASHCORE_DEVICE u32x2 low8(u32x4 v) { return u32x2{v[0], v[1]}; }
+FLASHCORE_DEVICE u32x2 high8(u32x4 v) { return u32x2{v[2], v[3]}; }
+
 #if !defined(FLASHCORE_HIP_EMU)
 typedef short s16x4 __attribute__((ext_vector_type(4)));
 typedef _Float16 f16x4 __attribute__((ext_vector_type(4)));
