@@ -194,7 +194,7 @@ def test_backward_no_dlse(emu, head_dim):
     check_dense(emu, 2, 70, 90, 2, 2, head_dim, torch.float16, with_dlse=False)
 
 
-@pytest.mark.parametrize("window", [(16, 8), (0, 0), (40, -1), (-1, 5), (200, 0)])
+@pytest.mark.parametrize("window", [(16, 8), (0, 0), (40, -1), (-1, 5), (200, 0), (2**31 - 1, 3)])
 @pytest.mark.parametrize("seqlens", [(130, 130), (77, 200), (200, 77)])
 def test_backward_window(emu, window, seqlens):
     check_dense(emu, 1, *seqlens, 1, 1, 128, torch.bfloat16, window=window)

@@ -201,13 +201,17 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
   // ---- the band: query i sees key j when i + offset - window_left <= j <= i + offset + window_right
   const int offset = seqlen_k - seqlen_q;
   const bool bounded_left = f.window_left >= 0, bounded_right = f.window_right >= 0;
-  auto first_key = [&](int first_row) { return bounded_left ? max_int(0, first_row + offset - f.window_left) : 0; };
+  // Window sides clamped to kFar (the host passes up to INT32_MAX): sums of a side and a row or key index below
+  // cannot overflow, and nothing changes, as no index reaches 2^30.
+  constexpr int kFar = 1 << 30;
+  const int window_left = min_int(f.window_left, kFar), window_right = min_int(f.window_right, kFar);
+  auto first_key = [&](int first_row) { return bounded_left ? max_int(0, first_row + offset - window_left) : 0; };
   auto end_key = [&](int last_row) {
-    return bounded_right ? min_int(seqlen_k, last_row + offset + f.window_right + 1) : seqlen_k;
+    return bounded_right ? min_int(seqlen_k, last_row + offset + window_right + 1) : seqlen_k;
   };
   // Queries that see any of keys [k0, k1), and so the Q tiles to walk (each of them meets the band).
-  const int q_lo = bounded_right ? max_int(0, k0 - offset - f.window_right) : 0;
-  const int q_hi = bounded_left ? min_int(seqlen_q - 1, k1 - 1 - offset + f.window_left) : seqlen_q - 1;
+  const int q_lo = bounded_right ? max_int(0, k0 - offset - window_right) : 0;
+  const int q_hi = bounded_left ? min_int(seqlen_q - 1, k1 - 1 - offset + window_left) : seqlen_q - 1;
   const int t_lo = q_lo / kBlockM, t_hi = q_lo <= q_hi ? q_hi / kBlockM : t_lo - 1;
 
   // ---- K, V rows of this lane's key as B operands (lane half h: dims 16t + 8h .. + 7), K^T for dQ
@@ -257,6 +261,12 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
 #pragma unroll
   for (int db = 0; db < D / 32; ++db) dk[db] = dv[db] = f32x16{};
 
+  // Rows that see this lane's key: q_min <= q <= q_max (i + offset - window_left <= key <= i + offset +
+  // window_right, solved for i), so the mask is one unsigned compare of q - q_min with q_span. A key past the end
+  // gets q_min = kFar, which no row reaches; an unbounded side is kFar away.
+  const int q_min = key_valid ? (bounded_right ? key - offset - window_right : -kFar) : kFar;
+  const int q_max = bounded_left ? key - offset + window_left : kFar;
+  const uint32_t q_span = key_valid ? static_cast<uint32_t>(q_max) - static_cast<uint32_t>(q_min) : 0u;
   const bool softcap = f.tanh_out > 0.0f;
   const float score_mul = f.score_mul;
   // d score / d(q.k) beyond the softcap factor: without softcap q was negated for a negative scale (q_sign), so
@@ -389,8 +399,8 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
 
         // Masks only where the tile cuts the sequence end or the band of this wave's keys.
         const bool masked = wave_k0 + T::kKeysPerWave > seqlen_k ||
-                            (bounded_right && wave_k0 + T::kKeysPerWave - 1 > tile_q0 + offset + f.window_right) ||
-                            (bounded_left && wave_k0 < tile_q0 + kBlockM - 1 + offset - f.window_left);
+                            (bounded_right && wave_k0 + T::kKeysPerWave - 1 > tile_q0 + offset + window_right) ||
+                            (bounded_left && wave_k0 < tile_q0 + kBlockM - 1 + offset - window_left);
         u32x2 p_frag[T::kRowBlocks][4];  // P, packed: B operand of dV^T
 #pragma unroll
         for (int rb = 0; rb < T::kRowBlocks; ++rb) {
@@ -408,12 +418,12 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
             }
           }
           if (masked) {
+            // q of register r = q_first + a constant (query_of_row(row_of_register(h, r)) = c(r) + 8h)
+            const int q_first = tile_q0 + 32 * rb + 8 * half;
 #pragma unroll
             for (int r = 0; r < 16; ++r) {
-              const int q = tile_q0 + 32 * rb + T::query_of_row(T::row_of_register(half, r));
-              const bool visible = key < seqlen_k && (!bounded_right || key <= q + offset + f.window_right) &&
-                                   (!bounded_left || key >= q + offset - f.window_left);
-              x[r] = visible ? x[r] : -kInf;
+              const int q = q_first + T::query_of_row(T::row_of_register(0, r));
+              x[r] = static_cast<uint32_t>(q) - static_cast<uint32_t>(q_min) <= q_span ? x[r] : -kInf;
             }
           }
           // S-register r (row 8(r/4) + 4h + r%4) of every lane needs the lse / delta that lane row holds.
