@@ -178,9 +178,13 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(FwdTile<D>::kThreads, FwdTile<D>::
   // ---- keys the block and the wave can see: [begin, end)
   const int offset = seqlen_k - seqlen_q;  // bottom-right alignment
   const bool bounded_left = p.window_left >= 0, bounded_right = p.window_right >= 0;
-  auto first_key = [&](int first_row) { return bounded_left ? max_int(0, first_row + offset - p.window_left) : 0; };
+  // Window sides clamped to 2^30 (the host passes up to INT32_MAX): a side plus a row or key index below cannot
+  // overflow, and nothing changes, as no index reaches 2^30.
+  constexpr int kFar = 1 << 30;
+  const int window_left = min_int(p.window_left, kFar), window_right = min_int(p.window_right, kFar);
+  auto first_key = [&](int first_row) { return bounded_left ? max_int(0, first_row + offset - window_left) : 0; };
   auto end_key = [&](int last_row) {
-    return bounded_right ? min_int(seqlen_k, last_row + offset + p.window_right + 1) : seqlen_k;
+    return bounded_right ? min_int(seqlen_k, last_row + offset + window_right + 1) : seqlen_k;
   };
   const int block_last = min_int(block_q0 + T::kBlockRows, seqlen_q) - 1;
   const int wave_last = min_int(wave_q0 + T::kRowsPerWave, seqlen_q) - 1;
@@ -319,8 +323,8 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(FwdTile<D>::kThreads, FwdTile<D>::
       if (active) {
         // Masks only where the tile cuts the sequence end or the band of this wave's rows.
         const bool masked = k0 + kKeys > seqlen_k ||
-                            (bounded_right && k0 + kKeys - 1 > wave_q0 + offset + p.window_right) ||
-                            (bounded_left && k0 < wave_q0 + T::kRowsPerWave - 1 + offset - p.window_left);
+                            (bounded_right && k0 + kKeys - 1 > wave_q0 + offset + window_right) ||
+                            (bounded_left && k0 < wave_q0 + T::kRowsPerWave - 1 + offset - window_left);
         // One wave-uniform branch per option, each around a whole loop (a test per element would be a branch
         // per element: the loops are unrolled and the compiler does not unswitch them).
         if (softcap) {
@@ -336,8 +340,8 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(FwdTile<D>::kThreads, FwdTile<D>::
 #pragma unroll
             for (int r = 0; r < 16; ++r) {
               const int key = k0 + T::key_of_register(blk, half, r);
-              const bool visible = key < seqlen_k && (!bounded_right || key <= q + offset + p.window_right) &&
-                                   (!bounded_left || key >= q + offset - p.window_left);
+              const bool visible = key < seqlen_k && (!bounded_right || key <= q + offset + window_right) &&
+                                   (!bounded_left || key >= q + offset - window_left);
               s[blk][r] = visible ? s[blk][r] : -kInf;
             }
           }
