@@ -3,9 +3,10 @@
 // (BwdParams, csrc/bwd_params.h, whose header gives the math). Tile shapes: csrc/tiles/gfx942_bwd.h.
 //
 // Workgroup = one K/V block of block_n keys of one (sequence, K/V head); wave w owns keys 32w..32w+31 and keeps,
-// for the whole kernel, their K and V rows as MFMA B operands and their dK^T, dV^T accumulators in registers. The
-// workgroup walks the query heads of its GQA group (dK/dV reduced in registers: no expanded K/V, no partials)
-// and, per head, the Q tiles of block_m rows whose causal / window band meets its keys. Per Q tile:
+// for the whole kernel, their dK^T, dV^T accumulators and (D <= 128; D >= 192 re-reads them per Q tile) their K
+// and V rows as MFMA B operands in registers. The workgroup walks the query heads of its GQA group (dK/dV
+// reduced in registers: no expanded K/V, no partials) and, per head, the Q tiles of block_m rows whose causal /
+// window band meets its keys. Per Q tile:
 //
 //   S  = Q . K^T       32x32x8 MFMAs, A = Q rows from LDS, B = K from registers. The accumulator column is the
 //                      lane's key; row m holds query swap_bits_2_3(m) (mfma.h), so lane half h's registers of
@@ -237,19 +238,15 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
   auto load_kt = [&](const GlobalBuffer& buffer, int s) {
     // Per-tile gathers (D = 256) compute their 64 scalar offsets where they load (opaque), not once for the loop.
     const int64_t row_bytes = (T::kKeepKt ? f.k_stride_s : opaque(f.k_stride_s)) * 2;
-    {
-      const int tile = wave + T::kWaves * s;
-      const int dim = 32 * (tile % T::kDimBlocks) + lane % 32;
-      const uint32_t lane_offset = static_cast<uint32_t>((8 * half * f.k_stride_s + dim) * 2);
+    const int tile = wave + T::kWaves * s;
+    const int dim = 32 * (tile % T::kDimBlocks) + lane % 32;
+    const uint32_t lane_offset = static_cast<uint32_t>((8 * half * f.k_stride_s + dim) * 2);
 #pragma unroll
-      for (int t = 0; t < kBlockN / 16; ++t) {
-        uint32_t e[8];
+    for (int t = 0; t < kBlockN / 16; ++t) {
+      uint32_t e[8];
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          e[i] = buffer_load2(buffer, lane_offset, static_cast<uint32_t>((16 * t + i) * row_bytes));
-        }
-        kt_frag[s][t] = u32x4{pack16(e[0], e[1]), pack16(e[2], e[3]), pack16(e[4], e[5]), pack16(e[6], e[7])};
-      }
+      for (int i = 0; i < 8; ++i) e[i] = buffer_load2(buffer, lane_offset, static_cast<uint32_t>((16 * t + i) * row_bytes));
+      kt_frag[s][t] = u32x4{pack16(e[0], e[1]), pack16(e[2], e[3]), pack16(e[4], e[5]), pack16(e[6], e[7])};
     }
   };
   if (T::kKeepKt) {
