@@ -72,32 +72,44 @@ class KernelSpec:
     item_heads: str  # "q": one work item per query head; "kv": per K/V head, walking its whole GQA group
     scheduler: str  # see SCHEDULERS
     scheduler_note: str
+    order: str  # see ORDERS: the sequence of work items the scheduler hands out
 
 
 SCHEDULERS = {
-    "dynamic": "the hardware dispatches a plain grid in block order onto whichever slot frees first (greedy list "
-               "scheduling in launch order)",
+    "dynamic": "each item, in the kernel's order, goes to whichever slot frees first (greedy list scheduling): the "
+               "hardware dispatching a plain grid, or a persistent grid claiming items from an atomic counter",
     "static": "persistent grid of min(items, slots) CTAs, CTA c runs items c, c + grid, ... of the kernel's order",
+}
+ORDERS = {
+    "sm90_fwd": "csrc/cuda/fwd/schedule.h tile_at: (sequence, head) pairs in L2-sized groups, inside a group the last "
+                "query block first with the group's pairs fastest; a shorter sequence's missing blocks are empty items",
+    "blocks": "(block, head, sequence), block fastest; blocks past a shorter sequence's end are empty items",
+    "launch_last_first": "grid order, each (sequence, head)'s last query tile first; blocks past a shorter sequence "
+                         "exit at once (left out)",
+    "launch": "grid order, K/V block fastest; blocks past a sequence's end left out",
 }
 NV_COLUMNS = ("head_dim", "block_m", "block_n", "stages", "warpgroups", "ctas_per_sm")
 AMD_COLUMNS = ("head_dim", "block_m", "block_n", "waves", "waves_per_simd")
 KERNELS = {
-    ("sm90", "fwd"): KernelSpec("sm90_fwd.h", "sm90 forward", NV_COLUMNS, "query", "q", "static",
-                                "static persistent (csrc/cuda/fwd/schedule.h): (sequence, head) pairs in groups whose "
+    ("sm90", "fwd"): KernelSpec("sm90_fwd.h", "sm90 forward", NV_COLUMNS, "query", "q", "dynamic",
+                                "dynamic persistent (csrc/cuda/fwd/schedule.h): (sequence, head) pairs in groups whose "
                                 "K/V fit half of L2, inside a group the last query block first (longest causal tiles "
-                                "first) with the group's pairs fastest; CTA c takes tiles c, c + SMs, ..."),
+                                "first) with the group's pairs fastest; CTA c starts with tile c, then claims the "
+                                "next tile of that order from an atomic counter (FLASHCORE_SM90_STATIC_SCHEDULE=1: "
+                                "static, CTA c takes tiles c, c + SMs, ...)", "sm90_fwd"),
     ("sm90", "bwd"): KernelSpec("sm90_bwd.h", "sm90 backward", NV_COLUMNS, "kv", "kv", "static",
                                 "static persistent (csrc/cuda/bwd_sm90_plan.h): one item per (K/V block, K/V head, "
                                 "sequence) walking its group's query heads, K/V block fastest (causal: longest "
-                                "first); CTA c takes items c, c + SMs x ctas_per_sm, ..."),
+                                "first); CTA c takes items c, c + SMs x ctas_per_sm, ...", "blocks"),
     ("gfx942", "fwd"): KernelSpec("gfx942_fwd.h", "gfx942 forward", AMD_COLUMNS, "query", "q", "dynamic",
                                   "grid (query tile, head, sequence) as csrc/hip/fwd_gfx942.hip launches it, "
                                   "dispatched in block order (query tile fastest; block x runs the x-th tile from "
-                                  "the end, so a causal head's longest tile first); XCD round-robin not modelled"),
+                                  "the end, so a causal head's longest tile first); XCD round-robin not modelled",
+                                  "launch_last_first"),
     ("gfx942", "bwd"): KernelSpec("gfx942_bwd.h", "gfx942 backward", AMD_COLUMNS, "kv", "kv", "dynamic",
                                   "grid (K/V block, K/V head, sequence) as csrc/hip/bwd_gfx942.hip launches it, each "
                                   "block walking its group's query heads, dispatched in block order (K/V block "
-                                  "fastest: causal longest first)"),
+                                  "fastest: causal longest first)", "launch"),
 }
 L2_GROUP_SHARE = 0.5  # sm90 fwd host code: a group of (sequence, head) pairs keeps its K/V within half of L2
 STEP_FLOPS_PER_MAC = {"fwd": 4, "bwd": 10}  # fwd: Q.K^T and P.V (2 GEMMs x 2 FLOPs); bwd: 5 GEMMs (S, dP, dV,
@@ -245,7 +257,7 @@ def sm90_fwd_order(pairs: list, heads_per_group: int) -> list:
     """The sm90 forward's tile order (csrc/cuda/fwd/schedule.h tile_at): `pairs` holds each (sequence, head)'s tile
     durations by query block; groups of heads_per_group consecutive pairs; in a group the reverse block index
     (0 = a sequence's last block) is slowest and the pairs fastest. A shorter sequence's missing blocks are empty
-    tiles (0): they keep their place in the static round-robin."""
+    tiles (0): they keep their place in the order (a CTA claims one and moves on at once)."""
     m_blocks = max(len(p) for p in pairs)
     order = []
     for first in range(0, len(pairs), heads_per_group):
@@ -302,6 +314,22 @@ class KernelPrediction:
     notes: list = field(default_factory=list)
 
 
+def kernel_order(spec: KernelSpec, gpu: Gpu, shape: Shape, pairs: list) -> list:
+    """The items' durations in the order the kernel hands them out (ORDERS); `pairs` holds each (sequence, item
+    head)'s item durations in launch order."""
+    if spec.order == "sm90_fwd":
+        kv_bytes_per_pair = 2 * shape.seqlen * shape.head_dim * BYTES / (shape.heads // shape.kv_heads)
+        return sm90_fwd_order(pairs, heads_per_group(gpu.cache_mb * 1e6, kv_bytes_per_pair, len(pairs)))
+    if spec.order == "blocks":
+        blocks = max(len(p) for p in pairs)
+        return [t for p in pairs for t in p + [0.0] * (blocks - len(p))]
+    if spec.order == "launch_last_first":  # block x runs query tile (tiles - 1 - x) (csrc/hip/fwd_kernel.h block_q0)
+        return [t for p in pairs for t in reversed(p)]
+    if spec.order == "launch":  # block 0 is causal's longest K/V block
+        return [t for p in pairs for t in p]
+    raise ValueError(f"KernelSpec.order: expected one of {sorted(ORDERS)}, got {spec.order!r}")
+
+
 def slots_per_unit(gpu: Gpu, row: dict) -> int:
     if "ctas_per_sm" in row:
         return row["ctas_per_sm"]
@@ -332,17 +360,7 @@ def predict_kernel(gpu: Gpu, spec: KernelSpec, table: TileTable, shape: Shape, c
         computed += item_heads * sum(st for st, _ in tiles) * bm * bn
         in_range += item_heads * sum(a for _, a in tiles)
         needed += shape.heads * (n * (n + 1) / 2 if shape.causal else n * n)
-    if spec.scheduler == "static" and spec.grid == "query":
-        kv_bytes_per_pair = 2 * shape.seqlen * d * BYTES / group
-        order = sm90_fwd_order(pairs, heads_per_group(gpu.cache_mb * 1e6, kv_bytes_per_pair, len(pairs)))
-    elif spec.scheduler == "static":  # items (block, head, sequence), block fastest; blocks past a sequence: empty
-        blocks = max(len(p) for p in pairs)
-        order = [t for p in pairs for t in p + [0.0] * (blocks - len(p))]
-    elif spec.grid == "query":  # dynamic; block x runs query tile (tiles - 1 - x): the last rows, causal's longest
-        # tiles, launch first (csrc/hip/fwd_kernel.h block_q0); blocks past a shorter sequence exit at once, left out
-        order = [t for p in pairs for t in reversed(p)]
-    else:  # dynamic, K/V block fastest (block 0 is causal's longest); blocks past a sequence's end: left out
-        order = [t for p in pairs for t in p]
+    order = kernel_order(spec, gpu, shape, pairs)
     units = len(steps_all)
     makespan = schedule(order, slots, spec.scheduler)
     full_waves = math.ceil(units / slots)

@@ -88,7 +88,8 @@ if ! skipped tests; then
 fi
 
 # 3. compute-sanitizer on a small forward+backward through flashcore (tail tiles, causal, Sq != Sk,
-#    every head dim), plus the flashcore_sm90 kernel ops (fwd, bwd_preprocess, gemm) called directly.
+#    every head dim), plus the flashcore_sm90 kernel ops (fwd, bwd_preprocess, gemm) called directly; the
+#    forward both in single waves and over several (the dynamic tile scheduler's counter and hand-off).
 #    PYTORCH_NO_CUDA_MEMORY_CACHING makes every tensor its own cudaMalloc, so memcheck sees
 #    out-of-bounds accesses that would otherwise land inside the caching allocator's blocks.
 if ! skipped sanitizer; then
@@ -130,6 +131,16 @@ if hasattr(ns, "fwd"):
         ns.fwd(q, k, v, cu(lens_q), cu(lens_k), max(lens_q), max(lens_k), head_dim ** -0.5, True, -1, -1, 0.0, False)
         torch.cuda.synchronize()
         print(f"fwd kernel D={head_dim} called directly: ok")
+    # The dynamic tile scheduler (the default): more tiles than SMs, so CTAs claim tiles from the counter and the
+    # producer hands each index to the consumers through shared memory. Causal GQA with 2 x 5 blocks x 16 heads =
+    # 160 tiles; varlen with 64 heads (384 tiles) hands out blocks past a short sequence and a key-less sequence.
+    for head_dim in (128, 256):
+        q, k, v = rand(2, 640, 16, head_dim), rand(2, 640, 4, head_dim), rand(2, 640, 4, head_dim)
+        ns.fwd(q, k, v, None, None, 0, 0, head_dim ** -0.5, True, -1, -1, 0.0, False)
+        q, k, v = rand(sum(lens_q), 64, head_dim), rand(sum(lens_k), 8, head_dim), rand(sum(lens_k), 8, head_dim)
+        ns.fwd(q, k, v, cu(lens_q), cu(lens_k), max(lens_q), max(lens_k), head_dim ** -0.5, True, -1, -1, 0.0, False)
+        torch.cuda.synchronize()
+        print(f"fwd kernel D={head_dim}, dynamic schedule over several waves: ok")
 for m, n, kk in ((1, 1, 8), (127, 257, 72), (2048, 4096, 320)):
     a, b = rand(m, kk), rand(n, kk)
     c = ns.gemm(a, b)

@@ -233,17 +233,47 @@ def test_sm90_waves_and_last_wave_by_hand(with_sm90, no_results):
 
 
 def test_sm90_causal_schedule_follows_the_kernel_order(with_sm90, no_results):
-    # The forward's schedule efficiency is the static round-robin of its own tile order (checked above), and on
-    # causal shapes that longest-first order beats the plain launch order (shortest first) of the same tiles.
+    # The forward hands out its own tile order (checked above and against schedule.h below) dynamically: CTA c starts
+    # with tile c and claims the next one from a counter, which is greedy list scheduling of that order. On causal
+    # shapes it beats the static round-robin of the same order (FLASHCORE_SM90_STATIC_SCHEDULE=1), which restarts
+    # each L2 group with long tiles on CTAs that may already hold long ones, and that order beats the plain launch
+    # order (shortest first).
     k = flashcore.advise(gpu="h100", batch=3, seqlen=3000, heads=20, head_dim=128, causal=True, suggest=False,
                          results_dir=no_results).kernels["fwd"]
+    assert model.KERNELS[("sm90", "fwd")].scheduler == "dynamic"
     durations = [s + model.OVERHEAD_STEPS for s, _ in model.tile_steps("query", 3000, 128, 128, True)]
     hpg = model.heads_per_group(model.GPUS["h100"].cache_mb * 1e6, 2 * 3000 * 128 * 2, 60)
     order = model.sm90_fwd_order([durations] * 60, hpg)
-    assert k.schedule_efficiency == pytest.approx(sum(order) / (132 * model.schedule(order, 132, "static")))
-    assert model.schedule(order, 132, "static") < model.schedule(durations * 60, 132, "static")
+    assert k.schedule_efficiency == pytest.approx(sum(order) / (132 * model.schedule(order, 132, "dynamic")))
+    assert model.schedule(order, 132, "dynamic") < model.schedule(order, 132, "static")
+    assert model.schedule(order, 132, "dynamic") < model.schedule(durations * 60, 132, "dynamic")
     lpt = sum(order) / (132 * model.schedule(durations * 60, 132, "longest_first"))
     assert k.longest_first_efficiency == pytest.approx(lpt) and lpt >= k.schedule_efficiency
+
+
+def test_sm90_fwd_order_is_the_kernels(tmp_path):
+    """sm90_fwd_order against schedule.h's tile_at itself (g++): for each linear tile index the kernel hands out,
+    the same (pair, query block), on shapes with a partial last group."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler (g++) on PATH")
+    shapes = [(5, 7, 3), (4, 6, 6), (1, 3, 1), (9, 13, 4)]  # (query blocks, pairs, pairs per group)
+    src = tmp_path / "order.cpp"
+    body = "".join(f"  {{ const TileOrder o{{{m}, {p}, {g}}};\n"
+                   f"    for (int t = 0; t < o.num_tiles(); ++t) {{\n"
+                   f"      const TileCoord c = tile_at(o, t);\n"
+                   f"      std::printf(\"%d %d\\n\", c.pair, {m} - 1 - c.m_rev);\n"
+                   f"    }}\n  }}\n" for m, p, g in shapes)
+    src.write_text('#include <cstdio>\n#include "cuda/fwd/schedule.h"\nusing namespace flashcore::sm90::fwd;\n'
+                   f"int main() {{\n{body}}}\n")
+    exe = tmp_path / "order"
+    subprocess.run([cxx, "-std=c++20", f"-I{REPO / 'csrc'}", str(src), "-o", str(exe)], check=True)
+    kernel = [tuple(map(int, line.split())) for line in subprocess.run([str(exe)], capture_output=True, text=True,
+                                                                         check=True).stdout.split("\n") if line]
+    modelled = []
+    for m, p, g in shapes:  # items named by (pair, query block) instead of durations
+        modelled += model.sm90_fwd_order([[(pair, block) for block in range(m)] for pair in range(p)], g)
+    assert kernel == modelled
 
 
 def test_backward_items_walk_the_gqa_group(with_sm90, no_results):

@@ -440,3 +440,81 @@ def test_fwd_through_the_public_api(monkeypatch):
     ref_out, _ = naive.attention(q, k, v, causal=True, softmax_scale=0.125)
     assert naive.rel_err(out, ref_out) <= 1e-2
     assert math.isfinite(out.float().sum().item())
+
+
+# ---- the dynamic tile scheduler (csrc/cuda/fwd/schedule.h): CTAs claim tiles from a counter zeroed per launch.
+# Which CTA runs a tile must not change a single bit of it: each tile is computed whole by one CTA in a fixed key
+# order. FLASHCORE_SM90_STATIC_SCHEDULE=1 (read once per process) selects the static round-robin, so the two are
+# compared across processes.
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+SCHEDULE_CASE = r"""
+import sys, torch
+sys.path.insert(0, sys.argv[2])
+from test_build_checks import find_extension
+torch.ops.load_library(str(find_extension()))
+gen = torch.Generator(device="cuda").manual_seed(1234)
+rand = lambda *shape: torch.randn(*shape, generator=gen, device="cuda").to(torch.bfloat16)
+fwd = torch.ops.flashcore_sm90.fwd
+results = []
+# Dense causal, GQA: 32 query blocks x 2 sequences x 16 heads = 1024 tiles, 7.8 waves on 132 SMs.
+q, k, v = rand(2, 4096, 16, 128), rand(2, 4096, 4, 128), rand(2, 4096, 4, 128)
+results += fwd(q, k, v, None, None, 0, 0, 128 ** -0.5, True, -1, -1, 0.0, False)
+# Varlen causal, D=256 (Q freed after the epilogue): blocks past a short sequence's end and a key-less sequence
+# are handed out as tiles too; 8 blocks x 5 sequences x 8 heads = 320 tiles.
+lens_q, lens_k = [1, 1000, 129, 300, 900], [1, 1000, 0, 200, 1000]
+cu = lambda lens: torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+q = rand(sum(lens_q), 8, 256)
+k, v = rand(sum(lens_k), 8, 256), rand(sum(lens_k), 8, 256)
+results += fwd(q, k, v, cu(lens_q), cu(lens_k), max(lens_q), max(lens_k), 256 ** -0.5, True, -1, -1, 0.0, False)
+torch.save([r.cpu() for r in results], sys.argv[1])
+"""
+
+
+def run_schedule_case(tmp_path, static: bool) -> list:
+    if not hasattr(torch.ops.flashcore_sm90, "fwd"):
+        pytest.skip("this build of flashcore._C has no flashcore_sm90::fwd")
+    path = tmp_path / ("static.pt" if static else "dynamic.pt")
+    env = {**os.environ, "FLASHCORE_SM90_STATIC_SCHEDULE": "1" if static else "0"}
+    proc = subprocess.run([sys.executable, "-c", SCHEDULE_CASE, str(path), str(Path(__file__).parent)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(path)
+
+
+def test_fwd_static_and_dynamic_schedules_are_bit_identical(tmp_path):
+    static, dynamic = run_schedule_case(tmp_path, True), run_schedule_case(tmp_path, False)
+    for name, a, b in zip(("out", "lse", "varlen out", "varlen lse"), static, dynamic):
+        assert torch.isfinite(a).any(), f"{name}: nothing written"
+        assert torch.equal(a, b), f"{name}: the dynamic schedule changed {(a != b).sum().item()} values"
+
+
+def test_fwd_dynamic_schedule_replays_in_a_cuda_graph():
+    """The counter is zeroed by a memset node on every replay: a replay that started from the previous launch's
+    count would run only each CTA's first tile, leaving the NaN poured over the outputs below."""
+    if not hasattr(torch.ops.flashcore_sm90, "fwd"):
+        pytest.skip("this build of flashcore._C has no flashcore_sm90::fwd")
+    q, k, v = (rand((2, 2048, 8, 128), torch.bfloat16) for _ in range(3))  # 16 x 2 x 8 = 256 tiles > 132 SMs
+
+    def op():
+        return torch.ops.flashcore_sm90.fwd(q, k, v, None, None, 0, 0, 128 ** -0.5, True, -1, -1, 0.0, False)
+
+    expected = op()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        op()  # warm-up outside the capture, as torch.cuda.graphs asks
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = op()
+    for replay in range(3):
+        out.fill_(float("nan"))
+        lse.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, expected[0]) and torch.equal(lse, expected[1]), f"replay {replay}"

@@ -7,7 +7,8 @@ see what the binary cannot show:
     warpgroup waits, e.g. when a register a wgmma still reads is redefined: a silent 2x slowdown), spills, stack;
   * the S = Q K^T wgmmas are SS (both operands by descriptor, the first K slice overwriting S: "RZ, !UPT");
   * the O += P V wgmmas are RS (a register A operand: P) with a transposed (MN-major) B: V read in place;
-  * one wgmma.fence per batch (WARPGROUP.ARRIVE x3) and setmaxnreg 24 / 240.
+  * one wgmma.fence per batch (WARPGROUP.ARRIVE x3) and setmaxnreg 24 / 240;
+  * one atomic, the dynamic scheduler's tile claim.
 """
 
 from __future__ import annotations
@@ -86,3 +87,13 @@ def test_wgmma_forms(compiled):
         assert sum(i.startswith("WARPGROUP.ARRIVE") for i in code) == 3, "one wgmma.fence per batch, none injected"
         assert "USETMAXREG.DEALLOC.CTAPOOL 0x18" in code
         assert any(re.fullmatch(r"USETMAXREG\.TRY_ALLOC\.CTAPOOL \w+, 0xf0", i) for i in code)
+
+
+def test_one_tile_claim(compiled):
+    """The dynamic scheduler's claim is the kernel's only atomic, issued by the producer alone (schedule.h): a
+    second ATOMG would mean a consumer claims too, and the roles would no longer walk one sequence."""
+    _, _, kernels = compiled
+    for name, code in kernels.items():
+        if "fwd_kernel" in name:
+            atomics = [i for i in code if i.split()[0].startswith(("ATOM", "RED"))]
+            assert [i.split()[0] for i in atomics] == ["ATOMG.E.ADD.STRONG.GPU"], atomics

@@ -6,6 +6,11 @@
   query block visits are exactly those holding a key some valid row sees (no visible key missed, no fully masked
   tile visited); a tile is left unmasked exactly when every (valid row, key) in it is visible, also per consumer
   half; the persistent order schedules every work tile once, head groups contiguous, longest-first inside a group.
+  And the dynamic scheduler's hand-off (schedule.h, work.cuh): a model of each CTA's producer and 8 consumer warps
+  with the kernel's barriers (tile-index ring, Q buffer, K/V rings, the epilogue's named barrier), stepped through
+  random interleavings of 1-5 CTAs claiming from one counter: every tile handed out once and run by all 8 warps of
+  one CTA, all roles of a CTA see one sequence ending in the sentinel, equal ping-pong turns, no deadlock, and every
+  mbarrier parity wait means the phase it names (no role laps another).
 * tests/cpp/fwd_sm90_layout_check.cu (nvcc for sm_90a, run on the host): wgmma accumulator / register-A fragment
   formulas against the PTX ISA figures re-encoded, the masking shortcut, the S -> P packing order, the epilogue's
   stmatrix addresses against the 128B-swizzled panel a TMA store reads, descriptor fields, shared-memory budgets.
@@ -43,6 +48,7 @@ def test_schedule_against_brute_force(tmp_path):
     out = run([str(exe)])
     assert ", 0 failures" in out, out
     assert int(out.split("checked ")[1].split()[0]) > 100_000, out  # the sweep really ran
+    assert int(out.split("hand-off model: ")[1].split()[0]) > 5_000, out  # and the interleavings
 
 
 @pytest.fixture(scope="module")

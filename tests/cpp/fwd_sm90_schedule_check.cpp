@@ -2,13 +2,14 @@
 // Prints one line per failure (at most a few) and "checked N cases" at the end; exit status 1 on any failure.
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <vector>
 
 #include "cuda/fwd/schedule.h"
 
 using namespace flashcore::sm90::fwd;
 
-static long failures = 0, cases = 0;
+static long failures = 0, cases = 0, handoff_runs = 0;
 
 #define EXPECT(cond, ...)                          \
   do {                                             \
@@ -104,6 +105,257 @@ static void check_order(int m_blocks, int pairs, int group) {
            pairs, group);
 }
 
+
+// ---------------------------------------------------------------------------------------------------------------
+// The dynamic schedule's hand-off (schedule.h), modelled: per CTA one producer and kWarps consumer warps, each a
+// state machine doing what producer.cuh / consumer.cuh / work.cuh do with the barriers (tile-index ring, Q buffer,
+// K and V rings), stepped in a random interleaving over all CTAs; counter claims happen whenever a producer gets
+// to them. Barriers follow the PTX rule (a wait names a parity; "done" when the barrier's phase parity differs)
+// and every wait also checks the absolute phase it means, so a role lapping another is caught, not aliased.
+constexpr int kWarps = 8;  // FwdTraits::kConsumerWarps: 2 consumer warpgroups x 4 warps, each arrives on its own
+
+struct MBar {
+  int count = 1, pending = 1;
+  uint32_t phase = 0;  // completed phases
+  void init(int n) { count = pending = n, phase = 0; }
+  void arrive() {
+    if (--pending == 0) pending = count, ++phase;
+  }
+  // try_wait.parity: phase `parity` counts as complete when the current phase's parity differs. `lap` is the
+  // absolute phase the caller means (it waits for lap phases to have completed): the parity answer must agree.
+  bool ready(uint32_t parity, uint32_t lap, const char* what) {
+    const bool ptx_says = (phase & 1u) != parity;
+    const bool meant = phase >= lap;
+    EXPECT(ptx_says == meant && phase <= lap + 1, "%s: parity wait disagrees (phase %u, parity %u, lap %u)", what,
+           phase, parity, lap);
+    return ptx_says;
+  }
+};
+
+struct Cta {
+  MBar tile_full[kTileSlots], tile_empty[kTileSlots], q_full, q_empty;
+  std::vector<MBar> k_full, k_empty, v_full, v_empty;
+  int tile[kTileSlots] = {};
+  int epi_arrived[2] = {}, epi_gen[2] = {};  // per consumer warpgroup: the epilogue's named barrier
+};
+
+struct Role {  // a producer (warp < 0) or a consumer warp; a program counter and the loop state of that code
+  int cta, warp, pc = 0;
+  int t = 0, kt = 0, span = 0, v_stage = 0, turns = 0, epi_gen = 0;
+  uint32_t kv = 0, q_phase = 0, v_phase = 0;
+  uint32_t q_uses = 0;  // Q buffer loads (producer) or reads (consumer) so far: the absolute phase of q_full
+  HandoffCursor handoff;
+  std::vector<int> seq;  // tiles published (producer) or taken (consumer), kNoTile last
+  bool done = false;
+};
+
+struct HandoffModel {
+  int grid, num_tiles, stages;
+  bool dynamic;
+  bool q_after_epilogue;  // D = 192 / 256: Q is freed by each consumer's thread 0 after its store, not per warp
+  std::vector<int> spans;          // key tiles of each work tile (0: empty, zeros written, nothing loaded)
+  int counter = 0;
+  std::vector<Cta> ctas;
+  std::vector<Role> roles;
+  std::vector<int> runs;  // per tile: consumer warps that ran it
+
+  int q_empty_arrivals() const { return q_after_epilogue ? 2 : kWarps; }
+  int next_static(int t) const { return static_next_tile(t, grid, num_tiles); }
+
+  // One step of role r if it can make one; false when it is blocked on a barrier.
+  bool step(Role& r) {
+    Cta& c = ctas[r.cta];
+    const int stage = static_cast<int>(r.kv % stages);
+    const uint32_t lap = r.kv / stages;  // completed laps of the K/V ring before this load
+    if (r.warp < 0) {  // ---------------- producer
+      switch (r.pc) {
+        case 0: r.t = r.cta; r.pc = dynamic ? 1 : 3; return true;
+        case 1:  // publish_tile: wait for the slot's previous use to be read by every consumer warp
+          if (!c.tile_empty[r.handoff.slot()].ready(r.handoff.phase() ^ 1, r.handoff.passed / kTileSlots,
+                                                    "tile_empty"))
+            return false;
+          c.tile[r.handoff.slot()] = r.t;
+          c.tile_full[r.handoff.slot()].arrive();
+          r.handoff.advance();
+          r.seq.push_back(r.t);
+          r.pc = 2;
+          return true;
+        case 2: if (r.t == kNoTile) { r.done = true; return true; } r.pc = 3; return true;
+        case 3:
+          if (!dynamic) r.seq.push_back(r.t);
+          if (r.t == kNoTile) { r.done = true; return true; }
+          r.span = spans[r.t], r.kt = 0;
+          r.pc = r.span == 0 ? 8 : 4;
+          return true;
+        case 4:  // K tile kt
+          if (!c.k_empty[stage].ready((lap & 1u) ^ 1u, lap, "k_empty")) return false;
+          c.k_full[stage].arrive();
+          r.pc = r.kt == 0 ? 5 : 6;
+          return true;
+        case 5:  // Q, after the first K
+          if (!c.q_empty.ready(r.q_phase ^ 1, r.q_uses, "q_empty")) return false;
+          c.q_full.arrive();
+          r.q_phase ^= 1, r.q_uses++;
+          r.pc = 6;
+          return true;
+        case 6:  // V tile kt
+          if (!c.v_empty[stage].ready((lap & 1u) ^ 1u, lap, "v_empty")) return false;
+          c.v_full[stage].arrive();
+          ++r.kv;
+          r.pc = ++r.kt < r.span ? 4 : 8;
+          return true;
+        case 8:  // claim the next tile: the interleaving decides which CTA's claim comes first
+          r.t = dynamic ? claimed_tile(counter++, grid, num_tiles) : next_static(r.t);
+          r.pc = dynamic ? 1 : 3;
+          return true;
+      }
+    }
+    // ---------------- consumer warp
+    switch (r.pc) {
+      case 0: r.t = r.cta; r.pc = dynamic ? 1 : 2; return true;
+      case 1:  // take_tile
+        if (!c.tile_full[r.handoff.slot()].ready(r.handoff.phase(), r.handoff.passed / kTileSlots + 1, "tile_full"))
+          return false;
+        r.t = c.tile[r.handoff.slot()];
+        c.tile_empty[r.handoff.slot()].arrive();
+        r.handoff.advance();
+        r.pc = 2;
+        return true;
+      case 2:
+        r.seq.push_back(r.t);
+        if (r.t == kNoTile) { r.done = true; return true; }
+        r.span = spans[r.t], r.kt = 0;
+        if (r.span == 0) { ++runs[r.t]; r.pc = 9; return true; }  // store_empty_rows, no barrier
+        r.pc = 3;
+        return true;
+      case 3:  // prologue: Q, then S of the first key tile
+        if (!c.q_full.ready(r.q_phase, r.q_uses + 1, "q_full")) return false;
+        r.pc = 4;
+        return true;
+      case 4:
+        if (!c.k_full[stage].ready(lap & 1u, lap + 1, "k_full")) return false;
+        ++r.turns;
+        c.k_empty[stage].arrive();
+        if (!q_after_epilogue && r.span == 1) c.q_empty.arrive();
+        r.v_stage = stage, r.v_phase = lap;
+        ++r.kv, r.kt = 1;
+        r.pc = r.kt < r.span ? 5 : 7;
+        return true;
+      case 5:  // loop: S of tile kt (stage) with P V of the previous one (v_stage)
+        if (!c.k_full[stage].ready(lap & 1u, lap + 1, "k_full")) return false;
+        r.pc = 6;
+        return true;
+      case 6:
+        if (!c.v_full[r.v_stage].ready(r.v_phase & 1u, r.v_phase + 1, "v_full")) return false;
+        ++r.turns;
+        c.k_empty[stage].arrive();
+        if (!q_after_epilogue && r.kt == r.span - 1) c.q_empty.arrive();
+        c.v_empty[r.v_stage].arrive();
+        r.v_stage = stage, r.v_phase = lap;
+        ++r.kv;
+        r.pc = ++r.kt < r.span ? 5 : 7;
+        return true;
+      case 7:  // tail: P V of the last tile, then the epilogue
+        if (!c.v_full[r.v_stage].ready(r.v_phase & 1u, r.v_phase + 1, "v_full")) return false;
+        ++r.turns;
+        c.v_empty[r.v_stage].arrive();
+        // The epilogue's named barrier over the consumer's 4 warps (bar.sync, epilogue.cuh) before its store.
+        r.epi_gen = c.epi_gen[r.warp / (kWarps / 2)];
+        if (++c.epi_arrived[r.warp / (kWarps / 2)] == kWarps / 2)
+          c.epi_arrived[r.warp / (kWarps / 2)] = 0, ++c.epi_gen[r.warp / (kWarps / 2)];
+        r.pc = 8;
+        return true;
+      case 8:
+        if (c.epi_gen[r.warp / (kWarps / 2)] == r.epi_gen) return false;
+        if (q_after_epilogue && r.warp % (kWarps / 2) == 0) c.q_empty.arrive();  // thread 0 of the consumer
+        r.q_phase ^= 1, r.q_uses++;
+        ++runs[r.t];
+        r.pc = 9;
+        return true;
+      case 9:
+        if (dynamic) { r.pc = 1; return true; }
+        r.t = next_static(r.t);
+        r.pc = 2;
+        return true;
+    }
+    return false;
+  }
+
+  // Runs to the end under the interleaving drawn from `seed`; false on a deadlock.
+  bool run(uint64_t seed) {
+    ctas.assign(grid, Cta{});
+    for (Cta& c : ctas) {
+      for (int i = 0; i < kTileSlots; ++i) c.tile_full[i].init(1), c.tile_empty[i].init(kWarps);
+      c.q_full.init(1), c.q_empty.init(q_empty_arrivals());
+      for (auto* ring : {&c.k_full, &c.v_full, &c.k_empty, &c.v_empty}) {
+        ring->assign(stages, MBar{});
+        const int arrivals = ring == &c.k_full || ring == &c.v_full ? 1 : kWarps;
+        for (MBar& b : *ring) b.init(arrivals);
+      }
+    }
+    roles.clear();
+    for (int cta = 0; cta < grid; ++cta)
+      for (int w = -1; w < kWarps; ++w) roles.push_back(Role{cta, w});
+    runs.assign(num_tiles, 0);
+    counter = 0;
+    uint64_t x = seed * 6364136223846793005ull + 1442695040888963407ull;
+    std::vector<int> live(roles.size());
+    for (;;) {
+      live.clear();
+      for (size_t i = 0; i < roles.size(); ++i)
+        if (!roles[i].done) live.push_back(static_cast<int>(i));
+      if (live.empty()) return true;
+      // Try the live roles from a random start: the first that can step does (a blocked role does not count).
+      x = x * 6364136223846793005ull + 1442695040888963407ull;
+      const size_t start = (x >> 33) % live.size();
+      bool moved = false;
+      for (size_t k = 0; k < live.size() && !moved; ++k) moved = step(roles[live[(start + k) % live.size()]]);
+      if (!moved) return false;
+    }
+  }
+};
+
+static void check_handoff(int grid, int num_tiles, int stages, bool dynamic, bool q_after_epilogue, int span_seed,
+                          uint64_t seed) {
+  ++cases, ++handoff_runs;
+  HandoffModel m{grid, num_tiles, stages, dynamic, q_after_epilogue};
+  for (int t = 0; t < num_tiles; ++t) {
+    m.spans.push_back(static_cast<int>((t * 7 + span_seed * 3) % 5));  // 0..4 key tiles: some tiles empty
+  }
+  const bool finished = m.run(seed);
+  EXPECT(finished, "deadlock: grid %d tiles %d stages %d dynamic %d q_after_epilogue %d seed %llu", grid, num_tiles,
+         stages, dynamic, q_after_epilogue, static_cast<unsigned long long>(seed));
+  if (!finished) return;
+  std::vector<int> produced(num_tiles, 0);
+  int turns[2] = {-1, -1};
+  for (const Role& r : m.roles) {
+    const Role& producer = m.roles[r.cta * (kWarps + 1)];
+    // Every role of a CTA walks one sequence, ending in the sentinel; each consumer's warps take equal turns.
+    EXPECT(r.seq == producer.seq && !r.seq.empty() && r.seq.back() == kNoTile,
+           "cta %d warp %d walked another sequence (grid %d tiles %d dynamic %d)", r.cta, r.warp, grid, num_tiles,
+           dynamic);
+    if (r.warp < 0) {
+      for (size_t i = 0; i + 1 < r.seq.size(); ++i) ++produced[r.seq[i]];
+      EXPECT(r.seq.front() == r.cta || r.seq.front() == kNoTile, "cta %d did not start with its own tile", r.cta);
+      turns[0] = turns[1] = -1;
+    } else {
+      int& tc = turns[r.warp / (kWarps / 2)];
+      if (tc < 0) tc = r.turns;
+      EXPECT(tc == r.turns, "cta %d warp %d: %d turns, its warpgroup's others %d", r.cta, r.warp, r.turns, tc);
+      if (r.warp == kWarps - 1)
+        EXPECT(turns[0] == turns[1], "cta %d: ping-pong turns %d vs %d", r.cta, turns[0], turns[1]);
+    }
+  }
+  for (int t = 0; t < num_tiles; ++t) {
+    EXPECT(produced[t] == 1, "tile %d handed out %d times (grid %d tiles %d dynamic %d)", t, produced[t], grid,
+           num_tiles, dynamic);
+    EXPECT(m.runs[t] == kWarps, "tile %d run by %d consumer warps, not %d", t, m.runs[t], kWarps);
+  }
+  if (dynamic) {
+    EXPECT(m.counter == num_tiles, "counter ends at %d, not %d: one failed claim per CTA", m.counter, num_tiles);
+  }
+}
+
 int main() {
   const int windows[] = {-1, 0, 1, 2, 5, 9, 40};
   const int shapes[][2] = {{8, 4}, {6, 5}, {4, 16}, {16, 3}};  // (block_m, block_n): even block_m for the halves
@@ -124,6 +376,23 @@ int main() {
       for (int g = 1; g <= pairs + 1; ++g) check_order(m, pairs, g < pairs ? g : pairs);
   EXPECT(heads_per_group(100, 30, 8) == 3 && heads_per_group(10, 30, 8) == 1 && heads_per_group(1000, 30, 8) == 8,
          "heads_per_group clamps");
+  // The hand-off, under many interleavings: grids of 1..5 CTAs, one to several waves, both Q-release modes, 2 and 3
+  // stages; the static walk through the same model (no hand-off) as the reference.
+  for (int grid = 1; grid <= 5; ++grid)
+    for (int num_tiles = grid; num_tiles <= grid + 13; num_tiles += 1 + grid / 2)
+      for (int stages = 2; stages <= 3; ++stages)
+        for (int q_after = 0; q_after <= 1; ++q_after)
+          for (uint64_t seed = 0; seed < 40; ++seed) {
+            check_handoff(grid, num_tiles, stages, true, q_after != 0, static_cast<int>(seed % 3), seed);
+            if (seed < 4) check_handoff(grid, num_tiles, stages, false, q_after != 0, static_cast<int>(seed % 3), seed);
+          }
+  EXPECT(claimed_tile(0, 4, 10) == 4 && claimed_tile(5, 4, 10) == 9 && claimed_tile(6, 4, 10) == kNoTile &&
+             claimed_tile(2147483600, 132, 2147483647) == kNoTile,
+         "claimed_tile bounds");
+  EXPECT(static_next_tile(5, 4, 10) == 9 && static_next_tile(6, 4, 10) == kNoTile &&
+             static_next_tile(2147483600, 132, 2147483647) == kNoTile,
+         "static_next_tile bounds");
+  std::printf("hand-off model: %ld interleaved runs\n", handoff_runs);
   std::printf("checked %ld cases, %ld failures\n", cases, failures);
   return failures == 0 ? 0 : 1;
 }

@@ -11,7 +11,9 @@
 // Ping-pong between the two consumers: each issues its GEMMs only between sched_wait (its turn) and sched_pass
 // (the other's turn), so while one warpgroup's softmax runs, the other's GEMMs own the tensor cores. Consumer 1
 // opens by passing the first turn to consumer 0; consumer 0 absorbs the last pass at the very end. Both walk the
-// same tiles and the same key spans (the CTA's, not their own), so their turn counts always match.
+// same tiles (under the dynamic schedule both read every index from the same hand-off slot, which is not reused
+// before all eight consumer warps have read it) and the same key spans (the CTA's, not their own), so their turn
+// counts always match.
 #pragma once
 
 #include "epilogue.cuh"
@@ -84,8 +86,16 @@ __device__ void consume(SharedStorage<D>& s, const CUtensorMap* tmap_o, const Ke
   if (consumer == 1) sched_pass(consumer);  // consumer 0 issues first
   int stage = 0;
   uint32_t phase = 0, q_phase = 0;
+  // Dynamic schedule: every tile index, and the end, comes from the producer (work.cuh take_tile); static: the
+  // same round-robin the producer computes.
+  const bool dynamic = a.tile_counter != nullptr;
   const int num_tiles = a.order.num_tiles();
-  for (int t = blockIdx.x; t < num_tiles; t += gridDim.x) {
+  HandoffCursor handoff;
+  auto next_tile = [&](int t) {
+    return dynamic ? take_tile<D>(s, handoff, lane) : static_next_tile(t, static_cast<int>(gridDim.x), num_tiles);
+  };
+  for (int t = dynamic ? take_tile<D>(s, handoff, lane) : static_cast<int>(blockIdx.x); t != kNoTile;
+       t = next_tile(t)) {
     const WorkTile w = resolve_tile<D>(a, t);
     if (!w.valid) continue;
     const int wg_row0 = w.row0 + consumer * frag::kWgmmaM;

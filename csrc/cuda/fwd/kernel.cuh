@@ -6,12 +6,17 @@
 //                online softmax (softmax.cuh), O += P V (RS wgmma, P from registers), epilogue (epilogue.cuh)
 // Causal, window, softcap, GQA and varlen are runtime parameters (FwdParams); tile shapes come from
 // csrc/tiles/sm90_fwd.h; the tile order, key spans and masking decisions from schedule.h (checked on the CPU).
+// Tiles go to CTAs dynamically (a global counter, the producer hands indices to the consumers: schedule.h,
+// work.cuh); FLASHCORE_SM90_STATIC_SCHEDULE=1 selects the static round-robin instead, for bisecting on a GPU.
 #pragma once
 
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/util/Exception.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "consumer.cuh"
@@ -39,6 +44,10 @@ __global__ void __launch_bounds__(FwdTraits<D>::kThreads, 1)
       ptx::mbarrier_init(&s.k_empty[i], T::kConsumerWarps);  // lane 0 of every consumer warp
       ptx::mbarrier_init(&s.v_empty[i], T::kConsumerWarps);
     }
+    for (int i = 0; i < kTileSlots; ++i) {
+      ptx::mbarrier_init(&s.tile_full[i], 1);                   // the producer, after storing the index
+      ptx::mbarrier_init(&s.tile_empty[i], T::kConsumerWarps);  // lane 0 of every consumer warp, after reading it
+    }
     ptx::fence_mbarrier_init();
   }
   __syncthreads();
@@ -56,6 +65,16 @@ __global__ void __launch_bounds__(FwdTraits<D>::kThreads, 1)
 }
 
 // ---- host ------------------------------------------------------------------------------------------------------
+
+// FLASHCORE_SM90_STATIC_SCHEDULE=1: the static round-robin (no counter, no hand-off: the v2 kernel's walk).
+// Read once per process: a launch must not pay for getenv.
+inline bool static_schedule_requested() {
+  static const bool requested = [] {
+    const char* v = std::getenv("FLASHCORE_SM90_STATIC_SCHEDULE");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  return requested;
+}
 
 inline void check_encoded(const std::string& problem, const char* tensor) {
   TORCH_CHECK(problem.empty(), "flashcore fwd (sm_90a): cannot describe ", tensor, " to TMA: ", problem);
@@ -121,9 +140,9 @@ void launch(const FwdParams& p) {
   const int64_t num_tiles = m_blocks * pairs;
   TORCH_CHECK(num_tiles <= INT32_MAX, "flashcore fwd (sm_90a): ", num_tiles, " tiles of ", T::kBlockM,
               " query rows; at most 2^31 - 1");
+  args.q_per_kv = p.heads_q / p.heads_kv;
   // K and V of one (sequence, K/V head), shared by heads_q / heads_kv query heads; half of L2 for the group in flight.
-  const int64_t kv_bytes_per_pair =
-      2 * static_cast<int64_t>(p.seqlen_k) * D * T::kElemBytes / (p.heads_q / p.heads_kv);
+  const int64_t kv_bytes_per_pair = 2 * static_cast<int64_t>(p.seqlen_k) * D * T::kElemBytes / args.q_per_kv;
   args.order = TileOrder{static_cast<int>(m_blocks), static_cast<int>(pairs),
                          heads_per_group(l2_bytes / 2, kv_bytes_per_pair, static_cast<int>(pairs))};
   const int blocks = static_cast<int>(num_tiles < num_sms ? num_tiles : num_sms);  // one CTA per SM, persistent
@@ -132,6 +151,17 @@ void launch(const FwdParams& p) {
   const auto kernel = p.dtype == HalfType::kBf16 ? fwd_kernel<D, true> : fwd_kernel<D, false>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes<D>()));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  // The dynamic schedule's counter: a fresh zeroed int per launch, from the caching allocator on this stream.
+  // Freeing it when launch returns is safe: the allocator hands the block out again only to work ordered after
+  // this kernel on the same stream. Chosen over a counter the last CTA resets: no state survives a launch, so
+  // concurrent streams, CUDA graphs and a kernel killed mid-way cannot leave a stale count behind; the price is a
+  // 4-byte memset node per launch. A single wave (tiles <= CTAs) has nothing to balance and takes neither.
+  c10::DataPtr counter;
+  if (num_tiles > blocks && !static_schedule_requested()) {
+    counter = c10::cuda::CUDACachingAllocator::get()->allocate(sizeof(int));
+    C10_CUDA_CHECK(cudaMemsetAsync(counter.get(), 0, sizeof(int), stream));
+    args.tile_counter = static_cast<int*>(counter.get());
+  }
   kernel<<<blocks, T::kThreads, smem_bytes<D>(), stream>>>(tmap_q, tmap_k, tmap_v, tmap_o, args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

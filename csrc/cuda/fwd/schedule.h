@@ -67,8 +67,9 @@ FLASHCORE_HD bool tile_unmasked(const Band& b, int row0, int rows, int k0, int b
 
 // ---------------------------------------------------------------------------------------------------------------
 // Persistent tile scheduler. A work tile is (query block m, sequence b, query head h); the grid has min(tiles, SMs)
-// CTAs and CTA c runs tiles c, c + gridDim.x, ... (static: producer and consumers compute the same sequence, so no
-// tile index needs passing between them). Order of the linear index t:
+// CTAs. Static: CTA c runs tiles c, c + gridDim.x, ... (producer and consumers compute the same sequence, so no
+// tile index needs passing between them); dynamic (below): CTAs claim tiles of the same order from a counter.
+// Order of the linear index t:
 //   * (b, h) pairs are cut into groups of heads_per_group consecutive pairs (query heads of one K/V head are
 //     consecutive, GQA included), sized on the host so that a group's K and V fit in about half of L2: the ~132
 //     tiles in flight then read K/V that L2 already holds;
@@ -96,6 +97,43 @@ FLASHCORE_HD TileCoord tile_at(const TileOrder& o, int t) {
   const int pairs_here = imin(o.heads_per_group, o.pairs - first_pair);  // the last group may be smaller
   const int in_group = t - group * group_tiles;
   return {in_group / pairs_here, first_pair + in_group % pairs_here};
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Dynamic assignment of that order to CTAs (the default; the static round-robin above stays reachable). CTA c
+// runs tile c first; each further tile is claimed from a global counter, zeroed before the launch: claim k (the
+// counter's old value) is tile gridDim.x + k. Claims are made in time order, so tile t starts on whichever CTA
+// asks first once t - gridDim.x earlier claims are out: greedy list scheduling of the same longest-first order,
+// and a long tile after a group boundary no longer lands on a CTA already holding long ones.
+// Only the producer thread claims; it hands each tile index (and, at the end, kNoTile) to the two consumer
+// warpgroups through a ring of kTileSlots shared-memory slots, each with a full barrier (1 arrival: the producer,
+// after its store) and an empty barrier (one arrival per consumer warp, after the warp has read the slot). The
+// producer publishes every tile it gets, empty ones included (the consumers write their zeros), so all three roles
+// walk one sequence. Checked on the CPU by tests/cpp/fwd_sm90_schedule_check.cpp (a model of the hand-off under
+// arbitrary interleavings, with these functions and the PTX mbarrier's parity rule).
+constexpr int kTileSlots = 2;  // the producer can reach tile k + 1 while the consumers still finish tile k - 1
+                               // (tile k's loads wait only for Q's release after k - 1's last S GEMM): with one
+                               // slot, tile k + 1's loads would wait until the consumers start tile k
+constexpr int kNoTile = -1;    // the end-of-work sentinel: no tile left for this CTA
+
+// A position in the ring of hand-off slots: how many indices passed so far, from which the slot and the parity of
+// its lap (the phase a waiter names, as for the K/V ring) follow. One register: the producer runs in 24.
+struct HandoffCursor {
+  uint32_t passed = 0;
+  FLASHCORE_HD int slot() const { return static_cast<int>(passed % kTileSlots); }
+  FLASHCORE_HD uint32_t phase() const { return (passed / kTileSlots) & 1u; }
+  FLASHCORE_HD void advance() { ++passed; }
+};
+
+// The tile that the counter's old value `claimed` grants, or kNoTile once the order is used up. Written so that
+// it cannot overflow: claimed < num_tiles - grid is checked before grid + claimed is formed.
+FLASHCORE_HD int claimed_tile(int claimed, int grid, int num_tiles) {
+  return claimed < num_tiles - grid ? grid + claimed : kNoTile;
+}
+
+// Static round-robin successor of tile t, or kNoTile (overflow-free like claimed_tile).
+FLASHCORE_HD int static_next_tile(int t, int grid, int num_tiles) {
+  return t < num_tiles - grid ? t + grid : kNoTile;
 }
 
 // Pairs per group: as many as keep K and V of the group within `l2_budget` bytes, at least 1. kv_bytes_per_pair is
