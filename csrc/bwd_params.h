@@ -19,7 +19,7 @@
 // Builds whose vendor has a backward kernel (a launch_bwd below): the shared host code (bwd.cpp) and the `bwd`
 // registration (flashcore.cpp) exist only there. One line per vendor, so each kernel switches its own on.
 #if defined(FLASHCORE_CUDA)
-#define FLASHCORE_HAS_BWD 0  // the sm_90a backward (csrc/cuda) sets this to 1 when it defines launch_bwd
+#define FLASHCORE_HAS_BWD 1  // csrc/cuda/bwd_sm90.cu
 #elif defined(FLASHCORE_HIP)
 #define FLASHCORE_HAS_BWD 0  // the gfx942 backward (csrc/hip) sets this to 1 when it defines launch_bwd
 #else
@@ -46,6 +46,7 @@ struct BwdParams {
   int64_t dq_stride_b, dq_stride_s, dq_stride_h;
   int64_t dk_stride_b, dk_stride_s, dk_stride_h;
   int64_t dv_stride_b, dv_stride_s, dv_stride_h;
+  int64_t total_q, total_k;  // rows of q and k in their sequence dimension: batch * seqlen (dense), total (varlen)
 
   // bwd_workspace_bytes(*this) bytes, zero-filled, kBwdWorkspaceAlign-aligned: the vendor's fp32 dQ (and, if it
   // wants them, dK/dV) accumulators and semaphores. nullptr when the vendor asked for none.
@@ -74,6 +75,8 @@ inline BwdParams make_bwd_params(const FwdParams& fwd, const Strided& dout, cons
   strides(dq, p.dq_stride_b, p.dq_stride_s, p.dq_stride_h);
   strides(dk, p.dk_stride_b, p.dk_stride_s, p.dk_stride_h);
   strides(dv, p.dv_stride_b, p.dv_stride_s, p.dv_stride_h);
+  p.total_q = varlen ? dq.size[0] : dq.size[0] * dq.size[1];
+  p.total_k = varlen ? dk.size[0] : dk.size[0] * dk.size[1];
   p.deterministic = deterministic;
   return p;
 }

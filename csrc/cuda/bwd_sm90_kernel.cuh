@@ -1,0 +1,562 @@
+// The sm_90a attention backward main kernel: one work item = one K/V block (block_n keys) of one (batch, K/V head);
+// K and V are loaded once, the query tiles that see the block stream through a ring, dK and dV stay in registers.
+//
+// Roles (BwdConfig, csrc/tiles/sm90_bwd.h):
+//   producer  warp 0 of warpgroup 0 (registers lowered; warps 1-3 leave at once). Per item: K, V by TMA on
+//             kv_full. Per query tile: waits for a free stage, announces the Q + dO bytes, issues their TMA loads,
+//             writes the tile's lse * log2(e) and delta rows (plain loads: varlen rows are not 16-byte aligned for
+//             a bulk copy), arrives on full[stage].
+//   consumers warpgroups 1 and 2 (registers raised). Per query tile, each on its 64 keys (and, for block_n = 64,
+//             its half of the queries / head-dim columns):
+//               S^T = K Q^T, dP^T = V dO^T                  (SS, K-major operands: as TMA wrote them)
+//               P^T = exp2(S^T * scale * log2e - lse2),  dS^T = P^T (dP^T - delta) * dscore/d(qk)
+//               P^T, dS^T -> shared memory (stmatrix, bf16/fp16)
+//               dV += P^T dO, dK += dS^T Q                  (SS; dO and Q are MN-major B operands)
+//               dQ_tile = dS K                              (SS; dS^T is an MN-major A, K an MN-major B)
+//               dQ_tile -> fp32 workspace: red.global.add.v2.f32, or in a fixed order (deterministic)
+//             After the item: dK, dV -> global (row-predicated stores: varlen blocks end mid-block).
+// softmax_scale and the softcap derivative are folded into dS, so dK and the dQ workspace need no scaling after.
+#pragma once
+
+#include <cuda.h>
+
+#include <cstdint>
+#include <utility>
+
+#include "../fwd_params.h"  // HalfType, kLog2e
+#include "bwd_sm90_config.cuh"
+#include "bwd_sm90_plan.h"
+#include "ptx/ptx.cuh"
+#include "ptx/sync_ext.cuh"
+#include "ptx/wgmma_mn.cuh"
+
+namespace flashcore::sm90::bwd {
+
+using namespace ptx;
+
+// Everything the kernel reads besides the tensor maps (by value, __grid_constant__).
+struct BwdArgs {
+  const float* lse;    // dense (batch, heads_q, seqlen_q), varlen (heads_q, total_q): the forward's, natural log
+  const float* delta;  // laid out like lse: rowsum(dO * O) - dlse
+  int64_t lse_stride_b, lse_stride_h;
+  const int32_t* cu_seqlens_q;  // (batch + 1,) or nullptr (dense)
+  const int32_t* cu_seqlens_k;
+  float* dq_accum;      // (total_q, heads_q, head_dim) fp32, zero-filled: dq's layout, row = b * seqlen_q + s or
+                        // cu_seqlens_q[b] + s
+  int32_t* semaphores;  // deterministic: (batch, heads_q, m_tiles) int32, zero-filled; else nullptr
+  void* dk;             // like k: (batch, seqlen_k, heads_kv, head_dim) | (total_k, heads_kv, head_dim)
+  void* dv;
+  int64_t dk_stride_b, dk_stride_s, dk_stride_h;
+  int64_t dv_stride_b, dv_stride_s, dv_stride_h;
+  int32_t heads_q, heads_kv, head_dim;
+  int32_t seqlen_q, seqlen_k;  // dense lengths (varlen: unused, cu_seqlens give them)
+  int32_t window_left, window_right;
+  int32_t m_tiles;      // ceil(max_seqlen_q / block_m): semaphores per (batch, head)
+  float score_mul;      // no softcap: softmax_scale * log2(e), signed (a negative scale needs no q negation here)
+  float tanh_in;        // softcap: softmax_scale / softcap
+  float softcap_log2;   // softcap: softcap * log2(e)
+  float inv_softcap_log2;  // softcap: 1 / softcap_log2 (tanh recovered from P, see consume)
+  float dscale;         // softmax_scale: d score / d(q.k), times (1 - tanh^2) with softcap
+  int32_t softcap;      // 0 / 1
+  int32_t deterministic;
+  WorkGrid grid;
+};
+
+// Named barriers (id 0 is __syncthreads). Counts are consumer threads only: the producer never joins them.
+constexpr uint32_t kBarPFree = 1;     // block_n = 64: both consumers done reading the previous tile's P^T / dS^T
+constexpr uint32_t kBarPReady = 2;    // block_n = 64: both consumers wrote their halves of P^T / dS^T
+constexpr uint32_t kBarWgReady = 3;   // block_n = 128: consumer c wrote its rows (id 3 + c, 128 threads)
+constexpr uint32_t kBarDetGo = 5;     // deterministic: the tile's semaphore reached this block's rank
+constexpr uint32_t kBarDetTurn = 6;   // deterministic, block_n = 128: consumer 0 has added, consumer 1 may
+constexpr uint32_t kBarDetDone = 7;   // deterministic: every adding thread has fenced its adds
+constexpr uint32_t kConsumerThreads = 2 * kWarpgroupThreads;
+constexpr float kInf = __builtin_huge_valf();
+
+// Where sequence b lives: dense sequences are whole tensors' slices (the tensor map's batch coordinate), varlen
+// ones are row ranges of the flat (total, heads, head_dim) tensors.
+struct SeqInfo {
+  SeqGeom g;
+  int32_t start_q, start_k;  // first row in the (flattened) tensors' sequence dimension
+  int32_t tma_batch;         // the tensor map's batch coordinate (0 for varlen)
+  int32_t dq_row0;           // row of query 0 in dq_accum / dq (< 2^31: the host checks total_q)
+};
+
+__device__ __forceinline__ SeqInfo seq_info(const BwdArgs& a, int32_t b) {
+  SeqInfo s;
+  s.g.window_left = a.window_left;
+  s.g.window_right = a.window_right;
+  if (a.cu_seqlens_q != nullptr) {
+    s.start_q = a.cu_seqlens_q[b];
+    s.start_k = a.cu_seqlens_k[b];
+    s.g.seqlen_q = a.cu_seqlens_q[b + 1] - s.start_q;
+    s.g.seqlen_k = a.cu_seqlens_k[b + 1] - s.start_k;
+    s.tma_batch = 0;
+    s.dq_row0 = s.start_q;
+  } else {
+    s.start_q = s.start_k = 0;
+    s.g.seqlen_q = a.seqlen_q;
+    s.g.seqlen_k = a.seqlen_k;
+    s.tma_batch = b;
+    s.dq_row0 = b * a.seqlen_q;
+  }
+  return s;
+}
+
+// tanh(x) = 1 - 2 / (exp(2x) + 1), with ex2.approx (relative error ~2^-22) and a fast division: absolute error
+// ~1e-7. --use_fast_math turns tanhf into MUFU.TANH, whose ~5e-4 error times a softcap of 30-50 would move the
+// recomputed scores by 0.015-0.025, i.e. P by 1.5-2.5%. Saturates correctly: exp2 -> inf gives 1, -> 0 gives -1.
+constexpr float kTwoLog2e = 2.0f * kLog2e;
+__device__ __forceinline__ float tanh_accurate(float x) {
+  return 1.0f - __fdividef(2.0f, exp2f(x * kTwoLog2e) + 1.0f);
+}
+
+// gridDim.x read where it is used: held in a register across the item loop, it was the one value D = 256 spilled.
+__device__ __forceinline__ int32_t grid_ctas() {
+  uint32_t n;
+  asm volatile("mov.u32 %0, %%nctaid.x;" : "=r"(n));
+  return static_cast<int32_t>(n);
+}
+
+// The same value, but opaque to the optimizer: values derived from it are recomputed where used instead of being
+// hoisted out of the loop into registers.
+__device__ __forceinline__ uint32_t opaque(uint32_t v) {
+  asm volatile("" : "+r"(v));
+  return v;
+}
+
+template <HalfType kType>
+__device__ __forceinline__ float2 unpack_half2(uint32_t v) {
+  if constexpr (kType == HalfType::kBf16) {
+    return make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xffff0000u));  // bf16 = high half of fp32
+  } else {
+    float2 f;
+    asm("{\n  .reg .f16 lo, hi;\n  mov.b32 {lo, hi}, %2;\n  cvt.f32.f16 %0, lo;\n  cvt.f32.f16 %1, hi;\n}\n"
+        : "=f"(f.x), "=f"(f.y)
+        : "r"(v));
+    return f;
+  }
+}
+
+template <HalfType kType>
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+  return kType == HalfType::kBf16 ? pack_bf16x2(lo, hi) : pack_f16x2(lo, hi);
+}
+
+// ---- producer --------------------------------------------------------------------------------------------------
+template <class C>
+__device__ __forceinline__ void produce(SharedStorage<C>& s, const CUtensorMap* tmap_q, const CUtensorMap* tmap_k,
+                                        const CUtensorMap* tmap_v, const CUtensorMap* tmap_do, const BwdArgs& a) {
+  const int lane = threadIdx.x % frag::kWarpSize;
+  if (lane == 0) {
+    prefetch_tensor_map(tmap_q), prefetch_tensor_map(tmap_k);
+    prefetch_tensor_map(tmap_v), prefetch_tensor_map(tmap_do);
+  }
+  const int32_t group = a.heads_q / a.heads_kv;
+  int stage = 0;
+  uint32_t phase = 0, kv_phase = 0;
+  const int32_t items = static_cast<int32_t>(work_items(a.grid));
+#pragma unroll 1
+  for (int32_t item = blockIdx.x; item < items; item += grid_ctas()) {
+    int32_t n, hk, b;
+    decode_item(a.grid, item, n, hk, b);
+    const SeqInfo si = seq_info(a, b);
+    const Range tiles = query_tile_range(si.g, n, C::kBlockM, C::kBlockN);
+    if (tiles.begin >= tiles.end) continue;  // the consumers skip it too: no K/V load, dK = dV = 0
+    if (lane == 0) {
+      mbarrier_wait(&s.kv_empty, kv_phase ^ 1);  // the first item passes at once (fresh barrier)
+      mbarrier_arrive_expect_tx(&s.kv_full, C::kKvBytes);
+      const int32_t key0 = si.start_k + n * C::kBlockN;
+#pragma unroll
+      for (int c = 0; c < C::kColBlocks; ++c) {
+        tma_load_4d(s.k[c], tmap_k, &s.kv_full, c * kColBlock, hk, key0, si.tma_batch);
+        tma_load_4d(s.v[c], tmap_v, &s.kv_full, c * kColBlock, hk, key0, si.tma_batch);
+      }
+    }
+    kv_phase ^= 1;
+#pragma unroll 1
+    for (int32_t hq = hk * group; hq < (hk + 1) * group; ++hq) {
+      const int64_t lse_off = si.start_q + int64_t(b) * a.lse_stride_b + int64_t(hq) * a.lse_stride_h;  // delta too
+#pragma unroll 1
+      for (int32_t m = tiles.begin; m < tiles.end; ++m) {
+        mbarrier_wait(&s.empty[stage], phase ^ 1);
+        if (lane == 0) {
+          mbarrier_expect_tx(&s.full[stage], C::kStageTmaBytes);  // arrival comes after the LSE rows below
+          const int32_t row0 = si.start_q + m * C::kBlockM;
+#pragma unroll
+          for (int c = 0; c < C::kColBlocks; ++c) {
+            tma_load_4d(s.q[stage][c], tmap_q, &s.full[stage], c * kColBlock, hq, row0, si.tma_batch);
+            tma_load_4d(s.dout[stage][c], tmap_do, &s.full[stage], c * kColBlock, hq, row0, si.tma_batch);
+          }
+        }
+#pragma unroll
+        for (int r = lane; r < C::kBlockM; r += frag::kWarpSize) {
+          const int32_t i = m * C::kBlockM + r;
+          const bool valid = i < si.g.seqlen_q;
+          const float lse = valid ? a.lse[lse_off + i] : -kInf;
+          // lse = -inf: the row saw no key in the forward; +inf here makes its P exactly 0 (not NaN).
+          s.lse2[stage][r] = lse == -kInf ? kInf : lse * kLog2e;
+          s.delta[stage][r] = valid ? a.delta[lse_off + i] : 0.0f;
+        }
+        mbarrier_arrive(&s.full[stage]);  // release: this lane's LSE / delta stores before the consumers' acquire
+        if (++stage == C::kStages) stage = 0, phase ^= 1;
+      }
+    }
+  }
+}
+
+// ---- consumer pieces -------------------------------------------------------------------------------------------
+// Calls f(std::integral_constant<int, p>) for each column piece p of consumer part kPart.
+template <class C, int kPart, class F>
+__device__ __forceinline__ void for_each_piece(F&& f) {
+  constexpr int kC0 = kPart * C::kCols;
+  [&]<int... P>(std::integer_sequence<int, P...>) {
+    (f(std::integral_constant<int, P>{}), ...);
+  }(std::make_integer_sequence<int, piece_count(kC0, C::kCols)>{});
+}
+
+// The accumulator registers of piece p inside a consumer's kCols-wide accumulator.
+template <int kWidth, int kCols>
+__device__ __forceinline__ float (&piece_regs(float (&acc)[kCols / 2], int reg0))[kWidth / 2] {
+  return *reinterpret_cast<float(*)[kWidth / 2]>(&acc[reg0]);
+}
+
+constexpr uint32_t kK16Bytes = kWgmmaK * kElemBytes;  // next 16 values inside a K-major 128-byte row
+constexpr uint32_t kK16Rows = kWgmmaK * kRowBytes;     // next 16 rows of an MN-major tile (two 1024 B atoms)
+
+// dV += P^T dO and dK += dS^T Q for this consumer's 64 keys and column pieces (K = block_m queries): one wgmma
+// group, the only one that reads the stage (Q, dO) after S^T / dP^T, so the stage is released when it completes.
+template <class C, MmaType kMma, int kPart>
+__device__ __forceinline__ void dkv_gemms(float (&dk)[C::kCols / 2], float (&dv)[C::kCols / 2], uint32_t p_base,
+                                          uint32_t ds_base, uint32_t q_stage, uint32_t do_stage,
+                                          uint32_t key_row0_bytes) {
+  constexpr int kC0 = kPart * C::kCols;
+  wgmma_fence();
+#pragma unroll
+  for (int kq = 0; kq < C::kBlockM / kWgmmaK; ++kq) {
+    const uint64_t a_p = kmajor_sw128_desc(p_base + key_row0_bytes + kq * kK16Bytes);
+    const uint64_t a_ds = kmajor_sw128_desc(ds_base + key_row0_bytes + kq * kK16Bytes);
+    for_each_piece<C, kPart>([&](auto piece) {
+      constexpr int kStart = piece_start(kC0, C::kCols, decltype(piece)::value);
+      constexpr int kWidth = piece_width(kC0, C::kCols, decltype(piece)::value);
+      constexpr int kReg0 = (kStart - kC0) / 2;
+      constexpr uint32_t kOff = (kStart / kColBlock) * C::kQColBlockBytes + (kStart % kColBlock) * kElemBytes;
+      const uint64_t b_do = mnmajor_sw128_desc(do_stage + kOff + kq * kK16Rows, C::kQColBlockBytes);
+      const uint64_t b_q = mnmajor_sw128_desc(q_stage + kOff + kq * kK16Rows, C::kQColBlockBytes);
+      wgmma_ss_n<kWidth, kMma, 0, 1>(piece_regs<kWidth, C::kCols>(dv, kReg0), a_p, b_do, true);
+      wgmma_ss_n<kWidth, kMma, 0, 1>(piece_regs<kWidth, C::kCols>(dk, kReg0), a_ds, b_q, true);
+    });
+  }
+  wgmma_commit();
+}
+
+// dQ_tile[:, piece] = dS K[:, piece] over this consumer's 64 keys (K = 64): one wgmma group. The dQ tile is
+// computed one column piece (<= 64 columns, 32 registers) at a time, so that its accumulator never coexists with
+// more than dK + dV: a whole 64 x 128 dQ tile next to dK and dV of D = 128 would need 256 registers.
+template <class C, MmaType kMma, int kStart, int kWidth>
+__device__ __forceinline__ void dq_piece_gemm(float (&dq)[kWidth / 2], uint32_t ds_base, uint32_t k_base,
+                                              uint32_t key_row0_bytes) {
+  constexpr uint32_t kOff = (kStart / kColBlock) * C::kKColBlockBytes + (kStart % kColBlock) * kElemBytes;
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < kWgmmaM / kWgmmaK; ++kk) {
+    const uint64_t a_ds = mnmajor_sw128_desc(ds_base + key_row0_bytes + kk * kK16Rows, C::kBlockN * kRowBytes);
+    const uint64_t b_k = mnmajor_sw128_desc(k_base + kOff + key_row0_bytes + kk * kK16Rows, C::kKColBlockBytes);
+    wgmma_ss_n<kWidth, kMma, 1, 1>(dq, a_ds, b_k, kk > 0);
+  }
+  wgmma_commit();
+}
+
+// One dQ piece (64 queries x kWidth columns from kStart) into the fp32 workspace. Rows past seqlen_q are dropped
+// (their values are 0 anyway; for varlen they would be the next sequence's rows).
+template <int kStart, int kWidth, bool kOrdered>
+__device__ __forceinline__ void add_dq(const float (&dq)[kWidth / 2], const BwdArgs& a, int32_t dq_row0, int32_t hq,
+                                       int32_t q0, int32_t seqlen_q, int tid) {
+#pragma unroll
+  for (int i = 0; i < kWidth / 2; i += 2) {
+    const int32_t q = q0 + frag::acc_row(tid, i);
+    if (q >= seqlen_q) continue;
+    float* ptr = a.dq_accum + (int64_t(dq_row0 + q) * a.heads_q + hq) * a.head_dim + kStart + frag::acc_col(tid, i);
+    if constexpr (kOrdered) {
+      float2 v = __ldcg(reinterpret_cast<const float2*>(ptr));  // L2: another SM wrote it last
+      v.x += dq[i], v.y += dq[i + 1];
+      __stcg(reinterpret_cast<float2*>(ptr), v);
+    } else {
+      red_add_f32x2(ptr, dq[i], dq[i + 1]);
+    }
+  }
+}
+
+// dK or dV (64 keys x this consumer's columns) -> global, rows past seqlen_k dropped.
+template <class C, HalfType kType, int kPart>
+__device__ __forceinline__ void store_rows(const float (&acc)[C::kCols / 2], uint16_t* head, int64_t row_stride,
+                                           int32_t key0, int32_t seqlen_k, int tid) {
+  constexpr int kC0 = kPart * C::kCols;
+#pragma unroll
+  for (int i = 0; i < C::kCols / 2; i += 2) {
+    const int32_t key = key0 + frag::acc_row(tid, i);
+    if (key >= seqlen_k) continue;
+    *reinterpret_cast<uint32_t*>(head + key * row_stride + kC0 + frag::acc_col(tid, i)) =
+        pack_half2<kType>(acc[i], acc[i + 1]);
+  }
+}
+
+// ---- consumer --------------------------------------------------------------------------------------------------
+template <class C, HalfType kType, int kPart>
+__device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, int consumer) {
+  constexpr MmaType kMma = kType == HalfType::kBf16 ? MmaType::kBf16 : MmaType::kF16;
+  constexpr int kQ0 = kPart * C::kSQueries;  // this consumer's first query column of S^T / dP^T
+  constexpr int kSRegs = C::kSQueries / 2;
+  constexpr int kKSteps16 = C::kKSteps;
+  constexpr int kC0 = kPart * C::kCols;
+  constexpr uint32_t kQStageBytes = C::kColBlocks * C::kQColBlockBytes;
+  const int tid = threadIdx.x % kWarpgroupThreads;
+  const int lane = tid % frag::kWarpSize;
+  const int kg = consumer / C::kParts;  // this consumer's 64-key group
+  const uint32_t key_row0_bytes = kg * kWgmmaM * kRowBytes;
+  const uint32_t k_base = smem_u32(s.k[0]), v_base = smem_u32(s.v[0]);
+  const uint32_t q_base = smem_u32(s.q[0][0]), do_base = smem_u32(s.dout[0][0]);
+  const uint32_t p_base = smem_u32(s.p), ds_base = smem_u32(s.ds);
+  const int32_t group = a.heads_q / a.heads_kv;
+
+  float dk[C::kCols / 2], dv[C::kCols / 2];
+  int stage = 0;
+  uint32_t phase = 0, kv_phase = 0;
+  const int32_t items = static_cast<int32_t>(work_items(a.grid));
+#pragma unroll 1
+  for (int32_t item = blockIdx.x; item < items; item += grid_ctas()) {
+    int32_t n, hk, b;
+    decode_item(a.grid, item, n, hk, b);
+    const SeqInfo si = seq_info(a, b);
+    if (n * C::kBlockN >= si.g.seqlen_k) continue;  // this sequence has no keys here
+    const Range tiles = query_tile_range(si.g, n, C::kBlockM, C::kBlockN);
+#pragma unroll
+    for (int i = 0; i < C::kCols / 2; ++i) dk[i] = 0.0f, dv[i] = 0.0f;  // keys no query sees: dK = dV = 0
+    const int32_t key0 = n * C::kBlockN + kg * kWgmmaM;
+
+    if (tiles.begin < tiles.end) {
+      mbarrier_wait(&s.kv_full, kv_phase);
+      kv_phase ^= 1;
+#pragma unroll 1
+      for (int32_t hq = hk * group; hq < (hk + 1) * group; ++hq) {
+#pragma unroll 1
+        for (int32_t m = tiles.begin; m < tiles.end; ++m) {
+          mbarrier_wait(&s.full[stage], phase);
+          // Rebuild the shared-memory bases each tile: otherwise the compiler hoists every (loop-invariant)
+          // 64-bit descriptor of the K, V, P and dS operands out of the loop, ~50 registers the accumulators need.
+          const uint32_t k_tile = opaque(k_base), v_tile = opaque(v_base);
+          const uint32_t p_tile = opaque(p_base), ds_tile = opaque(ds_base);
+          const uint32_t q_stage = opaque(q_base) + stage * kQStageBytes;
+          const uint32_t do_stage = opaque(do_base) + stage * kQStageBytes;
+          const int t = static_cast<int>(opaque(static_cast<uint32_t>(tid)));  // likewise the per-thread offsets
+          const int ln = t % frag::kWarpSize, wp = t / frag::kWarpSize;
+
+          // S^T = K Q^T over the head dim (K-major A and B), then P^T in place and packed to 16-bit pairs (the
+          // stmatrix operands). S^T and dP^T are not in flight together: next to dK and dV (D registers) both
+          // fp32 tiles would not fit (D = 128: 128 + 64 + addresses > 232).
+          const int32_t q0 = m * C::kBlockM + kQ0;  // query of S^T column 0
+          const bool masked = tile_needs_mask(si.g, m, n, C::kBlockM, C::kBlockN);
+          const TileMask mask = tile_mask(si.g, q0, key0);
+          uint32_t pk[kSRegs / 2];
+          {
+            float st[kSRegs];
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < kKSteps16; ++kk) {
+              const uint32_t col = (kk / 4) * C::kKColBlockBytes + (kk % 4) * kK16Bytes;
+              const uint32_t qcol = (kk / 4) * C::kQColBlockBytes + (kk % 4) * kK16Bytes + kQ0 * kRowBytes;
+              wgmma_ss_n<C::kSQueries, kMma, 0, 0>(st, kmajor_sw128_desc(k_tile + col + key_row0_bytes),
+                                                   kmajor_sw128_desc(q_stage + qcol), kk > 0);
+            }
+            wgmma_commit();
+            fence_operands(st);
+            wgmma_wait<0>();
+            fence_operands(st);
+            const float* lse2 = s.lse2[stage] + kQ0;
+#pragma unroll
+            for (int i = 0; i < kSRegs; i += 2) {
+              float p2[2];
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int col = frag::acc_col(t, i + h);
+                const float score = a.softcap ? tanh_accurate(st[i + h] * a.tanh_in) * a.softcap_log2 : st[i + h] * a.score_mul;
+                p2[h] = exp2f(score - lse2[col]);
+                if (masked && !mask.visible(frag::acc_row(t, i + h), col)) p2[h] = 0.0f;
+              }
+              pk[i / 2] = pack_half2<kType>(p2[0], p2[1]);
+            }
+          }
+
+          // dP^T = V dO^T; P^T goes to shared memory while it runs.
+          float dpt[kSRegs];
+          wgmma_fence();
+#pragma unroll
+          for (int kk = 0; kk < kKSteps16; ++kk) {
+            const uint32_t col = (kk / 4) * C::kKColBlockBytes + (kk % 4) * kK16Bytes;
+            const uint32_t qcol = (kk / 4) * C::kQColBlockBytes + (kk % 4) * kK16Bytes + kQ0 * kRowBytes;
+            wgmma_ss_n<C::kSQueries, kMma, 0, 0>(dpt, kmajor_sw128_desc(v_tile + col + key_row0_bytes),
+                                                 kmajor_sw128_desc(do_stage + qcol), kk > 0);
+          }
+          wgmma_commit();
+          fence_operands(dpt);
+          if constexpr (C::kParts > 1) named_barrier_sync(kBarPFree, kConsumerThreads);  // the other half's readers
+#pragma unroll
+          for (int j = 0; j < C::kSQueries / 16; ++j) {
+            const uint32_t off = frag::stmatrix_sw128_offset(ln, kg * kWgmmaM + wp * frag::kRowsPerWarp,
+                                                             (kQ0 + 16 * j) / 8);
+            stmatrix_x4(p_tile + off, pk[4 * j], pk[4 * j + 1], pk[4 * j + 2], pk[4 * j + 3]);
+          }
+          wgmma_wait<0>();
+          fence_operands(dpt);
+
+          // dS^T = P^T (dP^T - delta) * d score / d(q.k), from the 16-bit P (the rounding dS gets anyway). With
+          // softcap, tanh is recovered from P: score_log2 = log2(P) + lse2 = softcap_log2 * tanh, one MUFU.LG2
+          // instead of keeping a tile of (1 - tanh^2) in registers; P = 0 (masked, underflow) gives dS = 0.
+          {
+            const float* lse2 = s.lse2[stage] + kQ0;
+            const float* delta = s.delta[stage] + kQ0;
+#pragma unroll
+            for (int i = 0; i < kSRegs; i += 2) {
+              const float2 p = unpack_half2<kType>(pk[i / 2]);
+              float ds2[2];
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int col = frag::acc_col(t, i + h);
+                const float pv = h == 0 ? p.x : p.y;
+                float dscore = a.dscale;
+                if (a.softcap) {
+                  const float th = (__log2f(pv) + lse2[col]) * a.inv_softcap_log2;
+                  dscore = pv > 0.0f ? a.dscale * (1.0f - th * th) : 0.0f;
+                }
+                ds2[h] = pv * (dpt[i + h] - delta[col]) * dscore;
+              }
+              pk[i / 2] = pack_half2<kType>(ds2[0], ds2[1]);
+            }
+          }
+#pragma unroll
+          for (int j = 0; j < C::kSQueries / 16; ++j) {
+            const uint32_t off = frag::stmatrix_sw128_offset(ln, kg * kWgmmaM + wp * frag::kRowsPerWarp,
+                                                             (kQ0 + 16 * j) / 8);
+            stmatrix_x4(ds_tile + off, pk[4 * j], pk[4 * j + 1], pk[4 * j + 2], pk[4 * j + 3]);
+          }
+          fence_proxy_async_shared();
+          if constexpr (C::kParts > 1) {
+            named_barrier_sync(kBarPReady, kConsumerThreads);
+          } else {
+            named_barrier_sync(kBarWgReady + consumer, kWarpgroupThreads);
+          }
+
+          fence_operands(dk);
+          fence_operands(dv);
+          dkv_gemms<C, kMma, kPart>(dk, dv, p_tile, ds_tile, q_stage, do_stage, key_row0_bytes);
+          fence_operands(dk);
+          fence_operands(dv);
+
+          // dQ, piece by piece. Deterministic: the adds of this tile happen in a fixed order, the key blocks of
+          // the query tile in increasing n (the semaphore counts those done) and, inside the CTA, consumer 0
+          // before consumer 1 when both hold partial sums of the same columns (block_n = 128).
+          const int32_t qm0 = m * C::kBlockM;
+          int32_t* sem = a.deterministic ? a.semaphores + semaphore_index(b, hq, m, a.heads_q, a.m_tiles) : nullptr;
+          for_each_piece<C, kPart>([&](auto piece) {
+            constexpr int kP = decltype(piece)::value;
+            constexpr int kStart = piece_start(kC0, C::kCols, kP);
+            constexpr int kWidth = piece_width(kC0, C::kCols, kP);
+            float dq[kWidth / 2];
+            dq_piece_gemm<C, kMma, kStart, kWidth>(dq, ds_tile, k_tile, key_row0_bytes);
+            fence_operands(dq);
+            if constexpr (kP == 0) {
+              wgmma_wait<1>();  // dV / dK group done: Q and dO of this stage are no longer read
+              if (ln == 0) mbarrier_arrive(&s.empty[stage]);
+              if (sem != nullptr) {
+                if (consumer == 0 && t == 0) {
+                  const int32_t rank = det_rank(si.g, m, n, C::kBlockM, C::kBlockN);
+                  while (ld_acquire_gpu(sem) != rank) {
+                  }
+                }
+                named_barrier_sync(kBarDetGo, kConsumerThreads);
+                if constexpr (C::kKeyGroups == 2) {
+                  if (consumer == 1) named_barrier_sync(kBarDetTurn, kConsumerThreads);
+                }
+              }
+            }
+            wgmma_wait<0>();
+            fence_operands(dq);
+            if (sem == nullptr) {
+              add_dq<kStart, kWidth, false>(dq, a, si.dq_row0, hq, qm0, si.g.seqlen_q, t);
+            } else {
+              add_dq<kStart, kWidth, true>(dq, a, si.dq_row0, hq, qm0, si.g.seqlen_q, t);
+            }
+          });
+          fence_operands(dk);
+          fence_operands(dv);
+          if (sem != nullptr) {
+            __threadfence();  // each adding thread: its adds before the release below (across the barrier)
+            if constexpr (C::kKeyGroups == 2) {
+              if (consumer == 0) {
+                named_barrier_arrive(kBarDetTurn, kConsumerThreads);
+              } else {
+                named_barrier_sync(kBarDetDone, kWarpgroupThreads);
+                if (t == 0) red_release_gpu_add(sem, 1);
+              }
+            } else {
+              named_barrier_sync(kBarDetDone, kConsumerThreads);
+              if (consumer == 0 && t == 0) red_release_gpu_add(sem, 1);
+            }
+          }
+          if (++stage == C::kStages) stage = 0, phase ^= 1;
+        }
+      }
+      if (lane == 0) mbarrier_arrive(&s.kv_empty);  // the last dQ GEMM (reading K) has completed
+    }
+
+    uint16_t* dk_head = static_cast<uint16_t*>(a.dk) + int64_t(b) * a.dk_stride_b + int64_t(si.start_k) * a.dk_stride_s +
+                        int64_t(hk) * a.dk_stride_h;
+    uint16_t* dv_head = static_cast<uint16_t*>(a.dv) + int64_t(b) * a.dv_stride_b + int64_t(si.start_k) * a.dv_stride_s +
+                        int64_t(hk) * a.dv_stride_h;
+    store_rows<C, kType, kPart>(dk, dk_head, a.dk_stride_s, key0, si.g.seqlen_k, tid);
+    store_rows<C, kType, kPart>(dv, dv_head, a.dv_stride_s, key0, si.g.seqlen_k, tid);
+  }
+}
+
+// ---- kernel ----------------------------------------------------------------------------------------------------
+template <int kHeadDim, HalfType kType>
+__global__ void __launch_bounds__(BwdConfig<kHeadDim>::kThreads, 1)
+    bwd_sm90_kernel(const __grid_constant__ CUtensorMap tmap_q, const __grid_constant__ CUtensorMap tmap_k,
+                    const __grid_constant__ CUtensorMap tmap_v, const __grid_constant__ CUtensorMap tmap_do,
+                    const __grid_constant__ BwdArgs args) {
+  using C = BwdConfig<kHeadDim>;  // its layout checks: launch_main (host constexpr functions)
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t raw = smem_u32(smem_raw);
+  const uint32_t pad = ((raw + kSmemAlign - 1) & ~static_cast<uint32_t>(kSmemAlign - 1)) - raw;
+  SharedStorage<C>& s = *reinterpret_cast<SharedStorage<C>*>(smem_raw + pad);
+
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < C::kStages; ++i) {
+      mbarrier_init(&s.full[i], C::kProducerLanes);    // every producer lane, after its LSE / delta stores
+      mbarrier_init(&s.empty[i], C::kConsumerWarps);   // lane 0 of every consumer warp
+    }
+    mbarrier_init(&s.kv_full, 1);                      // the producer's arrive.expect_tx; bytes from TMA
+    mbarrier_init(&s.kv_empty, C::kConsumerWarps);
+    fence_mbarrier_init();
+  }
+  __syncthreads();
+
+  const int warpgroup = threadIdx.x / kWarpgroupThreads;
+  if (warpgroup == 0) {
+    setmaxnreg_dec<C::kProducerRegs>();
+    if (threadIdx.x < frag::kWarpSize) produce<C>(s, &tmap_q, &tmap_k, &tmap_v, &tmap_do, args);
+  } else {
+    setmaxnreg_inc<C::kConsumerRegs>();
+    const int consumer = warpgroup - 1;
+    if constexpr (C::kParts == 1) {
+      consume<C, kType, 0>(s, args, consumer);
+    } else {
+      if (consumer % C::kParts == 0) {
+        consume<C, kType, 0>(s, args, consumer);
+      } else {
+        consume<C, kType, 1>(s, args, consumer);
+      }
+    }
+  }
+}
+
+}  // namespace flashcore::sm90::bwd
