@@ -61,9 +61,10 @@ struct BwdConfig {
   static constexpr int kKSteps = kHeadDim / kWgmmaK;  // K steps of S^T = K Q^T and dP^T = V dO^T (over D)
 
   // Registers: 384 threads at __launch_bounds__(384, 1) start at 168 each (65536 / 384, granule 8): a pool of
-  // 64512. The producer needs loop state, pointers and coordinates: 40 (at 24, ptxas spills them). Each consumer
-  // thread holds dK + dV (kCols fp32 registers) and either S^T + dP^T (kSQueries) or the dQ tile (kCols / 2), plus
-  // addresses and the elementwise temporaries: the rest of the pool, 232 (40 x 128 + 232 x 256 = 64512).
+  // 64512. The producer keeps loop state, pointers and tile coordinates: 32 (at 24 ptxas spills them). Each
+  // consumer thread holds dK + dV (kCols fp32 registers) plus, one at a time, the S^T tile (kSQueries / 2) with its
+  // packed P, the dP^T tile, or one dQ piece (<= 32), and addresses: 232, the most setmaxnreg grants next to a
+  // 32-register producer (32 x 128 + 232 x 256 = 63488 <= 64512; 240 would need a 24-register producer).
   static constexpr int kThreads = kRow.warpgroups * kWarpgroupThreads;
   static constexpr uint32_t kProducerRegs = 32;
   static constexpr uint32_t kConsumerRegs = 232;
