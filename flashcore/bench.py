@@ -94,7 +94,7 @@ SEED = 1234  # inputs are fresh random normals per shape, from SEED + shape inde
 ERROR_CHARS = 600  # error texts in the JSON are cut to this length
 
 SCHEMA = "flashcore.bench/1"
-GPU_PEERS = ("flashcore", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "fa2", "fa3")
+GPU_PEERS = ("flashcore", "flashcore_det", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "fa2", "fa3")
 CPU_PEERS = ("flashcore", "sdpa_math")
 
 
@@ -161,6 +161,8 @@ def _flash_attn_peer(name: str, module: str) -> Peer:
 
 PEERS: dict[str, Callable[[], Peer]] = {
     "flashcore": lambda: Peer("flashcore", lambda q, k, v, causal: flashcore.attention(q, k, v, causal=causal)),
+    "flashcore_det": lambda: Peer("flashcore_det", lambda q, k, v, causal: flashcore.attention(
+        q, k, v, causal=causal, deterministic=True)),  # ordered dQ accumulation: its cost shows in the bwd rows
     "sdpa_flash": lambda: _sdpa_peer("sdpa_flash", "FLASH_ATTENTION"),
     "sdpa_cudnn": lambda: _sdpa_peer("sdpa_cudnn", "CUDNN_ATTENTION"),
     "sdpa_efficient": lambda: _sdpa_peer("sdpa_efficient", "EFFICIENT_ATTENTION"),
@@ -633,6 +635,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gemm", action="store_true",
                    help=f"instead of the sweep: flashcore_sm90::gemm vs torch.matmul at {GEMM_SIZES} (JSON only)")
     p.add_argument("--gemm-sizes", type=_ints, help="with --gemm: comma list of M = N = K")
+    p.add_argument("--bwd-op", action="store_true",
+                   help="instead of the sweep: the sm_90a backward op alone (and deterministic) vs SDPA flash / "
+                        "cuDNN backward on the sweep's shapes (flashcore/bench_bwd.py; JSON only)")
     p.add_argument("--time-budget", type=float,
                    help="seconds; shapes not started by then are recorded as skipped (the first always runs)")
     return p.parse_args(argv)
@@ -664,6 +669,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.gemm:
         return gemm_main(args)
+    if args.bwd_op:
+        from .bench_bwd import main as bwd_op_main
+        return bwd_op_main(args)
     cfg = make_config(args)
     cpu = cfg.device.type != "cuda"
     cpu_warning = "CPU smoke run: these numbers mean nothing; it only exercises the benchmark code."
