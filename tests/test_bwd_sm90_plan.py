@@ -52,8 +52,9 @@ def test_plan_matches_brute_force(tmp_path):
 
 MUTATIONS = {
     "tile range": ("j0 - o - g.window_right)", "j0 - o - g.window_right + 1)"),
-    "boundary mask": ("if (j1 >= g.seqlen_k) return true;", "if (j1 > g.seqlen_k) return true;"),
-    "int32 tile mask": ("return row < keys_left && d >= lo", "return row <= keys_left && d >= lo"),
+    "boundary mask": ("if (i1 >= g.seqlen_q || j1 >= g.seqlen_k) return true;", "if (j1 > g.seqlen_k) return true;"),
+    "int32 tile mask, keys": ("return row < keys_left && col", "return row <= keys_left && col"),
+    "int32 tile mask, queries": ("col < queries_left &&", "col <= queries_left &&"),
     "deterministic rank": ("return n_block - key_block_range(g, m_tile, block_m, block_n).begin;",
                            "return n_block - key_block_range(g, m_tile, block_m, block_n).begin + (n_block > 3);"),
 }

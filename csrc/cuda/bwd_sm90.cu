@@ -76,6 +76,18 @@ void encode_qkv_map(CUtensorMap* map, const BwdParams& p, const void* base, int3
   TORCH_CHECK(problem.empty(), "flashcore bwd (sm_90a): cannot describe ", name, " to TMA: ", problem);
 }
 
+// LSE or delta, (batch, heads_q, seqlen_q) or (heads_q, total_q) fp32 contiguous, as a flat 2D map {values, 1}:
+// a tile's rows are a box of 64 values at any flat offset (varlen rows start anywhere, TMA needs no alignment of
+// the box start), values past the end read as 0.
+void encode_row_stat_map(CUtensorMap* map, const float* base, int64_t values, uint32_t box_rows, const char* name) {
+  const uint64_t dims[2] = {static_cast<uint64_t>(values), 1};
+  const uint64_t strides[1] = {static_cast<uint64_t>(round_up(values * static_cast<int64_t>(sizeof(float)), 16))};
+  const uint32_t box[2] = {box_rows, 1};
+  const std::string problem = encode_tensor_map(map, TmaElem::kFp32, 2, base, dims, strides, box,
+                                                CU_TENSOR_MAP_SWIZZLE_NONE);
+  TORCH_CHECK(problem.empty(), "flashcore bwd (sm_90a): cannot describe ", name, " to TMA: ", problem);
+}
+
 template <int kHeadDim, HalfType kType>
 void launch_main(const BwdParams& p) {
   using C = BwdConfig<kHeadDim>;
@@ -93,6 +105,14 @@ void launch_main(const BwdParams& p) {
                  C::kBlockN, "k");
   encode_qkv_map(&tmap_v, p, f.v, f.heads_kv, f.seqlen_k, p.total_k, f.v_stride_b, f.v_stride_s, f.v_stride_h,
                  C::kBlockN, "v");
+
+  const bool varlen = f.cu_seqlens_q != nullptr;
+  const int64_t stat_values = varlen ? int64_t(f.heads_q) * p.total_q : int64_t(f.batch) * f.heads_q * f.seqlen_q;
+  TORCH_CHECK(stat_values < (int64_t(1) << 31), "flashcore bwd (sm_90a): lse has ", stat_values,
+              " values; the kernel indexes it in int32 (at most 2^31 - 1)");
+  CUtensorMap tmap_lse, tmap_delta;
+  encode_row_stat_map(&tmap_lse, f.lse, stat_values, C::kBlockM, "lse");
+  encode_row_stat_map(&tmap_delta, p.delta, stat_values, C::kBlockM, "delta");
 
   BwdArgs a{};
   a.lse = f.lse, a.delta = p.delta;
@@ -137,7 +157,7 @@ void launch_main(const BwdParams& p) {
   constexpr int kSmem = smem_bytes<C>();
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  kernel<<<blocks, C::kThreads, kSmem, stream>>>(tmap_q, tmap_k, tmap_v, tmap_do, a);
+  kernel<<<blocks, C::kThreads, kSmem, stream>>>(tmap_q, tmap_k, tmap_v, tmap_do, tmap_lse, tmap_delta, a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -34,6 +34,7 @@ constexpr int kElemBytes = 2;                   // bf16 / fp16
 constexpr int kWarpgroupThreads = frag::kWarpgroupThreads;
 constexpr int kMaxSmemPerBlock = 227 * 1024;    // sm_90 opt-in limit per block
 constexpr int kSmemAlign = static_cast<int>(ptx::kSwizzle128Atom);  // swizzled tiles start on 1024 B
+constexpr int kTmaSmemAlign = 128;  // TMA destinations without swizzle: 128-byte aligned (LSE / delta rows)
 
 template <int kHeadDim>
 struct BwdConfig {
@@ -61,13 +62,13 @@ struct BwdConfig {
   static constexpr int kKSteps = kHeadDim / kWgmmaK;  // K steps of S^T = K Q^T and dP^T = V dO^T (over D)
 
   // Registers: 384 threads at __launch_bounds__(384, 1) start at 168 each (65536 / 384, granule 8): a pool of
-  // 64512. The producer keeps loop state, pointers and tile coordinates: 32 (at 24 ptxas spills them). Each
+  // 64512. The producer is one thread walking the schedule and issuing TMA copies: 24, setmaxnreg's floor. Each
   // consumer thread holds dK + dV (kCols fp32 registers) plus, one at a time, the S^T tile (kSQueries / 2) with its
-  // packed P, the dP^T tile, or one dQ piece (<= 32), and addresses: 232, the most setmaxnreg grants next to a
-  // 32-register producer (32 x 128 + 232 x 256 = 63488 <= 64512; 240 would need a 24-register producer).
+  // packed P, the dP^T tile, or one dQ piece (<= 32), and addresses: the rest, 240 (24 x 128 + 240 x 256 = 64512).
+  // D = 128 with block_n = 128 needs all of it (232 spilled).
   static constexpr int kThreads = kRow.warpgroups * kWarpgroupThreads;
-  static constexpr uint32_t kProducerRegs = 32;
-  static constexpr uint32_t kConsumerRegs = 232;
+  static constexpr uint32_t kProducerRegs = 24;
+  static constexpr uint32_t kConsumerRegs = 240;
   static constexpr uint32_t kRegPool = 65536 / kThreads / 8 * 8 * kThreads;
   static_assert(kProducerRegs * kWarpgroupThreads + kConsumerRegs * kConsumers * kWarpgroupThreads <= kRegPool,
                 "setmaxnreg.inc would wait forever for registers the pool does not have");
@@ -76,9 +77,10 @@ struct BwdConfig {
   static constexpr int kKColBlockBytes = kBlockN * kRowBytes;  // K or V: one column block of block_n keys
   static constexpr int kQColBlockBytes = kBlockM * kRowBytes;  // Q or dO: one column block of block_m queries
   static constexpr uint32_t kKvBytes = 2u * kColBlocks * kKColBlockBytes;     // K + V: complete_tx of kv_full
-  static constexpr uint32_t kStageTmaBytes = 2u * kColBlocks * kQColBlockBytes;  // Q + dO: complete_tx of a stage
+  static constexpr uint32_t kRowStatBytes = kBlockM * sizeof(float);  // one tile's LSE (or delta) rows
+  // complete_tx of a stage: Q + dO tiles and the LSE + delta rows (TMA counts whole boxes, zero-filled parts too)
+  static constexpr uint32_t kStageTmaBytes = 2u * kColBlocks * kQColBlockBytes + 2u * kRowStatBytes;
   static constexpr int kConsumerWarps = kConsumers * kWarpgroupThreads / frag::kWarpSize;
-  static constexpr int kProducerLanes = frag::kWarpSize;  // one warp produces; each lane arrives on full[]
 };
 
 template <class C>
@@ -89,9 +91,10 @@ struct SharedStorage {
   uint16_t dout[C::kStages][C::kColBlocks][C::kBlockM * kColBlock];
   uint16_t p[C::kBlockN * C::kBlockM];   // P^T  [keys][queries], 128B-swizzled rows
   uint16_t ds[C::kBlockN * C::kBlockM];  // dS^T [keys][queries] (softmax_scale and the softcap derivative in)
-  float lse2[C::kStages][C::kBlockM];    // lse * log2(e); +inf for rows past seqlen_q and rows with lse = -inf
-  float delta[C::kStages][C::kBlockM];   // rowsum(dO * O) - dlse
-  uint64_t full[C::kStages];             // producer -> consumers: Q, dO landed (TMA bytes) and LSE / delta written
+  float lse[C::kStages][C::kBlockM];     // the forward's lse rows of the tile (natural log), by TMA; rows past
+                                         // seqlen_q hold other rows' values or 0: the mask covers them
+  float delta[C::kStages][C::kBlockM];   // rowsum(dO * O) - dlse, likewise
+  uint64_t full[C::kStages];             // producer -> consumers: Q, dO, LSE, delta landed (1 arrival + TMA bytes)
   uint64_t empty[C::kStages];            // consumers -> producer: every consumer warp is done with the stage
   uint64_t kv_full;                      // K and V of the current work item landed
   uint64_t kv_empty;                     // every consumer warp is done with the item's K and V
@@ -102,7 +105,9 @@ constexpr bool smem_layout_ok() {
   using S = SharedStorage<C>;
   return offsetof(S, k) % kSmemAlign == 0 && offsetof(S, v) % kSmemAlign == 0 && offsetof(S, q) % kSmemAlign == 0 &&
          offsetof(S, dout) % kSmemAlign == 0 && offsetof(S, p) % kSmemAlign == 0 &&
-         offsetof(S, ds) % kSmemAlign == 0 && C::kKColBlockBytes % kSmemAlign == 0 &&
+         offsetof(S, ds) % kSmemAlign == 0 && offsetof(S, lse) % kTmaSmemAlign == 0 &&
+         offsetof(S, delta) % kTmaSmemAlign == 0 && C::kRowStatBytes % kTmaSmemAlign == 0 &&
+         C::kKColBlockBytes % kSmemAlign == 0 &&
          C::kQColBlockBytes % kSmemAlign == 0;
 }
 

@@ -2,14 +2,13 @@
 // K and V are loaded once, the query tiles that see the block stream through a ring, dK and dV stay in registers.
 //
 // Roles (BwdConfig, csrc/tiles/sm90_bwd.h):
-//   producer  warp 0 of warpgroup 0 (registers lowered; warps 1-3 leave at once). Per item: K, V by TMA on
-//             kv_full. Per query tile: waits for a free stage, announces the Q + dO bytes, issues their TMA loads,
-//             writes the tile's lse * log2(e) and delta rows (plain loads: varlen rows are not 16-byte aligned for
-//             a bulk copy), arrives on full[stage].
+//   producer  thread 0 of warpgroup 0 (registers lowered; the other 127 threads leave at once). Per item: K, V by
+//             TMA on kv_full. Per query tile: waits for a free stage, announces its bytes and issues the TMA loads
+//             of Q, dO and of the tile's LSE and delta rows (flat 2D maps: any row offset, no alignment needed).
 //   consumers warpgroups 1 and 2 (registers raised). Per query tile, each on its 64 keys (and, for block_n = 64,
 //             its half of the queries / head-dim columns):
 //               S^T = K Q^T, dP^T = V dO^T                  (SS, K-major operands: as TMA wrote them)
-//               P^T = exp2(S^T * scale * log2e - lse2),  dS^T = P^T (dP^T - delta) * dscore/d(qk)
+//               P^T = exp2(S^T * scale * log2e - lse * log2e),  dS^T = P^T (dP^T - delta) * dscore/d(qk)
 //               P^T, dS^T -> shared memory (stmatrix, bf16/fp16)
 //               dV += P^T dO, dK += dS^T Q                  (SS; dO and Q are MN-major B operands)
 //               dQ_tile = dS K                              (SS; dS^T is an MN-major A, K an MN-major B)
@@ -19,7 +18,9 @@
 #pragma once
 
 #include <cuda.h>
+#include <cuda_fp16.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <utility>
 
@@ -70,7 +71,6 @@ constexpr uint32_t kBarDetGo = 5;     // deterministic: the tile's semaphore rea
 constexpr uint32_t kBarDetTurn = 6;   // deterministic, block_n = 128: consumer 0 has added, consumer 1 may
 constexpr uint32_t kBarDetDone = 7;   // deterministic: every adding thread has fenced its adds
 constexpr uint32_t kConsumerThreads = 2 * kWarpgroupThreads;
-constexpr float kInf = __builtin_huge_valf();
 
 // Where sequence b lives: dense sequences are whole tensors' slices (the tensor map's batch coordinate), varlen
 // ones are row ranges of the flat (total, heads, head_dim) tensors.
@@ -129,11 +129,9 @@ __device__ __forceinline__ float2 unpack_half2(uint32_t v) {
   if constexpr (kType == HalfType::kBf16) {
     return make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xffff0000u));  // bf16 = high half of fp32
   } else {
-    float2 f;
-    asm("{\n  .reg .f16 lo, hi;\n  mov.b32 {lo, hi}, %2;\n  cvt.f32.f16 %0, lo;\n  cvt.f32.f16 %1, hi;\n}\n"
-        : "=f"(f.x), "=f"(f.y)
-        : "r"(v));
-    return f;
+    __half2_raw raw;
+    raw.x = static_cast<unsigned short>(v & 0xffffu), raw.y = static_cast<unsigned short>(v >> 16);
+    return __half22float2(__half2(raw));
   }
 }
 
@@ -143,17 +141,17 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
 }
 
 // ---- producer --------------------------------------------------------------------------------------------------
+// One thread: everything it moves goes by TMA, so it only walks the schedule (its registers can drop to 24).
 template <class C>
 __device__ __forceinline__ void produce(SharedStorage<C>& s, const CUtensorMap* tmap_q, const CUtensorMap* tmap_k,
-                                        const CUtensorMap* tmap_v, const CUtensorMap* tmap_do, const BwdArgs& a) {
-  const int lane = threadIdx.x % frag::kWarpSize;
-  if (lane == 0) {
-    prefetch_tensor_map(tmap_q), prefetch_tensor_map(tmap_k);
-    prefetch_tensor_map(tmap_v), prefetch_tensor_map(tmap_do);
-  }
+                                        const CUtensorMap* tmap_v, const CUtensorMap* tmap_do,
+                                        const CUtensorMap* tmap_lse, const CUtensorMap* tmap_delta,
+                                        const BwdArgs& a) {
+  prefetch_tensor_map(tmap_q), prefetch_tensor_map(tmap_k), prefetch_tensor_map(tmap_v);
+  prefetch_tensor_map(tmap_do), prefetch_tensor_map(tmap_lse), prefetch_tensor_map(tmap_delta);
   const int32_t group = a.heads_q / a.heads_kv;
   int stage = 0;
-  uint32_t phase = 0, kv_phase = 0;
+  uint32_t parity = 0;  // bit 0: the ring lap's parity; bit 1: the K/V barrier's
   const int32_t items = static_cast<int32_t>(work_items(a.grid));
 #pragma unroll 1
   for (int32_t item = blockIdx.x; item < items; item += grid_ctas()) {
@@ -162,43 +160,32 @@ __device__ __forceinline__ void produce(SharedStorage<C>& s, const CUtensorMap* 
     const SeqInfo si = seq_info(a, b);
     const Range tiles = query_tile_range(si.g, n, C::kBlockM, C::kBlockN);
     if (tiles.begin >= tiles.end) continue;  // the consumers skip it too: no K/V load, dK = dV = 0
-    if (lane == 0) {
-      mbarrier_wait(&s.kv_empty, kv_phase ^ 1);  // the first item passes at once (fresh barrier)
-      mbarrier_arrive_expect_tx(&s.kv_full, C::kKvBytes);
-      const int32_t key0 = si.start_k + n * C::kBlockN;
+    mbarrier_wait(&s.kv_empty, ((parity >> 1) & 1) ^ 1);  // the first item passes at once (fresh barrier)
+    mbarrier_arrive_expect_tx(&s.kv_full, C::kKvBytes);
+    const int32_t key0 = si.start_k + n * C::kBlockN;
 #pragma unroll
-      for (int c = 0; c < C::kColBlocks; ++c) {
-        tma_load_4d(s.k[c], tmap_k, &s.kv_full, c * kColBlock, hk, key0, si.tma_batch);
-        tma_load_4d(s.v[c], tmap_v, &s.kv_full, c * kColBlock, hk, key0, si.tma_batch);
-      }
+    for (int c = 0; c < C::kColBlocks; ++c) {
+      tma_load_4d(s.k[c], tmap_k, &s.kv_full, c * kColBlock, hk, key0, si.tma_batch);
+      tma_load_4d(s.v[c], tmap_v, &s.kv_full, c * kColBlock, hk, key0, si.tma_batch);
     }
-    kv_phase ^= 1;
+    parity ^= 2;
 #pragma unroll 1
     for (int32_t hq = hk * group; hq < (hk + 1) * group; ++hq) {
-      const int64_t lse_off = si.start_q + int64_t(b) * a.lse_stride_b + int64_t(hq) * a.lse_stride_h;  // delta too
+      // Flat index of the head's first LSE / delta row (the host checks the arrays hold < 2^31 values).
+      const int32_t stat0 = static_cast<int32_t>(si.start_q + b * a.lse_stride_b + hq * a.lse_stride_h);
 #pragma unroll 1
       for (int32_t m = tiles.begin; m < tiles.end; ++m) {
-        mbarrier_wait(&s.empty[stage], phase ^ 1);
-        if (lane == 0) {
-          mbarrier_expect_tx(&s.full[stage], C::kStageTmaBytes);  // arrival comes after the LSE rows below
-          const int32_t row0 = si.start_q + m * C::kBlockM;
+        mbarrier_wait(&s.empty[stage], (parity & 1) ^ 1);
+        mbarrier_arrive_expect_tx(&s.full[stage], C::kStageTmaBytes);
+        const int32_t row0 = si.start_q + m * C::kBlockM;
 #pragma unroll
-          for (int c = 0; c < C::kColBlocks; ++c) {
-            tma_load_4d(s.q[stage][c], tmap_q, &s.full[stage], c * kColBlock, hq, row0, si.tma_batch);
-            tma_load_4d(s.dout[stage][c], tmap_do, &s.full[stage], c * kColBlock, hq, row0, si.tma_batch);
-          }
+        for (int c = 0; c < C::kColBlocks; ++c) {
+          tma_load_4d(s.q[stage][c], tmap_q, &s.full[stage], c * kColBlock, hq, row0, si.tma_batch);
+          tma_load_4d(s.dout[stage][c], tmap_do, &s.full[stage], c * kColBlock, hq, row0, si.tma_batch);
         }
-#pragma unroll
-        for (int r = lane; r < C::kBlockM; r += frag::kWarpSize) {
-          const int32_t i = m * C::kBlockM + r;
-          const bool valid = i < si.g.seqlen_q;
-          const float lse = valid ? a.lse[lse_off + i] : -kInf;
-          // lse = -inf: the row saw no key in the forward; +inf here makes its P exactly 0 (not NaN).
-          s.lse2[stage][r] = lse == -kInf ? kInf : lse * kLog2e;
-          s.delta[stage][r] = valid ? a.delta[lse_off + i] : 0.0f;
-        }
-        mbarrier_arrive(&s.full[stage]);  // release: this lane's LSE / delta stores before the consumers' acquire
-        if (++stage == C::kStages) stage = 0, phase ^= 1;
+        tma_load_2d(s.lse[stage], tmap_lse, &s.full[stage], stat0 + m * C::kBlockM, 0);
+        tma_load_2d(s.delta[stage], tmap_delta, &s.full[stage], stat0 + m * C::kBlockM, 0);
+        if (++stage == C::kStages) stage = 0, parity ^= 1;
       }
     }
   }
@@ -313,14 +300,15 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, i
   const int lane = tid % frag::kWarpSize;
   const int kg = consumer / C::kParts;  // this consumer's 64-key group
   const uint32_t key_row0_bytes = kg * kWgmmaM * kRowBytes;
-  const uint32_t k_base = smem_u32(s.k[0]), v_base = smem_u32(s.v[0]);
-  const uint32_t q_base = smem_u32(s.q[0][0]), do_base = smem_u32(s.dout[0][0]);
-  const uint32_t p_base = smem_u32(s.p), ds_base = smem_u32(s.ds);
+  using S = SharedStorage<C>;
+  const uint32_t smem0 = smem_u32(&s);  // one base: the tiles' addresses are constant offsets from it
   const int32_t group = a.heads_q / a.heads_kv;
 
   float dk[C::kCols / 2], dv[C::kCols / 2];
+  // Ring position and both barrier parities in two registers (D = 128 has none to spare): stage, and `parity`
+  // with bit 0 = the ring lap's parity, bit 1 = the K/V barrier's.
   int stage = 0;
-  uint32_t phase = 0, kv_phase = 0;
+  uint32_t parity = 0;
   const int32_t items = static_cast<int32_t>(work_items(a.grid));
 #pragma unroll 1
   for (int32_t item = blockIdx.x; item < items; item += grid_ctas()) {
@@ -334,19 +322,20 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, i
     const int32_t key0 = n * C::kBlockN + kg * kWgmmaM;
 
     if (tiles.begin < tiles.end) {
-      mbarrier_wait(&s.kv_full, kv_phase);
-      kv_phase ^= 1;
+      mbarrier_wait(&s.kv_full, parity >> 1);
+      parity ^= 2;
 #pragma unroll 1
       for (int32_t hq = hk * group; hq < (hk + 1) * group; ++hq) {
 #pragma unroll 1
         for (int32_t m = tiles.begin; m < tiles.end; ++m) {
-          mbarrier_wait(&s.full[stage], phase);
+          mbarrier_wait(&s.full[stage], parity & 1);
           // Rebuild the shared-memory bases each tile: otherwise the compiler hoists every (loop-invariant)
           // 64-bit descriptor of the K, V, P and dS operands out of the loop, ~50 registers the accumulators need.
-          const uint32_t k_tile = opaque(k_base), v_tile = opaque(v_base);
-          const uint32_t p_tile = opaque(p_base), ds_tile = opaque(ds_base);
-          const uint32_t q_stage = opaque(q_base) + stage * kQStageBytes;
-          const uint32_t do_stage = opaque(do_base) + stage * kQStageBytes;
+          const uint32_t base = opaque(smem0);
+          const uint32_t k_tile = base + offsetof(S, k), v_tile = base + offsetof(S, v);
+          const uint32_t p_tile = base + offsetof(S, p), ds_tile = base + offsetof(S, ds);
+          const uint32_t q_stage = base + offsetof(S, q) + stage * kQStageBytes;
+          const uint32_t do_stage = base + offsetof(S, dout) + stage * kQStageBytes;
           const int t = static_cast<int>(opaque(static_cast<uint32_t>(tid)));  // likewise the per-thread offsets
           const int ln = t % frag::kWarpSize, wp = t / frag::kWarpSize;
 
@@ -371,15 +360,19 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, i
             fence_operands(st);
             wgmma_wait<0>();
             fence_operands(st);
-            const float* lse2 = s.lse2[stage] + kQ0;
+            // P = exp2(score_log2 - lse * log2(e)): one FFMA. A row with lse = -inf (it saw no key in the forward)
+            // gives +inf here, but such a row sees no key of this block either, so its tile is masked and the
+            // select below makes it 0; the rows past seqlen_q (other rows' LSE values) likewise.
+            const float* lse = s.lse[stage] + kQ0;
 #pragma unroll
             for (int i = 0; i < kSRegs; i += 2) {
               float p2[2];
 #pragma unroll
               for (int h = 0; h < 2; ++h) {
                 const int col = frag::acc_col(t, i + h);
-                const float score = a.softcap ? tanh_accurate(st[i + h] * a.tanh_in) * a.softcap_log2 : st[i + h] * a.score_mul;
-                p2[h] = exp2f(score - lse2[col]);
+                const float score = a.softcap ? tanh_accurate(st[i + h] * a.tanh_in) * a.softcap_log2
+                                              : st[i + h] * a.score_mul;
+                p2[h] = exp2f(fmaf(lse[col], -kLog2e, score));
                 if (masked && !mask.visible(frag::acc_row(t, i + h), col)) p2[h] = 0.0f;
               }
               pk[i / 2] = pack_half2<kType>(p2[0], p2[1]);
@@ -409,10 +402,10 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, i
           fence_operands(dpt);
 
           // dS^T = P^T (dP^T - delta) * d score / d(q.k), from the 16-bit P (the rounding dS gets anyway). With
-          // softcap, tanh is recovered from P: score_log2 = log2(P) + lse2 = softcap_log2 * tanh, one MUFU.LG2
+          // softcap, tanh is recovered from P: score_log2 = log2(P) + lse log2(e) = softcap_log2 tanh, one MUFU.LG2
           // instead of keeping a tile of (1 - tanh^2) in registers; P = 0 (masked, underflow) gives dS = 0.
           {
-            const float* lse2 = s.lse2[stage] + kQ0;
+            const float* lse = s.lse[stage] + kQ0;
             const float* delta = s.delta[stage] + kQ0;
 #pragma unroll
             for (int i = 0; i < kSRegs; i += 2) {
@@ -424,7 +417,7 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, i
                 const float pv = h == 0 ? p.x : p.y;
                 float dscore = a.dscale;
                 if (a.softcap) {
-                  const float th = (__log2f(pv) + lse2[col]) * a.inv_softcap_log2;
+                  const float th = fmaf(lse[col], kLog2e, __log2f(pv)) * a.inv_softcap_log2;
                   dscore = pv > 0.0f ? a.dscale * (1.0f - th * th) : 0.0f;
                 }
                 ds2[h] = pv * (dpt[i + h] - delta[col]) * dscore;
@@ -502,7 +495,7 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, i
               if (consumer == 0 && t == 0) red_release_gpu_add(sem, 1);
             }
           }
-          if (++stage == C::kStages) stage = 0, phase ^= 1;
+          if (++stage == C::kStages) stage = 0, parity ^= 1;
         }
       }
       if (lane == 0) mbarrier_arrive(&s.kv_empty);  // the last dQ GEMM (reading K) has completed
@@ -522,6 +515,7 @@ template <int kHeadDim, HalfType kType>
 __global__ void __launch_bounds__(BwdConfig<kHeadDim>::kThreads, 1)
     bwd_sm90_kernel(const __grid_constant__ CUtensorMap tmap_q, const __grid_constant__ CUtensorMap tmap_k,
                     const __grid_constant__ CUtensorMap tmap_v, const __grid_constant__ CUtensorMap tmap_do,
+                    const __grid_constant__ CUtensorMap tmap_lse, const __grid_constant__ CUtensorMap tmap_delta,
                     const __grid_constant__ BwdArgs args) {
   using C = BwdConfig<kHeadDim>;  // its layout checks: launch_main (host constexpr functions)
   extern __shared__ uint8_t smem_raw[];
@@ -531,7 +525,7 @@ __global__ void __launch_bounds__(BwdConfig<kHeadDim>::kThreads, 1)
 
   if (threadIdx.x == 0) {
     for (int i = 0; i < C::kStages; ++i) {
-      mbarrier_init(&s.full[i], C::kProducerLanes);    // every producer lane, after its LSE / delta stores
+      mbarrier_init(&s.full[i], 1);                    // the producer's arrive.expect_tx; bytes from TMA
       mbarrier_init(&s.empty[i], C::kConsumerWarps);   // lane 0 of every consumer warp
     }
     mbarrier_init(&s.kv_full, 1);                      // the producer's arrive.expect_tx; bytes from TMA
@@ -543,7 +537,7 @@ __global__ void __launch_bounds__(BwdConfig<kHeadDim>::kThreads, 1)
   const int warpgroup = threadIdx.x / kWarpgroupThreads;
   if (warpgroup == 0) {
     setmaxnreg_dec<C::kProducerRegs>();
-    if (threadIdx.x < frag::kWarpSize) produce<C>(s, &tmap_q, &tmap_k, &tmap_v, &tmap_do, args);
+    if (threadIdx.x == 0) produce<C>(s, &tmap_q, &tmap_k, &tmap_v, &tmap_do, &tmap_lse, &tmap_delta, args);
   } else {
     setmaxnreg_inc<C::kConsumerRegs>();
     const int consumer = warpgroup - 1;

@@ -7,9 +7,9 @@
 // a window side of -1 being unbounded. The kernel's work item is one K/V block of block_n keys of one (batch,
 // K/V head); it streams the query tiles (block_m rows) that see at least one of its keys.
 //
-// Rows past seqlen_q inside the last query tile are not this header's business: the producer gives them
-// lse = +inf, so P = exp2(score - inf) = 0 and dS = 0 there (a dense tensor map zero-fills them; varlen reads the
-// next sequence's rows, which the +inf silences). tile_needs_mask covers keys and windows only.
+// Rows past seqlen_q inside the last query tile, and keys past seqlen_k inside the last K/V block, are masked like
+// any invisible pair: a dense tensor map zero-fills them, but varlen reads the next sequence's rows (and their
+// LSE), so the ragged tiles are always masked tiles.
 #pragma once
 
 #include <cstdint>
@@ -72,15 +72,15 @@ FC_BWD_HD Range key_block_range(const SeqGeom& g, int32_t m_tile, int32_t block_
   return Range{static_cast<int32_t>(j_lo / block_n), static_cast<int32_t>(j_hi / block_n + 1)};
 }
 
-// Must the kernel mask (query, key) pairs of tile (m_tile, n_block)? False only when every key of the block is
-// below seqlen_k and every query row below seqlen_q sees every key of the block: then the mask is skipped (the
-// common case of long sequences: only the diagonal / window-edge tiles and the last key block are masked).
+// Must the kernel mask (query, key) pairs of tile (m_tile, n_block)? False only when every row of the tile is a
+// query below seqlen_q, every key of the block is below seqlen_k, and every such query sees every such key: then
+// the mask is skipped (the common case of long sequences: only the diagonal / window-edge tiles and the last query
+// tile and key block are masked).
 FC_BWD_HD bool tile_needs_mask(const SeqGeom& g, int32_t m_tile, int32_t n_block, int32_t block_m, int32_t block_n) {
-  const int64_t i0 = int64_t(m_tile) * block_m;
-  const int64_t i1 = min64(i0 + block_m, g.seqlen_q) - 1;
+  const int64_t i0 = int64_t(m_tile) * block_m, i1 = i0 + block_m - 1;
   const int64_t j0 = int64_t(n_block) * block_n, j1 = j0 + block_n - 1;
   const int64_t o = geom_off(g);
-  if (j1 >= g.seqlen_k) return true;
+  if (i1 >= g.seqlen_q || j1 >= g.seqlen_k) return true;
   if (g.window_left >= 0 && j0 < i1 + o - g.window_left) return true;   // the last row's left edge cuts the block
   if (g.window_right >= 0 && j1 > i0 + o + g.window_right) return true; // the first row's right edge cuts it
   return false;
@@ -89,15 +89,16 @@ FC_BWD_HD bool tile_needs_mask(const SeqGeom& g, int32_t m_tile, int32_t n_block
 constexpr int64_t kInt32Min = -2147483648LL, kInt32Max = 2147483647LL;
 
 // visible(g, q0 + col, key0 + row) above for one tile of the kernel, in int32 and a handful of instructions per
-// element: query q0 + col sees key key0 + row iff row < keys_left and lo <= (key0 - q0) + row - col <= hi.
-// (Queries past seqlen_q are silenced by their lse, not here.) tests/test_bwd_sm90_plan.py checks it against
-// visible() for every element of every visited tile.
+// element: query q0 + col sees key key0 + row iff row < keys_left, col < queries_left and
+// lo <= (key0 - q0) + row - col <= hi. tests/test_bwd_sm90_plan.py checks it against visible() for every element
+// of every visited tile.
 struct TileMask {
-  int32_t keys_left;  // seqlen_k - key0: rows at or past it are keys past the sequence
-  int32_t lo, hi;     // bounds on key - query minus (key0 - q0); window sides clamped into int32
+  int32_t keys_left;     // seqlen_k - key0: rows at or past it are keys past the sequence
+  int32_t queries_left;  // seqlen_q - q0: columns at or past it are queries past the sequence
+  int32_t lo, hi;        // bounds on key - query minus (key0 - q0); window sides clamped into int32
   FC_BWD_HD bool visible(int row, int col) const {
     const int32_t d = row - col;
-    return row < keys_left && d >= lo && d <= hi;
+    return row < keys_left && col < queries_left && d >= lo && d <= hi;
   }
 };
 
@@ -107,6 +108,7 @@ FC_BWD_HD TileMask tile_mask(const SeqGeom& g, int32_t q0, int32_t key0) {
   const int64_t hi = g.window_right < 0 ? kInt32Max : off + g.window_right - base;
   TileMask m;
   m.keys_left = g.seqlen_k - key0;
+  m.queries_left = g.seqlen_q - q0;
   m.lo = static_cast<int32_t>(lo < kInt32Min ? kInt32Min : (lo > kInt32Max ? kInt32Max : lo));
   m.hi = static_cast<int32_t>(hi < kInt32Min ? kInt32Min : (hi > kInt32Max ? kInt32Max : hi));
   return m;

@@ -1,24 +1,14 @@
 // Synchronization the attention backward adds to the PTX layer (kept out of mbarrier.cuh so the forward can extend
-// that one freely): an mbarrier transaction count raised without an arrival, gpu-scope acquire / release on a
-// global int32 (the deterministic mode's per-tile semaphores), and fp32 pair accumulation into global memory.
+// that one freely): gpu-scope acquire / release on a global int32 (the deterministic mode's per-tile semaphores),
+// and fp32 pair accumulation into global memory.
 //
-// PTX ISA references (section titles): "mbarrier.expect_tx", "ld" (.acquire), "red" / "atom" (.release, .v2.f32).
+// PTX ISA references (section titles): "ld" (.acquire), "red" (.release, .v2.f32).
 #pragma once
 
 #include <cstdint>
 
-#include "smem.cuh"
 
 namespace flashcore::sm90::ptx {
-
-// Raises the current phase's pending transaction count by `bytes` without arriving. The producer announces a
-// stage's TMA bytes before issuing the copies, then writes the stage's LSE / delta rows with ordinary stores and
-// only then arrives (release): those stores are ordered before the consumers' acquire, which an arrive.expect_tx
-// issued before them would not give.
-__device__ __forceinline__ void mbarrier_expect_tx(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
-               : "memory");
-}
 
 // Load with acquire semantics at gpu scope: later reads of this thread see what the releasing CTA wrote before
 // its release. Spun on by one thread; a CTA barrier then extends the ordering to the others.
