@@ -506,6 +506,7 @@ def test_bwd_training_loop_matches_reference():
     ours = _train(_KernelBackwardAttention.apply)
     ref = _train(_ReferenceAttention.apply)
     assert all(torch.isfinite(torch.tensor(ours)))
-    assert ours[-1] < 0.5 * ours[0], f"did not learn: {ours[0]:.3f} -> {ours[-1]:.3f}"
-    for step in (9, 49, 99):  # bf16 training diverges slowly from rounding alone; 5% is far below a wrong gradient
-        assert abs(ours[step] - ref[step]) <= 0.05 * abs(ref[step]) + 0.02, (step, ours[step], ref[step])
+    # On the CPU the reference run goes 5.71 -> 4.90 in 100 steps (the task needs attention to the previous token).
+    assert ours[-1] < 0.9 * ours[0], f"did not learn: {ours[0]:.3f} -> {ours[-1]:.3f}"
+    for step in (9, 49, 99):  # bf16 rounding alone drifts the curves apart slowly; a wrong gradient shows by 2%
+        assert abs(ours[step] - ref[step]) <= 0.02 * abs(ref[step]), (step, ours[step], ref[step])
