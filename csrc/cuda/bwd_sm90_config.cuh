@@ -36,8 +36,9 @@ constexpr int kMaxSmemPerBlock = 227 * 1024;    // sm_90 opt-in limit per block
 constexpr int kSmemAlign = static_cast<int>(ptx::kSwizzle128Atom);  // swizzled tiles start on 1024 B
 constexpr int kTmaSmemAlign = 128;  // TMA destinations without swizzle: 128-byte aligned (LSE / delta rows)
 
-template <int kHeadDim>
+template <int kHeadDim_>
 struct BwdConfig {
+  static constexpr int kHeadDim = kHeadDim_;
   static constexpr TileRow kRow = tile_row(kHeadDim);
   static_assert(kRow.head_dim == kHeadDim, "no row for this head dim in csrc/tiles/sm90_bwd.h");
   static constexpr int kBlockM = kRow.block_m;

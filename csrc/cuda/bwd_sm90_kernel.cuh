@@ -11,8 +11,10 @@
 //               P^T = exp2(S^T * scale * log2e - lse * log2e),  dS^T = P^T (dP^T - delta) * dscore/d(qk)
 //               P^T, dS^T -> shared memory (stmatrix, bf16/fp16)
 //               dV += P^T dO, dK += dS^T Q                  (SS; dO and Q are MN-major B operands)
-//               dQ_tile = dS K                              (SS; dS^T is an MN-major A, K an MN-major B)
-//               dQ_tile -> fp32 workspace: red.global.add.v2.f32, or in a fixed order (deterministic)
+//               dQ_tile[:, half c] = dS K[:, half c]        (SS over all block_n keys; dS^T an MN-major A, K an
+//                                                           MN-major B; consumer c takes half of the columns)
+//               dQ_tile -> fp32 workspace: red.global.add.v2.f32, or in a fixed order (deterministic), each value
+//               once per CTA
 //             After the item: dK, dV -> global (row-predicated stores: varlen blocks end mid-block).
 // softmax_scale and the softcap derivative are folded into dS, so dK and the dQ workspace need no scaling after.
 #pragma once
@@ -64,12 +66,11 @@ struct BwdArgs {
 };
 
 // Named barriers (id 0 is __syncthreads). Counts are consumer threads only: the producer never joins them.
-constexpr uint32_t kBarPFree = 1;     // block_n = 64: both consumers done reading the previous tile's P^T / dS^T
-constexpr uint32_t kBarPReady = 2;    // block_n = 64: both consumers wrote their halves of P^T / dS^T
-constexpr uint32_t kBarWgReady = 3;   // block_n = 128: consumer c wrote its rows (id 3 + c, 128 threads)
-constexpr uint32_t kBarDetGo = 5;     // deterministic: the tile's semaphore reached this block's rank
-constexpr uint32_t kBarDetTurn = 6;   // deterministic, block_n = 128: consumer 0 has added, consumer 1 may
-constexpr uint32_t kBarDetDone = 7;   // deterministic: every adding thread has fenced its adds
+constexpr uint32_t kBarPFree = 1;     // block_n = 64: both consumers done reading the previous tile's P^T
+constexpr uint32_t kBarDsFree = 2;    // both consumers done reading the previous tile's dS^T (the dQ GEMM reads all)
+constexpr uint32_t kBarDsReady = 3;   // both consumers wrote their P^T / dS^T rows or halves
+constexpr uint32_t kBarDetGo = 4;     // deterministic: the tile's semaphore reached this block's rank
+constexpr uint32_t kBarDetDone = 5;   // deterministic: every adding thread has fenced its adds
 constexpr uint32_t kConsumerThreads = 2 * kWarpgroupThreads;
 
 // Where sequence b lives: dense sequences are whole tensors' slices (the tensor map's batch coordinate), varlen
@@ -192,13 +193,12 @@ __device__ __forceinline__ void produce(SharedStorage<C>& s, const CUtensorMap* 
 }
 
 // ---- consumer pieces -------------------------------------------------------------------------------------------
-// Calls f(std::integral_constant<int, p>) for each column piece p of consumer part kPart.
-template <class C, int kPart, class F>
+// Calls f(std::integral_constant<int, p>) for each column piece p of the columns [kC0, kC0 + kCols).
+template <int kC0, int kCols, class F>
 __device__ __forceinline__ void for_each_piece(F&& f) {
-  constexpr int kC0 = kPart * C::kCols;
   [&]<int... P>(std::integer_sequence<int, P...>) {
     (f(std::integral_constant<int, P>{}), ...);
-  }(std::make_integer_sequence<int, piece_count(kC0, C::kCols)>{});
+  }(std::make_integer_sequence<int, piece_count(kC0, kCols)>{});
 }
 
 // The accumulator registers of piece p inside a consumer's kCols-wide accumulator.
@@ -222,7 +222,7 @@ __device__ __forceinline__ void dkv_gemms(float (&dk)[C::kCols / 2], float (&dv)
   for (int kq = 0; kq < C::kBlockM / kWgmmaK; ++kq) {
     const uint64_t a_p = kmajor_sw128_desc(p_base + key_row0_bytes + kq * kK16Bytes);
     const uint64_t a_ds = kmajor_sw128_desc(ds_base + key_row0_bytes + kq * kK16Bytes);
-    for_each_piece<C, kPart>([&](auto piece) {
+    for_each_piece<kC0, C::kCols>([&](auto piece) {
       constexpr int kStart = piece_start(kC0, C::kCols, decltype(piece)::value);
       constexpr int kWidth = piece_width(kC0, C::kCols, decltype(piece)::value);
       constexpr int kReg0 = (kStart - kC0) / 2;
@@ -236,18 +236,18 @@ __device__ __forceinline__ void dkv_gemms(float (&dk)[C::kCols / 2], float (&dv)
   wgmma_commit();
 }
 
-// dQ_tile[:, piece] = dS K[:, piece] over this consumer's 64 keys (K = 64): one wgmma group. The dQ tile is
-// computed one column piece (<= 64 columns, 32 registers) at a time, so that its accumulator never coexists with
-// more than dK + dV: a whole 64 x 128 dQ tile next to dK and dV of D = 128 would need 256 registers.
+// dQ_tile[:, piece] = dS K[:, piece] over all block_n keys (K = block_n): one wgmma group. Each consumer computes
+// its own columns of the tile (dq_cols), one piece (<= 64 columns, 32 registers) at a time, so that the
+// accumulator never coexists with more than dK + dV (a whole 64 x 128 dQ tile next to them would need 256
+// registers), and every dQ value is added to the workspace once per CTA.
 template <class C, MmaType kMma, int kStart, int kWidth>
-__device__ __forceinline__ void dq_piece_gemm(float (&dq)[kWidth / 2], uint32_t ds_base, uint32_t k_base,
-                                              uint32_t key_row0_bytes) {
+__device__ __forceinline__ void dq_piece_gemm(float (&dq)[kWidth / 2], uint32_t ds_base, uint32_t k_base) {
   constexpr uint32_t kOff = (kStart / kColBlock) * C::kKColBlockBytes + (kStart % kColBlock) * kElemBytes;
   wgmma_fence();
 #pragma unroll
-  for (int kk = 0; kk < kWgmmaM / kWgmmaK; ++kk) {
-    const uint64_t a_ds = mnmajor_sw128_desc(ds_base + key_row0_bytes + kk * kK16Rows, C::kBlockN * kRowBytes);
-    const uint64_t b_k = mnmajor_sw128_desc(k_base + kOff + key_row0_bytes + kk * kK16Rows, C::kKColBlockBytes);
+  for (int kk = 0; kk < C::kBlockN / kWgmmaK; ++kk) {
+    const uint64_t a_ds = mnmajor_sw128_desc(ds_base + kk * kK16Rows, C::kBlockN * kRowBytes);
+    const uint64_t b_k = mnmajor_sw128_desc(k_base + kOff + kk * kK16Rows, C::kKColBlockBytes);
     wgmma_ss_n<kWidth, kMma, 1, 1>(dq, a_ds, b_k, kk > 0);
   }
   wgmma_commit();
@@ -270,6 +270,64 @@ __device__ __forceinline__ void add_dq(const float (&dq)[kWidth / 2], const BwdA
     } else {
       red_add_f32x2(ptr, dq[i], dq[i + 1]);
     }
+  }
+}
+
+// Where one query tile's dQ goes, and its deterministic turn.
+struct DqTile {
+  const BwdArgs& a;
+  int32_t dq_row0, hq, q0, seqlen_q;
+  int t, lane;
+  int32_t* sem;  // deterministic: the tile's semaphore; nullptr: red.global.add
+  int32_t rank;  // deterministic: adds when *sem == rank
+};
+
+// Consumer kDqPart's dQ columns: the head dim split at a multiple of 32 (64 / 96: 32 + 32 / 64 + 32).
+template <class C, int kDqPart>
+struct DqCols {
+  static constexpr int kSplit = (C::kHeadDim / 2 + 31) / 32 * 32;
+  static constexpr int kC0 = kDqPart == 0 ? 0 : kSplit;
+  static constexpr int kCols = kDqPart == 0 ? kSplit : C::kHeadDim - kSplit;
+};
+
+// The dQ GEMMs of one tile, piece by piece, each added to the workspace as soon as it completes. The first wait
+// also completes the dV / dK group, which frees the stage. Deterministic: the block's turn comes when the tile's
+// semaphore equals its rank (the contributing blocks add in increasing n); the two consumers add disjoint columns
+// at once, then one thread releases the next block.
+template <class C, MmaType kMma, int kDqPart>
+__device__ __forceinline__ void dq_phase(const DqTile& d, uint32_t ds_base, uint32_t k_base, uint64_t* empty,
+                                         int consumer) {
+  using Cols = DqCols<C, kDqPart>;
+  for_each_piece<Cols::kC0, Cols::kCols>([&](auto piece) {
+    constexpr int kP = decltype(piece)::value;
+    constexpr int kStart = piece_start(Cols::kC0, Cols::kCols, kP);
+    constexpr int kWidth = piece_width(Cols::kC0, Cols::kCols, kP);
+    float dq[kWidth / 2];
+    dq_piece_gemm<C, kMma, kStart, kWidth>(dq, ds_base, k_base);
+    fence_operands(dq);
+    if constexpr (kP == 0) {
+      wgmma_wait<1>();  // dV / dK group done: Q and dO of this stage are no longer read
+      if (d.lane == 0) mbarrier_arrive(empty);
+      if (d.sem != nullptr) {
+        if (consumer == 0 && d.t == 0) {
+          while (ld_acquire_gpu(d.sem) != d.rank) {
+          }
+        }
+        named_barrier_sync(kBarDetGo, kConsumerThreads);
+      }
+    }
+    wgmma_wait<0>();
+    fence_operands(dq);
+    if (d.sem == nullptr) {
+      add_dq<kStart, kWidth, false>(dq, d.a, d.dq_row0, d.hq, d.q0, d.seqlen_q, d.t);
+    } else {
+      add_dq<kStart, kWidth, true>(dq, d.a, d.dq_row0, d.hq, d.q0, d.seqlen_q, d.t);
+    }
+  });
+  if (d.sem != nullptr) {
+    __threadfence();  // each adding thread: its adds before the release below (across the barrier)
+    named_barrier_sync(kBarDetDone, kConsumerThreads);
+    if (consumer == 0 && d.t == 0) red_release_gpu_add(d.sem, 1);
   }
 }
 
@@ -391,7 +449,9 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, i
           }
           wgmma_commit();
           fence_operands(dpt);
-          if constexpr (C::kParts > 1) named_barrier_sync(kBarPFree, kConsumerThreads);  // the other half's readers
+          // P^T rows are read by their own consumer only when it owns its keys (block_n = 128); with shared keys
+          // (block_n = 64) the other consumer's dV GEMM of the previous tile may still be reading them.
+          if constexpr (C::kParts > 1) named_barrier_sync(kBarPFree, kConsumerThreads);
 #pragma unroll
           for (int j = 0; j < C::kSQueries / 16; ++j) {
             const uint32_t off = frag::stmatrix_sw128_offset(ln, kg * kWgmmaM + wp * frag::kRowsPerWarp,
@@ -425,18 +485,17 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, i
               pk[i / 2] = pack_half2<kType>(ds2[0], ds2[1]);
             }
           }
+          // dS^T is read by both consumers' dQ GEMMs: wait until the previous tile's have completed (each consumer
+          // reaches this barrier only after its last wgmma_wait of that tile).
+          named_barrier_sync(kBarDsFree, kConsumerThreads);
 #pragma unroll
           for (int j = 0; j < C::kSQueries / 16; ++j) {
             const uint32_t off = frag::stmatrix_sw128_offset(ln, kg * kWgmmaM + wp * frag::kRowsPerWarp,
                                                              (kQ0 + 16 * j) / 8);
             stmatrix_x4(ds_tile + off, pk[4 * j], pk[4 * j + 1], pk[4 * j + 2], pk[4 * j + 3]);
           }
-          fence_proxy_async_shared();
-          if constexpr (C::kParts > 1) {
-            named_barrier_sync(kBarPReady, kConsumerThreads);
-          } else {
-            named_barrier_sync(kBarWgReady + consumer, kWarpgroupThreads);
-          }
+          fence_proxy_async_shared();  // this thread's P^T and dS^T stores before the readers' wgmmas
+          named_barrier_sync(kBarDsReady, kConsumerThreads);
 
           fence_operands(dk);
           fence_operands(dv);
@@ -444,57 +503,17 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, i
           fence_operands(dk);
           fence_operands(dv);
 
-          // dQ, piece by piece. Deterministic: the adds of this tile happen in a fixed order, the key blocks of
-          // the query tile in increasing n (the semaphore counts those done) and, inside the CTA, consumer 0
-          // before consumer 1 when both hold partial sums of the same columns (block_n = 128).
-          const int32_t qm0 = m * C::kBlockM;
+          // dQ: consumer c computes and adds columns dq_cols(c) of the tile over all block_n keys.
           int32_t* sem = a.deterministic ? a.semaphores + semaphore_index(b, hq, m, a.heads_q, a.m_tiles) : nullptr;
-          for_each_piece<C, kPart>([&](auto piece) {
-            constexpr int kP = decltype(piece)::value;
-            constexpr int kStart = piece_start(kC0, C::kCols, kP);
-            constexpr int kWidth = piece_width(kC0, C::kCols, kP);
-            float dq[kWidth / 2];
-            dq_piece_gemm<C, kMma, kStart, kWidth>(dq, ds_tile, k_tile, key_row0_bytes);
-            fence_operands(dq);
-            if constexpr (kP == 0) {
-              wgmma_wait<1>();  // dV / dK group done: Q and dO of this stage are no longer read
-              if (ln == 0) mbarrier_arrive(&s.empty[stage]);
-              if (sem != nullptr) {
-                if (consumer == 0 && t == 0) {
-                  const int32_t rank = det_rank(si.g, m, n, C::kBlockM, C::kBlockN);
-                  while (ld_acquire_gpu(sem) != rank) {
-                  }
-                }
-                named_barrier_sync(kBarDetGo, kConsumerThreads);
-                if constexpr (C::kKeyGroups == 2) {
-                  if (consumer == 1) named_barrier_sync(kBarDetTurn, kConsumerThreads);
-                }
-              }
-            }
-            wgmma_wait<0>();
-            fence_operands(dq);
-            if (sem == nullptr) {
-              add_dq<kStart, kWidth, false>(dq, a, si.dq_row0, hq, qm0, si.g.seqlen_q, t);
-            } else {
-              add_dq<kStart, kWidth, true>(dq, a, si.dq_row0, hq, qm0, si.g.seqlen_q, t);
-            }
-          });
+          const DqTile tile{a, si.dq_row0, hq, m * C::kBlockM, si.g.seqlen_q, t, ln, sem,
+                            sem != nullptr ? det_rank(si.g, m, n, C::kBlockM, C::kBlockN) : 0};
+          if (consumer == 0) {
+            dq_phase<C, kMma, 0>(tile, ds_tile, k_tile, &s.empty[stage], consumer);
+          } else {
+            dq_phase<C, kMma, 1>(tile, ds_tile, k_tile, &s.empty[stage], consumer);
+          }
           fence_operands(dk);
           fence_operands(dv);
-          if (sem != nullptr) {
-            __threadfence();  // each adding thread: its adds before the release below (across the barrier)
-            if constexpr (C::kKeyGroups == 2) {
-              if (consumer == 0) {
-                named_barrier_arrive(kBarDetTurn, kConsumerThreads);
-              } else {
-                named_barrier_sync(kBarDetDone, kWarpgroupThreads);
-                if (t == 0) red_release_gpu_add(sem, 1);
-              }
-            } else {
-              named_barrier_sync(kBarDetDone, kConsumerThreads);
-              if (consumer == 0 && t == 0) red_release_gpu_add(sem, 1);
-            }
-          }
           if (++stage == C::kStages) stage = 0, parity ^= 1;
         }
       }
