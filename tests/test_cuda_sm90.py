@@ -376,16 +376,28 @@ def test_bwd_softcap_and_dlse(dtype, head_dim, causal):
 
 @pytest.mark.parametrize("head_dim", BWD_HEAD_DIMS)
 @pytest.mark.parametrize("causal", [False, True])
-def test_bwd_varlen(head_dim, causal):
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_bwd_varlen(head_dim, causal, deterministic):
     """Packed sequences of lengths 0, 1, 17, 130, 513 (and different key lengths): tiles end mid-sequence, the next
-    sequence's rows must not leak in, keys of empty sequences get zeros."""
+    sequence's rows must not leak in, keys of empty sequences get zeros; the deterministic semaphores are indexed
+    per (sequence, head, tile) with the tile count of max_seqlen_q."""
     lq, lk = [0, 1, 17, 130, 513, 64], [5, 1, 300, 0, 513, 64]
     cu_q = torch.tensor([0] + list(torch.tensor(lq).cumsum(0)), device="cuda", dtype=torch.int32)
     cu_k = torch.tensor([0] + list(torch.tensor(lk).cumsum(0)), device="cuda", dtype=torch.int32)
     q = rand((sum(lq), 4, head_dim), torch.bfloat16)
     k, v = rand((sum(lk), 2, head_dim), torch.bfloat16), rand((sum(lk), 2, head_dim), torch.bfloat16)
-    got, ref = bwd_case(q, k, v, causal=causal, cu=(cu_q, cu_k), with_dlse=True)
+    got, ref = bwd_case(q, k, v, causal=causal, cu=(cu_q, cu_k), with_dlse=True, deterministic=deterministic)
     check_bwd(got, ref, torch.bfloat16, f"varlen D={head_dim}")
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_bwd_strided_views(head_dim):
+    """q, k, v as views of one packed (batch, seqlen, 3, heads, head_dim) tensor (row stride 3 x heads x head_dim):
+    the tensor maps take the strides as they are, no copies."""
+    qkv = rand((2, 300, 3, 4, head_dim), torch.bfloat16)
+    q, k, v = qkv.unbind(2)
+    got, ref = bwd_case(q, k, v, causal=True)
+    check_bwd(got, ref, torch.bfloat16, "packed qkv views")
 
 
 def test_bwd_unseen_keys_get_exact_zeros():
