@@ -59,6 +59,9 @@ struct BwdConfig {
   static constexpr int kCols = kHeadDim / kParts;         // head-dim columns of a consumer's dK, dV, dQ
   static_assert(kSQueries == 32 || kSQueries == 64, "S^T GEMM N: 32 or 64");
   static_assert(kCols % 32 == 0, "column pieces are 32 or 64 wide");
+  // S^T and dP^T in flight together (dP^T's GEMM overlapping the exponentials) when dK + dV + both fp32 tiles
+  // leave room for addresses: every head dim but 128, measured (D = 128 spills with both, 128 + 64 + ~60 > 240).
+  static constexpr bool kOverlapSdP = kCols + kSQueries <= 160;
   static constexpr int kColBlocks = (kHeadDim + kColBlock - 1) / kColBlock;  // D = 96: 2 blocks, the 2nd half zeros
   static constexpr int kKSteps = kHeadDim / kWgmmaK;  // K steps of S^T = K Q^T and dP^T = V dO^T (over D)
 

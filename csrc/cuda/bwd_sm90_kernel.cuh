@@ -397,26 +397,37 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, i
           const int t = static_cast<int>(opaque(static_cast<uint32_t>(tid)));  // likewise the per-thread offsets
           const int ln = t % frag::kWarpSize, wp = t / frag::kWarpSize;
 
-          // S^T = K Q^T over the head dim (K-major A and B), then P^T in place and packed to 16-bit pairs (the
-          // stmatrix operands). S^T and dP^T are not in flight together: next to dK and dV (D registers) both
-          // fp32 tiles would not fit (D = 128: 128 + 64 + addresses > 232).
+          // S^T = K Q^T and dP^T = V dO^T over the head dim (K-major A and B); P^T from S^T in place, packed to
+          // 16-bit pairs (the stmatrix operands). Where the registers allow both fp32 tiles next to dK and dV
+          // (C::kOverlapSdP), dP^T runs on the tensor cores while the exponentials are computed; at D = 128
+          // (128 + 64 + addresses > 240) it is issued after P^T, overlapping only P's shared-memory store.
           const int32_t q0 = m * C::kBlockM + kQ0;  // query of S^T column 0
           const bool masked = tile_needs_mask(si.g, m, n, C::kBlockM, C::kBlockN);
           const TileMask mask = tile_mask(si.g, q0, key0);
-          uint32_t pk[kSRegs / 2];
-          {
-            float st[kSRegs];
+          auto issue_gemm = [&](float (&acc)[kSRegs], uint32_t a_tile, uint32_t b_stage) {
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < kKSteps16; ++kk) {
               const uint32_t col = (kk / 4) * C::kKColBlockBytes + (kk % 4) * kK16Bytes;
               const uint32_t qcol = (kk / 4) * C::kQColBlockBytes + (kk % 4) * kK16Bytes + kQ0 * kRowBytes;
-              wgmma_ss_n<C::kSQueries, kMma, 0, 0>(st, kmajor_sw128_desc(k_tile + col + key_row0_bytes),
-                                                   kmajor_sw128_desc(q_stage + qcol), kk > 0);
+              wgmma_ss_n<C::kSQueries, kMma, 0, 0>(acc, kmajor_sw128_desc(a_tile + col + key_row0_bytes),
+                                                   kmajor_sw128_desc(b_stage + qcol), kk > 0);
             }
             wgmma_commit();
+          };
+          uint32_t pk[kSRegs / 2];
+          float dpt[kSRegs];
+          {
+            float st[kSRegs];
+            issue_gemm(st, k_tile, q_stage);
             fence_operands(st);
-            wgmma_wait<0>();
+            if constexpr (C::kOverlapSdP) {
+              issue_gemm(dpt, v_tile, do_stage);
+              fence_operands(dpt);
+              wgmma_wait<1>();  // S^T done; dP^T still running
+            } else {
+              wgmma_wait<0>();
+            }
             fence_operands(st);
             // P = exp2(score_log2 - lse * log2(e)): one FFMA. A row with lse = -inf (it saw no key in the forward)
             // gives +inf here, but such a row sees no key of this block either, so its tile is masked and the
@@ -436,19 +447,10 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, i
               pk[i / 2] = pack_half2<kType>(p2[0], p2[1]);
             }
           }
-
-          // dP^T = V dO^T; P^T goes to shared memory while it runs.
-          float dpt[kSRegs];
-          wgmma_fence();
-#pragma unroll
-          for (int kk = 0; kk < kKSteps16; ++kk) {
-            const uint32_t col = (kk / 4) * C::kKColBlockBytes + (kk % 4) * kK16Bytes;
-            const uint32_t qcol = (kk / 4) * C::kQColBlockBytes + (kk % 4) * kK16Bytes + kQ0 * kRowBytes;
-            wgmma_ss_n<C::kSQueries, kMma, 0, 0>(dpt, kmajor_sw128_desc(v_tile + col + key_row0_bytes),
-                                                 kmajor_sw128_desc(do_stage + qcol), kk > 0);
+          if constexpr (!C::kOverlapSdP) {
+            issue_gemm(dpt, v_tile, do_stage);
+            fence_operands(dpt);
           }
-          wgmma_commit();
-          fence_operands(dpt);
           // P^T rows are read by their own consumer only when it owns its keys (block_n = 128); with shared keys
           // (block_n = 64) the other consumer's dV GEMM of the previous tile may still be reading them.
           if constexpr (C::kParts > 1) named_barrier_sync(kBarPFree, kConsumerThreads);
