@@ -28,6 +28,7 @@ import sys
 import time
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 FORCE_BUILD = os.environ.get("FLASHCORE_FORCE_BUILD", "0") == "1"
@@ -163,7 +164,22 @@ def extensions_and_cmdclass():
     return [ext], {"build_ext": Build.with_options(use_ninja=True)}
 
 
+class BuildPyWithTiles(build_py):
+    """Also copy the kernels' tile tables (csrc/tiles/*.h) into the package as flashcore/tiles/: the shape advisor
+    (flashcore/advise.py) reads them at run time, and an installed package has no csrc/."""
+
+    def run(self):
+        super().run()
+        if self.dry_run:
+            return
+        target = os.path.join(self.build_lib, "flashcore", "tiles")
+        os.makedirs(target, exist_ok=True)
+        for header in sources("csrc/tiles/*.h"):
+            self.copy_file(os.path.join(ROOT, header), os.path.join(target, os.path.basename(header)))
+
+
 ext_modules, cmdclass = extensions_and_cmdclass()
+cmdclass = {**cmdclass, "build_py": BuildPyWithTiles}
 
 setup(
     name="flashcore",

@@ -52,7 +52,8 @@ AttentionShape check_attention_args(const char* op, const at::Tensor& q,  // (b,
 
   s.head_dim = q.size(-1), s.heads_q = q.size(-2), s.heads_kv = k.size(-2);
   TORCH_CHECK(std::find(std::begin(kHeadDims), std::end(kHeadDims), s.head_dim) != std::end(kHeadDims), op,
-              ": head_dim (q.size(-1)) is ", s.head_dim, "; kernels exist for 64, 96, 128, 192, 256");
+              ": head_dim (q.size(-1)) is ", s.head_dim, "; kernels exist for head_dim in ",
+              at::IntArrayRef(kHeadDims));
   TORCH_CHECK(k.size(-1) == s.head_dim, op, ": k.size(-1) is ", k.size(-1), "; expected q's head_dim ", s.head_dim);
   TORCH_CHECK(s.heads_kv > 0 && s.heads_q % s.heads_kv == 0, op, ": heads_q (", s.heads_q,
               ") must be a multiple of heads_kv (", s.heads_kv, ")");

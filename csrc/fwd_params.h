@@ -13,8 +13,8 @@
 #include "bwd_preprocess_params.h"  // HalfType
 
 // Builds whose vendor has a forward kernel (a launch_fwd below): the shared host code (fwd.cpp) and the op
-// registration (flashcore.cpp) exist only there. The sm_90a forward joins with `|| defined(FLASHCORE_CUDA)`.
-#if defined(FLASHCORE_HIP)
+// registration (flashcore.cpp) exist only there: the gfx942 forward (hip/) and the sm_90a forward (cuda/fwd/).
+#if defined(FLASHCORE_HIP) || defined(FLASHCORE_CUDA)
 #define FLASHCORE_HAS_FWD 1
 #else
 #define FLASHCORE_HAS_FWD 0
@@ -38,6 +38,10 @@ struct FwdParams {
   int64_t v_stride_b, v_stride_s, v_stride_h;
   int64_t o_stride_b, o_stride_s, o_stride_h;
   int64_t lse_stride_b, lse_stride_h;  // lse of row s: lse + b*lse_stride_b + h*lse_stride_h + start_b + s
+
+  // Rows of q/out and of k/v along the sequence dim: seqlen (dense) or total (varlen). The sm_90a kernel's TMA
+  // tensor maps need the tensors' extent; per-sequence bounds come from seqlen_* / cu_seqlens_*.
+  int64_t rows_q, rows_k;
 
   int32_t batch, heads_q, heads_kv, head_dim;
   int32_t seqlen_q, seqlen_k;  // dense: the lengths; varlen: max_seqlen_q / max_seqlen_k (grid size only)
@@ -116,6 +120,8 @@ inline FwdParams make_fwd_params(const Strided& q, const Strided& k, const Strid
   strides(k, p.k_stride_b, p.k_stride_s, p.k_stride_h);
   strides(v, p.v_stride_b, p.v_stride_s, p.v_stride_h);
   strides(out, p.o_stride_b, p.o_stride_s, p.o_stride_h);
+  p.rows_q = varlen ? q.size[0] : q.size[1];
+  p.rows_k = varlen ? k.size[0] : k.size[1];
   p.batch = batch;
   p.heads_q = static_cast<int32_t>(q.size[s + 1]);
   p.heads_kv = static_cast<int32_t>(k.size[s + 1]);
@@ -134,7 +140,7 @@ inline FwdParams make_fwd_params(const Strided& q, const Strided& k, const Strid
   return p;
 }
 
-// Implemented once per vendor that has a forward kernel (hip/fwd_gfx942.hip): launches on the current stream of
+// Implemented once per vendor that has a forward kernel (hip/fwd_gfx942.hip, cuda/fwd_sm90.cu): launches on the current stream of
 // the current device and checks the launch. The caller has checked every argument and set the device.
 void launch_fwd(const FwdParams& params);
 

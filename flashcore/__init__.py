@@ -19,7 +19,7 @@ from . import _backends, _ext, _ops, _validate, reference  # noqa: F401  (_ops r
 from ._backends import BackendUnavailableError
 
 __version__ = "0.1.0"
-__all__ = ["attention", "attention_varlen", "backend", "info", "BackendUnavailableError", "__version__"]
+__all__ = ["attention", "attention_varlen", "backend", "info", "advise", "BackendUnavailableError", "__version__"]
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, softmax_scale: Optional[float] = None,
@@ -81,9 +81,11 @@ def attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_s
 
 def __getattr__(name: str):
     # flashcore.distributed (context parallelism) loads on first use: torch.distributed stays unimported otherwise.
-    if name == "distributed":
+    # flashcore.advise (the shape advisor) too; the module is callable, so flashcore.advise(gpu=..., ...) works
+    # before and after `import flashcore.advise` rebinds the attribute to the module.
+    if name in ("distributed", "advise"):
         import importlib
-        return importlib.import_module(".distributed", __name__)
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module 'flashcore' has no attribute {name!r}")
 
 

@@ -24,6 +24,10 @@ What is measured (read this before quoting a number):
   shape is compared with a float32 reference (TF32 off) by ‖x − ref‖ / ‖ref‖. The reference runs on
   the first batches/heads of the same inputs (a slice of at most CHECK_MAX_SCORES scores; heads and
   batches are independent, so the slice of the full call's result is exact to compare).
+- Peers "flashcore" (flashcore.attention: whichever backend the routing picks; the sm_90a kernels are opt-in
+  until proven, so on an H100 without FLASHCORE_BACKEND=cuda_sm90 that is the reference), "flashcore_sm90"
+  (torch.ops.flashcore_sm90.fwd and .bwd called directly: the sm_90a kernels) and "flashcore_sm90_det" (the same
+  with the deterministic backward).
 - CPU (no GPU): a tiny float32 sweep timed with time.perf_counter, peers flashcore and SDPA math.
   It exists so CI exercises this module; its numbers mean nothing.
 
@@ -61,7 +65,14 @@ HIDDEN = 2048  # heads·head_dim held fixed across head dims (same convention)
 SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)  # the issue's sweep; 16k is where the anchors top out
 HEAD_DIMS = (128, 64, 256)  # 128 first: the published anchors are D=128, so a run cut short covers them
 QUICK_SEQLENS = (1024, 8192)  # one short and one long sequence per head dim: a 1-minute smoke of the GPU path
-MODES = ("fwd", "fwdbwd")  # measured; "bwd" rows are derived from these two
+MODES = ("fwd", "fwdbwd")  # requested modes; with both, a "bwd" row times the backward alone
+
+# ---- odd shapes (--odd-shapes): what the shape advisor (flashcore.advise) is validated on ---------------------
+ODD_HEAD_DIMS = (64, 96, 128, 192, 256)  # every head dim the kernels have
+ODD_HEADS = (12, 20, 28, 36, 40)  # head counts that do not divide the SM/CU counts evenly (issue 9: 12...40)
+ODD_SEQLENS = (1000, 1900, 3000, 4097, 6100)  # none a multiple of 128: every shape pads its last tiles
+ODD_TOKENS = 16384  # batch = round(ODD_TOKENS / seqlen): the same order of work as the standard sweep
+CPU_ODD_SHAPES = ((2, 65, 3, 32), (1, 130, 5, 64))  # (batch, seqlen, heads, head_dim): CI smoke, milliseconds
 
 # ---- FLOP convention (shared/HARDWARE.md) ----------------------------------------------------------
 FWD_FLOPS_PER_MAC_PRODUCT = 4  # two matmuls (Q·Kᵀ, P·V), 2 FLOPs per multiply-add
@@ -94,7 +105,8 @@ SEED = 1234  # inputs are fresh random normals per shape, from SEED + shape inde
 ERROR_CHARS = 600  # error texts in the JSON are cut to this length
 
 SCHEMA = "flashcore.bench/1"
-GPU_PEERS = ("flashcore", "flashcore_det", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "fa2", "fa3")
+GPU_PEERS = ("flashcore", "flashcore_sm90", "flashcore_sm90_det", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "fa2",
+             "fa3")
 CPU_PEERS = ("flashcore", "sdpa_math")
 
 
@@ -119,6 +131,14 @@ class Shape:
     @staticmethod
     def for_sweep(seqlen: int, head_dim: int, tokens: int, hidden: int) -> "Shape":
         return Shape(max(1, tokens // seqlen), seqlen, max(1, hidden // head_dim), head_dim)
+
+
+def odd_shapes() -> tuple:
+    """25 shapes: each head dim with five (heads, seqlen) pairs, rotated so every head count meets every head dim
+    and every seqlen once."""
+    n = len(ODD_HEADS)
+    return tuple(Shape(max(1, round(ODD_TOKENS / ODD_SEQLENS[k])), ODD_SEQLENS[k], ODD_HEADS[(i + k) % n], d)
+                 for i, d in enumerate(ODD_HEAD_DIMS) for k in range(n))
 
 
 # ---- implementations -------------------------------------------------------------------------------
@@ -159,10 +179,50 @@ def _flash_attn_peer(name: str, module: str) -> Peer:
     return Peer(name, call)
 
 
+class _Sm90KernelAttention(torch.autograd.Function):
+    """torch.ops.flashcore_sm90.fwd, and torch.ops.flashcore_sm90.bwd as its backward: the two kernels called
+    directly, whatever the routing says (FLASHCORE_BACKEND decides only for the "flashcore" peer)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal: bool, deterministic: bool):
+        scale = q.shape[-1] ** -0.5
+        out, lse = torch.ops.flashcore_sm90.fwd(q, k, v, None, None, 0, 0, scale, causal, -1, -1, 0.0, deterministic)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.causal, ctx.deterministic, ctx.scale = causal, deterministic, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = torch.ops.flashcore_sm90.bwd(dout.contiguous(), q, k, v, out, lse, None, None, None, q.shape[1],
+                                                  k.shape[1], ctx.scale, ctx.causal, -1, -1, 0.0, ctx.deterministic)
+        return dq, dk, dv, None, None
+
+
+def _flashcore_sm90_peer(deterministic: bool = False) -> Peer:
+    """The sm_90a kernels called directly (torch.ops.flashcore_sm90.fwd / .bwd). Until a GPU run proves them, the
+    kernels are opt-in (FLASHCORE_BACKEND=cuda_sm90), so the "flashcore" peer may be the reference on an H100; this
+    peer times the kernels whatever the routing says. "flashcore_sm90_det" runs the backward with deterministic=True
+    (ordered dQ accumulation): its bwd rows next to flashcore_sm90's are the price of determinism."""
+    from flashcore import _ext
+    name = "flashcore_sm90_det" if deterministic else "flashcore_sm90"
+    if not _ext.has_op("flashcore_sm90", "fwd"):
+        return Peer(name, error="this build of the extension has no flashcore_sm90::fwd (CUDA builds only)")
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        return Peer(name, error="needs an sm_90 GPU (H100/H200)")
+    has_bwd = _ext.has_op("flashcore_sm90", "bwd")
+
+    def call(q, k, v, causal):
+        if q.requires_grad and not has_bwd:
+            raise RuntimeError("this build has no flashcore_sm90::bwd: forward only")
+        return _Sm90KernelAttention.apply(q, k, v, causal, deterministic)
+    return Peer(name, call)
+
+
 PEERS: dict[str, Callable[[], Peer]] = {
     "flashcore": lambda: Peer("flashcore", lambda q, k, v, causal: flashcore.attention(q, k, v, causal=causal)),
-    "flashcore_det": lambda: Peer("flashcore_det", lambda q, k, v, causal: flashcore.attention(
-        q, k, v, causal=causal, deterministic=True)),  # ordered dQ accumulation: its cost shows in the bwd rows
+    "flashcore_sm90": _flashcore_sm90_peer,
+    "flashcore_sm90_det": lambda: _flashcore_sm90_peer(deterministic=True),
     "sdpa_flash": lambda: _sdpa_peer("sdpa_flash", "FLASH_ATTENTION"),
     "sdpa_cudnn": lambda: _sdpa_peer("sdpa_cudnn", "CUDNN_ATTENTION"),
     "sdpa_efficient": lambda: _sdpa_peer("sdpa_efficient", "EFFICIENT_ATTENTION"),
@@ -319,10 +379,11 @@ class Config:
     warmup: int
     repeats: int
     time_budget_s: Optional[float]
+    shapes: Optional[tuple] = None  # explicit (batch, seqlen, heads, head_dim) Shapes instead of the standard sweep
 
 
 def bench_peer(peer: Peer, inputs: dict, ref: dict, shape: Shape, causal: bool, cfg: Config) -> list[dict]:
-    """Rows for one implementation on one shape: each requested mode, plus the derived bwd."""
+    """Rows for one implementation on one shape: each requested mode, plus the backward alone."""
     fwd = fwd_flops(shape.batch, shape.heads, shape.seqlen, shape.seqlen, shape.head_dim, causal)
     base = {"impl": peer.name, "head_dim": shape.head_dim, "seqlen": shape.seqlen, "batch": shape.batch,
             "heads": shape.heads, "causal": causal, "dtype": str(cfg.dtype).replace("torch.", "")}
@@ -349,16 +410,25 @@ def bench_peer(peer: Peer, inputs: dict, ref: dict, shape: Shape, causal: bool, 
         row.update(status="ok", error=None, median_ms=median, min_ms=min(times), repeats=len(times),
                    times_ms=[round(t, 5) for t in times])
     by_mode = {r["mode"]: r for r in rows}
-    if "fwd" in by_mode and "fwdbwd" in by_mode:
-        f, fb = by_mode["fwd"], by_mode["fwdbwd"]
-        row = dict(base, mode="bwd", flops=mode_flops("bwd", fwd), derived="fwdbwd median - fwd median",
-                   status="unsupported", error=fb.get("error") or f.get("error"))
-        if f["status"] == fb["status"] == "ok":
-            row["check"] = fb.get("check")
-            row["median_ms"] = fb["median_ms"] - f["median_ms"]
-            ok = row["median_ms"] > 0
-            row.update(status="ok" if ok else "invalid", error=None if ok else "fwd+bwd not slower than fwd")
+    if "fwd" in by_mode and "fwdbwd" in by_mode:  # both requested: the backward alone, timed on its own
+        fb = by_mode["fwdbwd"]
+        row = dict(base, mode="bwd", flops=mode_flops("bwd", fwd), timed="autograd.grad of a retained graph",
+                   status="unsupported", error=fb.get("error"))
         rows.append(row)
+        if fb["status"] == "ok":
+            row["check"] = fb.get("check")  # the fwdbwd check covered the same gradients
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    with peer.context():
+                        times = time_calls(_timed_fn(peer, inputs, causal, "bwd"), cfg.device, cfg.warmup,
+                                           cfg.repeats)
+                except Exception as exc:
+                    row["error"] = _error_text(exc, caught)
+                    _free(cfg.device)
+                    return rows
+            row.update(status="ok", error=None, median_ms=statistics.median(times), min_ms=min(times),
+                       repeats=len(times), times_ms=[round(t, 5) for t in times])
     return rows
 
 
@@ -368,6 +438,10 @@ def _timed_fn(peer: Peer, inputs: dict, causal: bool, mode: str) -> Callable[[],
         return lambda: peer.call(q, k, v, causal)
     leaves = [inputs[n].detach().requires_grad_(True) for n in "qkv"]
     dout = inputs["dout"]
+    if mode == "bwd":  # the forward runs once, outside the timing; each call replays the backward of its graph
+        with torch.enable_grad():
+            out = peer.call(*leaves, causal)
+        return lambda: torch.autograd.grad(out, leaves, dout, retain_graph=True)
 
     def step():
         with torch.enable_grad():
@@ -382,12 +456,14 @@ def _free(device: torch.device) -> None:
 
 
 def run_sweep(cfg: Config, peers: list[Peer], peak_tflops: float, log=print) -> list[dict]:
-    shapes = [(d, s, c) for d in cfg.head_dims for s in cfg.seqlens for c in cfg.causals]
+    sweep = cfg.shapes or tuple(Shape.for_sweep(s, d, cfg.tokens, cfg.hidden) for d in cfg.head_dims
+                                for s in cfg.seqlens)
+    shapes = [(shape, c) for shape in sweep for c in cfg.causals]
     total = len(shapes) * len(peers) * (len(cfg.modes) + (len(cfg.modes) == 2))
     cases: list[dict] = []
     started = time.perf_counter()
-    for index, (head_dim, seqlen, causal) in enumerate(shapes):
-        shape = Shape.for_sweep(seqlen, head_dim, cfg.tokens, cfg.hidden)
+    for index, (shape, causal) in enumerate(shapes):
+        head_dim, seqlen = shape.head_dim, shape.seqlen
         if index and cfg.time_budget_s is not None and time.perf_counter() - started > cfg.time_budget_s:
             for peer in peers:
                 for mode in cfg.modes + (("bwd",) if len(cfg.modes) == 2 else ()):
@@ -555,7 +631,8 @@ def default_stem(doc: dict) -> str:
     """`<date>_<device>_<commit>`, the naming of bench/results/ (README.md there)."""
     name = "".join(c if c.isalnum() else "-" for c in doc["device"]["name"]).strip("-").lower()
     commit = (doc["git"]["commit"] or "nocommit")[:10] + ("-dirty" if doc["git"]["dirty"] else "")
-    return f"{doc['date'][:10]}_{'-'.join(filter(None, name.split('-')))}_{commit}"
+    odd = "_odd" if (doc.get("settings") or {}).get("sweep") == "odd_shapes" else ""
+    return f"{doc['date'][:10]}_{'-'.join(filter(None, name.split('-')))}_{commit}{odd}"
 
 
 def plot(doc: dict, path: Path) -> None:
@@ -638,6 +715,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bwd-op", action="store_true",
                    help="instead of the sweep: the sm_90a backward op alone (and deterministic) vs SDPA flash / "
                         "cuDNN backward on the sweep's shapes (flashcore/bench_bwd.py; JSON only)")
+    p.add_argument("--odd-shapes", action="store_true",
+                   help="instead of the standard sweep: head dims 64-256 x heads 12-40 x seqlens off the 128 grid "
+                        "(flashcore only unless --peers), the shapes `python -m flashcore.advise --validate` reads")
     p.add_argument("--time-budget", type=float,
                    help="seconds; shapes not started by then are recorded as skipped (the first always runs)")
     return p.parse_args(argv)
@@ -648,7 +728,11 @@ def make_config(args: argparse.Namespace) -> Config:
     gpu = device.type == "cuda"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype or
                                                                                   ("bf16" if gpu else "fp32")]
-    names = tuple(n.strip() for n in args.peers.split(",")) if args.peers else (GPU_PEERS if gpu else CPU_PEERS)
+    # odd shapes: flashcore, and any peer calling one of our kernel libraries directly (flashcore_<arch>)
+    odd_peers = ("flashcore",) + tuple(n for n in PEERS if n.startswith("flashcore_") and not n.endswith("_det")) \
+        if gpu else ("flashcore",)  # the deterministic variant is not an advisor measurement
+    default_peers = odd_peers if args.odd_shapes else (GPU_PEERS if gpu else CPU_PEERS)
+    names = tuple(n.strip() for n in args.peers.split(",")) if args.peers else default_peers
     unknown = [n for n in names if n not in PEERS]
     if unknown:
         raise SystemExit(f"--peers: unknown {unknown}; known: {', '.join(PEERS)}")
@@ -662,7 +746,8 @@ def make_config(args: argparse.Namespace) -> Config:
         causals={"0": (False,), "1": (True,), "both": (False, True)}[args.causal],
         modes=MODES if args.mode == "both" else (args.mode,), peers=names,
         warmup=args.warmup if args.warmup is not None else warmup, repeats=args.repeats or repeats,
-        time_budget_s=args.time_budget)
+        time_budget_s=args.time_budget,
+        shapes=(odd_shapes() if gpu else tuple(Shape(*s) for s in CPU_ODD_SHAPES)) if args.odd_shapes else None)
 
 
 def main(argv=None) -> int:
@@ -689,6 +774,8 @@ def main(argv=None) -> int:
         settings={"dtype": str(cfg.dtype), "tokens": cfg.tokens, "hidden": cfg.hidden, "seqlens": list(cfg.seqlens),
                   "head_dims": list(cfg.head_dims), "causal": list(cfg.causals), "modes": list(cfg.modes),
                   "peers": list(cfg.peers), "warmup": cfg.warmup, "repeats": cfg.repeats, "quick": args.quick,
+                  "sweep": "odd_shapes" if cfg.shapes else "standard",
+                  "shapes": [[x.batch, x.seqlen, x.heads, x.head_dim] for x in cfg.shapes or ()],
                   "case_seconds": CASE_SECONDS, "time_budget_s": cfg.time_budget_s,
                   "timer": "time.perf_counter" if cpu else "CUDA events, one pair per call, median",
                   "layout": "inputs (B,S,H,D); SDPA gets transpose views, its layout copies are timed",

@@ -9,6 +9,12 @@
 #   FLASHCORE_GPU_CHECK_QUICK=1      same as --quick (bench --quick: 2 seqlens per head dim)
 #   FLASHCORE_GPU_CHECK_SKIP=a,b     skip steps by name: build, tests, sanitizer, gemm, bwdop, bench
 #   FLASHCORE_GPU_CHECK_BUDGET_S=N   total seconds (default 540); the bench gets what the others leave
+#   FLASHCORE_GPU_CHECK_TESTS_CAP_S=N  seconds for the pytest step (default 120)
+#
+# With the forward and backward kernels the full matrix of GPU tests can outgrow one 10-minute call. Split it
+# over calls (the device keeps ignored build outputs between calls, so only the first builds):
+#   call 1: FLASHCORE_GPU_CHECK_SKIP=sanitizer,gemm,bwdop,bench FLASHCORE_GPU_CHECK_TESTS_CAP_S=420 scripts/gpu_check.sh $OUT
+#   call 2: FLASHCORE_GPU_CHECK_SKIP=tests scripts/gpu_check.sh $OUT
 #   FLASHCORE_GIT_COMMIT=<sha>       recorded in bench.json when the copy has no .git
 #   PYTHON=python3                   the interpreter holding torch (no pip install of torch here)
 #
@@ -27,7 +33,7 @@ PY=${PYTHON:-python3}
 
 BUDGET_S=${FLASHCORE_GPU_CHECK_BUDGET_S:-540}  # 9 minutes: inside the device tool's 10-minute command limit
 BUILD_CAP_S=240      # a cold build of a few instantiations per head dim with 16 jobs; a warm one is seconds
-TESTS_CAP_S=120      # the GPU tests are meant to be small; a hang must not eat the bench's time
+TESTS_CAP_S=${FLASHCORE_GPU_CHECK_TESTS_CAP_S:-120}  # a hang must not eat the bench's time
 SANITIZER_CAP_S=75   # per tool: torch's CUDA start-up alone is slow under compute-sanitizer
 BENCH_RESERVE_S=40   # kept back from --time-budget: torch start-up and the peak (~10 s), the 16k shape in flight, the PNG
 BENCH_MIN_S=45       # below this the bench runs --quick whatever was asked
@@ -82,7 +88,7 @@ if ! skipped tests; then
 fi
 
 # 3. compute-sanitizer on a small forward+backward through flashcore (tail tiles, causal, Sq != Sk,
-#    every head dim), plus the flashcore_sm90 kernel ops (bwd_preprocess, gemm, bwd) called directly.
+#    every head dim), plus the flashcore_sm90 kernel ops (fwd, bwd_preprocess, gemm, bwd) called directly.
 #    PYTORCH_NO_CUDA_MEMORY_CACHING makes every tensor its own cudaMalloc, so memcheck sees
 #    out-of-bounds accesses that would otherwise land inside the caching allocator's blocks.
 if ! skipped sanitizer; then
@@ -109,6 +115,21 @@ d = ns.bwd_preprocess(out.detach(), dout, None)
 ns.bwd_preprocess(out.detach(), dout, torch.randn_like(d))
 torch.cuda.synchronize()
 print("bwd_preprocess called directly: ok")
+# The sm_90a attention forward, called directly (it is opt-in until proven, so flashcore.attention above may route
+# to the reference): every head dim, ragged lengths, Sq != Sk both ways, causal / window / softcap, GQA, and a
+# varlen batch whose sequences end mid-tile (the register-store path) and one with no keys.
+if hasattr(ns, "fwd"):
+    for head_dim in (64, 96, 128, 192, 256):
+        for sq, sk, causal, wl, wr, cap in ((193, 193, False, -1, -1, 0.0), (97, 193, True, -1, -1, 0.0),
+                                            (193, 97, False, 40, 7, 30.0), (1, 1, False, -1, -1, 0.0)):
+            q, k, v = rand(2, sq, 4, head_dim), rand(2, sk, 2, head_dim), rand(2, sk, 2, head_dim)
+            ns.fwd(q, k, v, None, None, 0, 0, head_dim ** -0.5, causal, wl, wr, cap, False)
+        lens_q, lens_k = (1, 129, 200), (70, 0, 263)
+        cu = lambda lens: torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device=dev)
+        q, k, v = rand(sum(lens_q), 4, head_dim), rand(sum(lens_k), 2, head_dim), rand(sum(lens_k), 2, head_dim)
+        ns.fwd(q, k, v, cu(lens_q), cu(lens_k), max(lens_q), max(lens_k), head_dim ** -0.5, True, -1, -1, 0.0, False)
+        torch.cuda.synchronize()
+        print(f"fwd kernel D={head_dim} called directly: ok")
 for m, n, kk in ((1, 1, 8), (127, 257, 72), (2048, 4096, 320)):
     a, b = rand(m, kk), rand(n, kk)
     c = ns.gemm(a, b)

@@ -458,6 +458,23 @@ class _KernelBackwardAttention(torch.autograd.Function):
                                             k.shape[1], q.shape[-1] ** -0.5, True, -1, 0, 0.0, False)
 
 
+class _KernelAttention(torch.autograd.Function):
+    """Both sm_90a kernels: flashcore_sm90::fwd (out, lse) and this backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out, lse = torch.ops.flashcore_sm90.fwd(q, k, v, None, None, 0, 0, q.shape[-1] ** -0.5, True, -1, -1, 0.0,
+                                                False)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        return torch.ops.flashcore_sm90.bwd(dout.contiguous(), q, k, v, out, lse, None, None, None, q.shape[1],
+                                            k.shape[1], q.shape[-1] ** -0.5, True, -1, 0, 0.0, False)
+
+
 class _ReferenceAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v):
@@ -510,15 +527,177 @@ def _train(attention_fn, steps=100, seed=0):
     return losses
 
 
-def test_bwd_training_loop_matches_reference():
-    """100 steps of a small transformer: the loss curve with this kernel's backward follows the reference
-    backend's (same seed, same data) and actually learns."""
+@pytest.mark.parametrize("kernels", ["bwd", "fwd+bwd"])
+def test_bwd_training_loop_matches_reference(kernels):
+    """100 steps of a small transformer: the loss curve with this backward kernel (after the reference forward, or
+    after the sm_90a forward kernel) follows the reference backend's (same seed, same data) and actually learns."""
     if not _has_bwd():
         pytest.skip("this build has no flashcore_sm90.bwd")
-    ours = _train(_KernelBackwardAttention.apply)
+    if kernels == "fwd+bwd" and not hasattr(torch.ops.flashcore_sm90, "fwd"):
+        pytest.skip("this build has no flashcore_sm90.fwd")
+    ours = _train((_KernelBackwardAttention if kernels == "bwd" else _KernelAttention).apply)
     ref = _train(_ReferenceAttention.apply)
     assert all(torch.isfinite(torch.tensor(ours)))
     # On the CPU the reference run goes 5.71 -> 4.90 in 100 steps (the task needs attention to the previous token).
     assert ours[-1] < 0.9 * ours[0], f"did not learn: {ours[0]:.3f} -> {ours[-1]:.3f}"
     for step in (9, 49, 99):  # bf16 rounding alone drifts the curves apart slowly; a wrong gradient shows by 2%
         assert abs(ours[step] - ref[step]) <= 0.02 * abs(ref[step]), (step, ours[step], ref[step])
+# ---------------------------------------------------------------------------------------------- attention forward
+# flashcore_sm90::fwd (csrc/cuda/fwd/): the warp-specialized TMA + wgmma forward, called directly with the public
+# op's arguments, against the float64 naive attention of tests/naive.py. Outputs are poisoned first (the caching
+# allocator's next blocks hold NaN), so a row the kernel forgets to write shows up.
+
+import math  # noqa: E402
+
+import naive  # noqa: E402
+
+FWD_HEAD_DIMS = [64, 96, 128, 192, 256]
+FWD_MASKS = {  # name -> (causal, window_left, window_right, softcap)
+    "none": (False, -1, -1, 0.0),
+    "causal": (True, -1, -1, 0.0),
+    "window": (False, 100, 30, 0.0),
+    "causal_window": (True, 64, -1, 0.0),
+    "softcap": (False, -1, -1, 30.0),
+}
+
+
+def poison_allocator(nbytes: int = 1 << 26):  # 64 MiB: more than any output or lse of these tests
+    """Fill the memory the caching allocator will hand out next with NaN (then free it)."""
+    junk = torch.full((nbytes // 4,), float("nan"), device="cuda")
+    del junk
+
+
+def fwd_op(q, k, v, causal=False, window=(-1, -1), softcap=0.0, scale=None, cu_q=None, cu_k=None, max_q=0, max_k=0):
+    if not hasattr(torch.ops.flashcore_sm90, "fwd"):
+        pytest.skip("this build of flashcore._C has no flashcore_sm90::fwd")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    poison_allocator()
+    return torch.ops.flashcore_sm90.fwd(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window[0], window[1],
+                                        softcap, False)
+
+
+def check_fwd_close(out, lse, ref_out, ref_lse, what=""):
+    assert out.dtype in (torch.bfloat16, torch.float16) and lse.dtype == torch.float32
+    assert torch.isfinite(out).all(), f"{what}: non-finite output (unwritten rows?)"
+    err = naive.rel_err(out, ref_out) if ref_out.numel() else 0.0
+    assert err <= 1e-2, f"{what}: output rel err {err:.3g}"
+    inf_ref = torch.isinf(ref_lse)
+    assert torch.equal(torch.isinf(lse) & (lse < 0), inf_ref), f"{what}: -inf LSE rows differ"
+    if (~inf_ref).any():
+        lerr = (lse.double() - ref_lse)[~inf_ref].abs().max().item()
+        assert lerr <= 1e-2 * max(1.0, ref_lse[~inf_ref].abs().max().item()), f"{what}: LSE err {lerr:.3g}"
+    dead = inf_ref.transpose(-1, -2).to(out.device)  # lse (..., heads, rows) -> out's (..., rows, heads)
+    assert (out[dead] == 0).all(), f"{what}: rows that see no key must be 0"
+
+
+def run_dense(dtype, head_dim, sq, sk, mask, heads=(2, 2), batch=2, scale=None):
+    causal, wl, wr, softcap = FWD_MASKS[mask] if isinstance(mask, str) else mask
+    hq, hkv = heads
+    q, k, v = rand((batch, sq, hq, head_dim), dtype), rand((batch, sk, hkv, head_dim), dtype), \
+        rand((batch, sk, hkv, head_dim), dtype)
+    out, lse = fwd_op(q, k, v, causal, (wl, wr), softcap, scale)
+    assert out.shape == q.shape and lse.shape == (batch, hq, sq)
+    ref_out, ref_lse = naive.attention(q, k, v, causal=causal, softmax_scale=scale if scale is not None else
+                                       head_dim ** -0.5, window=(wl, wr), softcap=softcap)
+    check_fwd_close(out, lse, ref_out, ref_lse, f"D={head_dim} {dtype} sq={sq} sk={sk} {mask} heads={heads}")
+
+
+FWD_SHAPES = [(1, 1), (17, 17), (1000, 1000), (17, 1000), (1000, 17), (129, 300), (300, 129)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", FWD_HEAD_DIMS)
+@pytest.mark.parametrize("mask", list(FWD_MASKS))
+@pytest.mark.parametrize("sq, sk", FWD_SHAPES, ids=[f"{a}x{b}" for a, b in FWD_SHAPES])
+def test_fwd_dense_matches_reference(dtype, head_dim, mask, sq, sk):
+    run_dense(dtype, head_dim, sq, sk, mask)
+
+
+@pytest.mark.parametrize("head_dim", FWD_HEAD_DIMS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_fwd_long_ragged_sequence(head_dim, causal):
+    """4097 = 32 full query blocks + 1 row; several tiles per CTA (the ring's phases wrap across tiles)."""
+    run_dense(torch.bfloat16, head_dim, 4097, 4097, (causal, -1, -1, 0.0), heads=(4, 4), batch=1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", FWD_HEAD_DIMS)
+@pytest.mark.parametrize("heads", [(4, 2), (6, 1)], ids=["gqa", "mqa"])
+@pytest.mark.parametrize("mask", ["none", "causal", "window"])
+def test_fwd_gqa_mqa(dtype, head_dim, heads, mask):
+    run_dense(dtype, head_dim, 333, 333, mask, heads=heads)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("softcap", [0.0, 20.0])
+def test_fwd_negative_scale(head_dim, softcap):
+    """softmax_scale < 0: the kernel flips the scores' sign (q_sign) or folds it into the softcap's tanh."""
+    run_dense(torch.bfloat16, head_dim, 200, 250, (True, -1, -1, softcap), scale=-0.3)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_fwd_many_tiles(head_dim):
+    """batch 3 x 16 heads x 8 query blocks = 384 tiles on 132 CTAs; causal longest-first order, head groups."""
+    run_dense(torch.float16, head_dim, 1000, 1000, "causal", heads=(16, 4), batch=3)
+
+
+def test_fwd_no_keys():
+    """seqlen_k = 0: every row sees nothing -> out 0, lse -inf, nothing loaded."""
+    q = rand((2, 33, 2, 128), torch.bfloat16)
+    k = torch.empty(2, 0, 2, 128, device="cuda", dtype=torch.bfloat16)
+    out, lse = fwd_op(q, k, k)
+    assert (out == 0).all() and torch.isinf(lse).all() and (lse < 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", FWD_HEAD_DIMS)
+@pytest.mark.parametrize("mask", ["none", "causal", "window", "softcap"])
+def test_fwd_varlen(dtype, head_dim, mask):
+    """Packed sequences of ragged lengths (a key-less one included): rows of one sequence must not see another's
+    keys, and tail rows are stored without running into the next sequence."""
+    causal, wl, wr, softcap = FWD_MASKS[mask]
+    lens_q, lens_k = [1, 17, 1000, 129, 5, 300], [1, 40, 1000, 0, 200, 129]
+    cu_q = torch.tensor([0] + list(torch.tensor(lens_q).cumsum(0)), device="cuda", dtype=torch.int32)
+    cu_k = torch.tensor([0] + list(torch.tensor(lens_k).cumsum(0)), device="cuda", dtype=torch.int32)
+    hq, hkv = 4, 2
+    q = rand((sum(lens_q), hq, head_dim), dtype)
+    k, v = rand((sum(lens_k), hkv, head_dim), dtype), rand((sum(lens_k), hkv, head_dim), dtype)
+    out, lse = fwd_op(q, k, v, causal, (wl, wr), softcap, None, cu_q, cu_k, max(lens_q), max(lens_k))
+    assert out.shape == q.shape and lse.shape == (hq, sum(lens_q))
+    ref_out, ref_lse = naive.attention_varlen(q, k, v, cu_q, cu_k, causal=causal, window=(wl, wr), softcap=softcap,
+                                              softmax_scale=head_dim ** -0.5)
+    check_fwd_close(out, lse, ref_out, ref_lse, f"varlen D={head_dim} {dtype} {mask}")
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_fwd_strided_views(head_dim):
+    """q, k, v as views of one packed (batch, seqlen, 3, heads, head_dim) tensor: the tensor maps take the strides."""
+    qkv = rand((2, 257, 3, 4, head_dim), torch.bfloat16)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    out, lse = fwd_op(q, k, v, True)
+    ref_out, ref_lse = naive.attention(q, k, v, causal=True)
+    check_fwd_close(out, lse, ref_out, ref_lse, "strided views")
+
+
+def test_fwd_runs_on_the_current_stream():
+    q, k, v = (rand((2, 700, 4, 128), torch.bfloat16) for _ in range(3))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out, lse = fwd_op(q, k, v, True)
+    torch.cuda.current_stream().wait_stream(side)
+    ref_out, ref_lse = naive.attention(q, k, v, causal=True)
+    check_fwd_close(out, lse, ref_out, ref_lse, "side stream")
+
+
+def test_fwd_through_the_public_api(monkeypatch):
+    """flashcore.attention routes sm_90 tensors here when FLASHCORE_BACKEND=cuda_sm90 (opt-in until proven)."""
+    from flashcore import _backends
+    backend = _backends.BACKENDS["cuda_sm90"]
+    if backend.unusable_reason(torch.device("cuda")) is not None:
+        pytest.skip(backend.unusable_reason(torch.device("cuda")))
+    q, k, v = (rand((1, 300, 2, 64), torch.bfloat16) for _ in range(3))
+    out = backend.fwd(q, k, v, None, None, 0, 0, 0.125, True, -1, -1, 0.0, False)[0]
+    ref_out, _ = naive.attention(q, k, v, causal=True, softmax_scale=0.125)
+    assert naive.rel_err(out, ref_out) <= 1e-2
+    assert math.isfinite(out.float().sum().item())

@@ -33,6 +33,20 @@ def test_schemas_are_the_shared_strings():
     assert bwd == "flashcore::" + _schema.BWD_SCHEMA
 
 
+def test_kernel_head_dims_agree_between_python_and_cpp():
+    """The Python check (_backends.KERNEL_HEAD_DIMS) and the C++ host check (csrc/attention_args.h kHeadDims)
+    admit the same head dims, so neither side rejects what the other accepts."""
+    import pathlib
+    import re
+
+    from flashcore import _backends
+
+    header = (pathlib.Path(__file__).parents[1] / "csrc" / "attention_args.h").read_text()
+    match = re.search(r"kHeadDims\[\]\s*=\s*\{([^}]*)\}", header)
+    assert match, "kHeadDims not found in csrc/attention_args.h"
+    assert tuple(int(x) for x in match.group(1).split(",")) == _backends.KERNEL_HEAD_DIMS
+
+
 def test_schemas_come_from_the_extension_when_it_is_built():
     if _ext.MODULE is None:
         pytest.skip(f"extension not built here ({_ext.LOAD_ERROR}); CI builds it")

@@ -35,6 +35,7 @@
 #pragma once
 
 #include "../fwd_params.h"
+#include "../tiles/gfx942_fwd.h"
 #include "compat.h"
 #include "lds.h"
 #include "memory.h"
@@ -44,27 +45,37 @@
 
 namespace flashcore::gfx942 {
 
-// Tile shapes per head dim D. Per lane, the registers that live through the K/V loop are
-//   O^T accumulator D/2, Q fragments D/4, S^T Keys/2, P Keys/4, staged K tile Keys*D/512, staged V tile 16,
-// plus LDS fragments in flight and addresses. Occupancy is set per D to the most waves per SIMD the allocator
-// reaches without spilling (clang 19; the VGPR counts are in csrc/hip/isa_budget.json, held by
-// tests/test_hip_isa.py):
-//   D    Keys  LDS (K + V^T)   waves/SIMD  why
-//   64   64    8 + 8 KiB       3           4 waves (128 VGPRs) spills. 64 keys keep the MFMAs per barrier up
-//   96   64    12 + 12 KiB     2           3 waves (168 VGPRs) spills
-//   128  64    16 + 16 KiB     2           LDS 32 KiB: two blocks (8 waves) fill a CU's 64 KiB exactly
-//   192  32    12 + 12 KiB     2           32 keys keep S^T at one accumulator so D/2 + D/4 + the rest fits 256
-//   256  32    16 + 16 KiB     1           O^T 128 + Q 64 leave too little of 256; O^T lives in AGPRs
+// Tile shapes per head dim D: the rows of csrc/tiles/gfx942_fwd.h (the register/LDS/occupancy reasoning for each
+// row is written next to the table; flashcore/advise.py reads the same file).
+struct FwdTileRow {
+  int head_dim, block_m, block_n, waves, waves_per_simd;
+};
+inline constexpr FwdTileRow kFwdTiles[] = {
+#define FLASHCORE_FWD_TILE_ROW(d, m, n, w, o) FwdTileRow{d, m, n, w, o},
+    FLASHCORE_TILES_GFX942_FWD(FLASHCORE_FWD_TILE_ROW)
+#undef FLASHCORE_FWD_TILE_ROW
+};
+// The row of head dim D; head_dim 0 when the table has none (FwdTile's static_assert then names the problem).
+constexpr FwdTileRow fwd_tile_row(int d) {
+  for (const FwdTileRow& row : kFwdTiles) {
+    if (row.head_dim == d) return row;
+  }
+  return FwdTileRow{0, 0, 0, 0, 0};
+}
+
 template <int D>
 struct FwdTile {
-  static_assert(D == 64 || D == 96 || D == 128 || D == 192 || D == 256, "head dims with kernels");
-  static constexpr int kWaves = 4;
+  static constexpr FwdTileRow kRow = fwd_tile_row(D);
+  static_assert(kRow.head_dim == D, "head dims with kernels: the rows of csrc/tiles/gfx942_fwd.h");
+  static constexpr int kWaves = kRow.waves;
   static constexpr int kThreads = kWaves * kWaveSize;
   static constexpr int kRowsPerWave = 32;  // one 32x32 MFMA column block: query = lane % 32
-  static constexpr int kBlockRows = kWaves * kRowsPerWave;
-  static constexpr int kKeys = D <= 128 ? 64 : 32;
+  static constexpr int kBlockRows = kRow.block_m;
+  static_assert(kBlockRows == kWaves * kRowsPerWave, "block_m is waves x 32 rows");
+  static constexpr int kKeys = kRow.block_n;
+  static_assert(kKeys == 32 || kKeys == 64, "S^T is one or two 32-key MFMA blocks");
   // Occupancy the register allocator must keep (waves per SIMD); the ISA checks record what it achieved.
-  static constexpr int kMinWavesPerSimd = D <= 64 ? 3 : D <= 192 ? 2 : 1;
+  static constexpr int kMinWavesPerSimd = kRow.waves_per_simd;
 
   // Grid: x = query tiles of the longest sequence (seqlen_q is max_seqlen_q for varlen), y = query heads,
   // z = sequences; blocks of one (sequence, head) are adjacent in launch order, so they read shared K/V from L2.

@@ -5,7 +5,7 @@
 //   mbarrier.cuh  mbarrier init/arrive/expect_tx/try_wait, proxy fences, named barriers, setmaxnreg
 //   tma.cuh       host: tensor maps (cuTensorMapEncodeTiled via the runtime's driver entry point), 2D-5D;
 //                 device: cp.async.bulk.tensor loads (mbarrier completion) and stores (bulk groups), prefetch
-//   wgmma.cuh     shared-memory matrix descriptors, wgmma m64nNk16 SS/RS for N = 64/128/256, fence/commit/wait,
+//   wgmma.cuh     shared-memory matrix descriptors, wgmma m64nNk16 SS/RS for N = 64..256 (8 sizes), fence/commit/wait,
 //                 the accumulator register fence
 //   layout.cuh    (thread, register) -> (row, col) of wgmma accumulators and register-A fragments; quad row
 //                 reductions; accumulator -> A-fragment conversion; stmatrix addressing

@@ -46,9 +46,14 @@ namespace flashcore::sm90::ptx {
 //   * the k-th 16-wide K slice of a 64-wide tile starts 32*k bytes further: add 2*k to the descriptor (start
 //     address field, 16-byte units). The hardware applies the swizzle XOR to the final addresses, which is why
 //     stepping the start address inside a swizzled row is legal when the tile base is 1024-byte aligned.
-// For an MN-major (transposed) 128B-swizzled operand, rows run along K and each holds 64 consecutive M/N values;
-// LBO then steps between 64-wide column blocks along M/N and SBO between 8-row groups along K. (Not used by the
-// GEMM; check on a GPU before relying on it.)
+// For an MN-major (transposed, imm-trans = 1) 128B-swizzled operand, rows run along K and each holds 64 consecutive
+// M/N values (128 bytes); the swizzle atom is 64 (M/N) x 8 (K) values = 1024 bytes. The PTX ISA ("Strides",
+// leading dimension stride table) defines LBO for MN-major swizzled layouts as the stride "from the first
+// (swizzle-byte-size/16) rows to the next (swizzle-byte-size/16) rows" of the 128-bit-normalized matrix, i.e. from
+// one 64-wide M/N panel to the next; SBO is then the stride between 8-row groups along K. For a tile stored as
+// 64-column panels of R rows each (what a TMA box of 64 columns writes, panel after panel): LBO = R * 128 bytes,
+// SBO = 1024. The attention forward reads V (keys x head_dim, head_dim contiguous) this way as the B operand of
+// O += P * V, with K = keys. (Assembled and checked in SASS, not yet run on a GPU.)
 
 enum class SmemSwizzle : uint64_t { kNone = 0, k128B = 1, k64B = 2, k32B = 3 };  // encoding of bits 62-63
 
@@ -72,6 +77,13 @@ __host__ __device__ constexpr uint64_t make_smem_desc(uint32_t smem_addr, uint32
 // bf16/fp16 inner box) starting at shared address `smem_addr` (1024-byte aligned).
 __host__ __device__ constexpr uint64_t kmajor_sw128_desc(uint32_t smem_addr) {
   return make_smem_desc(smem_addr, kSw128KMajorLbo, kSw128KMajorSbo, SmemSwizzle::k128B);
+}
+
+// Descriptor of an MN-major, 128B-swizzled operand whose 64-wide M/N panels lie `panel_bytes` apart (see above);
+// starts at shared address `smem_addr` (1024-byte aligned).
+constexpr uint32_t kSw128MnMajorSbo = 1024;  // 8 K-rows x 128 B: the next 8-row group along K
+__host__ __device__ constexpr uint64_t mnmajor_sw128_desc(uint32_t smem_addr, uint32_t panel_bytes) {
+  return make_smem_desc(smem_addr, panel_bytes, kSw128MnMajorSbo, SmemSwizzle::k128B);
 }
 
 // The same descriptor moved `bytes` further (a multiple of 16 that keeps the address field below 2^14 units, i.e.
@@ -125,31 +137,43 @@ __device__ __forceinline__ void fence_operands(uint32_t (&regs)[kRegs]) {
 
 enum class MmaType { kBf16, kF16 };
 
-// Accumulator register lists "%0, ..., %(R-1)" for R = 32, 64, 128 (asm templates need literal operand numbers).
-#define FC_WGMMA_REGS_32                                                               \
-  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "             \
-  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-#define FC_WGMMA_REGS_64                                                               \
-  FC_WGMMA_REGS_32                                                                     \
-  ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
-  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-#define FC_WGMMA_REGS_128                                                                        \
-  FC_WGMMA_REGS_64                                                                               \
-  ", %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "           \
-  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "             \
-  "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
-  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-
-// The matching "+f" operand lists over an array d.
+// Accumulator register lists: FC_WGMMA_REGS_<R> is "%0, ..., %(R-1)" (asm templates need literal operand
+// numbers), built from blocks of 8; FC_WGMMA_OPS_<R>(d) is the matching "+f" operand list over an array d.
+#define FC_WGMMA_R8_0 "%0, %1, %2, %3, %4, %5, %6, %7"
+#define FC_WGMMA_R8_1 ", %8, %9, %10, %11, %12, %13, %14, %15"
+#define FC_WGMMA_R8_2 ", %16, %17, %18, %19, %20, %21, %22, %23"
+#define FC_WGMMA_R8_3 ", %24, %25, %26, %27, %28, %29, %30, %31"
+#define FC_WGMMA_R8_4 ", %32, %33, %34, %35, %36, %37, %38, %39"
+#define FC_WGMMA_R8_5 ", %40, %41, %42, %43, %44, %45, %46, %47"
+#define FC_WGMMA_R8_6 ", %48, %49, %50, %51, %52, %53, %54, %55"
+#define FC_WGMMA_R8_7 ", %56, %57, %58, %59, %60, %61, %62, %63"
+#define FC_WGMMA_R8_8 ", %64, %65, %66, %67, %68, %69, %70, %71"
+#define FC_WGMMA_R8_9 ", %72, %73, %74, %75, %76, %77, %78, %79"
+#define FC_WGMMA_R8_10 ", %80, %81, %82, %83, %84, %85, %86, %87"
+#define FC_WGMMA_R8_11 ", %88, %89, %90, %91, %92, %93, %94, %95"
+#define FC_WGMMA_R8_12 ", %96, %97, %98, %99, %100, %101, %102, %103"
+#define FC_WGMMA_R8_13 ", %104, %105, %106, %107, %108, %109, %110, %111"
+#define FC_WGMMA_R8_14 ", %112, %113, %114, %115, %116, %117, %118, %119"
+#define FC_WGMMA_R8_15 ", %120, %121, %122, %123, %124, %125, %126, %127"
+#define FC_WGMMA_REGS_32 FC_WGMMA_R8_0 FC_WGMMA_R8_1 FC_WGMMA_R8_2 FC_WGMMA_R8_3
+#define FC_WGMMA_REGS_40 FC_WGMMA_R8_0 FC_WGMMA_R8_1 FC_WGMMA_R8_2 FC_WGMMA_R8_3 FC_WGMMA_R8_4
+#define FC_WGMMA_REGS_48 FC_WGMMA_R8_0 FC_WGMMA_R8_1 FC_WGMMA_R8_2 FC_WGMMA_R8_3 FC_WGMMA_R8_4 FC_WGMMA_R8_5
+#define FC_WGMMA_REGS_56 FC_WGMMA_R8_0 FC_WGMMA_R8_1 FC_WGMMA_R8_2 FC_WGMMA_R8_3 FC_WGMMA_R8_4 FC_WGMMA_R8_5 FC_WGMMA_R8_6
+#define FC_WGMMA_REGS_64 FC_WGMMA_R8_0 FC_WGMMA_R8_1 FC_WGMMA_R8_2 FC_WGMMA_R8_3 FC_WGMMA_R8_4 FC_WGMMA_R8_5 FC_WGMMA_R8_6 FC_WGMMA_R8_7
+#define FC_WGMMA_REGS_88 FC_WGMMA_R8_0 FC_WGMMA_R8_1 FC_WGMMA_R8_2 FC_WGMMA_R8_3 FC_WGMMA_R8_4 FC_WGMMA_R8_5 FC_WGMMA_R8_6 FC_WGMMA_R8_7 FC_WGMMA_R8_8 FC_WGMMA_R8_9 FC_WGMMA_R8_10
+#define FC_WGMMA_REGS_96 FC_WGMMA_R8_0 FC_WGMMA_R8_1 FC_WGMMA_R8_2 FC_WGMMA_R8_3 FC_WGMMA_R8_4 FC_WGMMA_R8_5 FC_WGMMA_R8_6 FC_WGMMA_R8_7 FC_WGMMA_R8_8 FC_WGMMA_R8_9 FC_WGMMA_R8_10 FC_WGMMA_R8_11
+#define FC_WGMMA_REGS_128 FC_WGMMA_R8_0 FC_WGMMA_R8_1 FC_WGMMA_R8_2 FC_WGMMA_R8_3 FC_WGMMA_R8_4 FC_WGMMA_R8_5 FC_WGMMA_R8_6 FC_WGMMA_R8_7 FC_WGMMA_R8_8 FC_WGMMA_R8_9 FC_WGMMA_R8_10 FC_WGMMA_R8_11 FC_WGMMA_R8_12 FC_WGMMA_R8_13 FC_WGMMA_R8_14 FC_WGMMA_R8_15
 #define FC_WGMMA_OPS_8(d, i)                                                                                   \
   "+f"(d[(i) + 0]), "+f"(d[(i) + 1]), "+f"(d[(i) + 2]), "+f"(d[(i) + 3]), "+f"(d[(i) + 4]), "+f"(d[(i) + 5]), \
       "+f"(d[(i) + 6]), "+f"(d[(i) + 7])
-#define FC_WGMMA_OPS_32_AT(d, i) \
-  FC_WGMMA_OPS_8(d, (i) + 0), FC_WGMMA_OPS_8(d, (i) + 8), FC_WGMMA_OPS_8(d, (i) + 16), FC_WGMMA_OPS_8(d, (i) + 24)
-#define FC_WGMMA_OPS_32(d) FC_WGMMA_OPS_32_AT(d, 0)
-#define FC_WGMMA_OPS_64(d) FC_WGMMA_OPS_32_AT(d, 0), FC_WGMMA_OPS_32_AT(d, 32)
-#define FC_WGMMA_OPS_128(d) \
-  FC_WGMMA_OPS_32_AT(d, 0), FC_WGMMA_OPS_32_AT(d, 32), FC_WGMMA_OPS_32_AT(d, 64), FC_WGMMA_OPS_32_AT(d, 96)
+#define FC_WGMMA_OPS_32(d) FC_WGMMA_OPS_8(d, 0), FC_WGMMA_OPS_8(d, 8), FC_WGMMA_OPS_8(d, 16), FC_WGMMA_OPS_8(d, 24)
+#define FC_WGMMA_OPS_40(d) FC_WGMMA_OPS_8(d, 0), FC_WGMMA_OPS_8(d, 8), FC_WGMMA_OPS_8(d, 16), FC_WGMMA_OPS_8(d, 24), FC_WGMMA_OPS_8(d, 32)
+#define FC_WGMMA_OPS_48(d) FC_WGMMA_OPS_8(d, 0), FC_WGMMA_OPS_8(d, 8), FC_WGMMA_OPS_8(d, 16), FC_WGMMA_OPS_8(d, 24), FC_WGMMA_OPS_8(d, 32), FC_WGMMA_OPS_8(d, 40)
+#define FC_WGMMA_OPS_56(d) FC_WGMMA_OPS_8(d, 0), FC_WGMMA_OPS_8(d, 8), FC_WGMMA_OPS_8(d, 16), FC_WGMMA_OPS_8(d, 24), FC_WGMMA_OPS_8(d, 32), FC_WGMMA_OPS_8(d, 40), FC_WGMMA_OPS_8(d, 48)
+#define FC_WGMMA_OPS_64(d) FC_WGMMA_OPS_8(d, 0), FC_WGMMA_OPS_8(d, 8), FC_WGMMA_OPS_8(d, 16), FC_WGMMA_OPS_8(d, 24), FC_WGMMA_OPS_8(d, 32), FC_WGMMA_OPS_8(d, 40), FC_WGMMA_OPS_8(d, 48), FC_WGMMA_OPS_8(d, 56)
+#define FC_WGMMA_OPS_88(d) FC_WGMMA_OPS_8(d, 0), FC_WGMMA_OPS_8(d, 8), FC_WGMMA_OPS_8(d, 16), FC_WGMMA_OPS_8(d, 24), FC_WGMMA_OPS_8(d, 32), FC_WGMMA_OPS_8(d, 40), FC_WGMMA_OPS_8(d, 48), FC_WGMMA_OPS_8(d, 56), FC_WGMMA_OPS_8(d, 64), FC_WGMMA_OPS_8(d, 72), FC_WGMMA_OPS_8(d, 80)
+#define FC_WGMMA_OPS_96(d) FC_WGMMA_OPS_8(d, 0), FC_WGMMA_OPS_8(d, 8), FC_WGMMA_OPS_8(d, 16), FC_WGMMA_OPS_8(d, 24), FC_WGMMA_OPS_8(d, 32), FC_WGMMA_OPS_8(d, 40), FC_WGMMA_OPS_8(d, 48), FC_WGMMA_OPS_8(d, 56), FC_WGMMA_OPS_8(d, 64), FC_WGMMA_OPS_8(d, 72), FC_WGMMA_OPS_8(d, 80), FC_WGMMA_OPS_8(d, 88)
+#define FC_WGMMA_OPS_128(d) FC_WGMMA_OPS_8(d, 0), FC_WGMMA_OPS_8(d, 8), FC_WGMMA_OPS_8(d, 16), FC_WGMMA_OPS_8(d, 24), FC_WGMMA_OPS_8(d, 32), FC_WGMMA_OPS_8(d, 40), FC_WGMMA_OPS_8(d, 48), FC_WGMMA_OPS_8(d, 56), FC_WGMMA_OPS_8(d, 64), FC_WGMMA_OPS_8(d, 72), FC_WGMMA_OPS_8(d, 80), FC_WGMMA_OPS_8(d, 88), FC_WGMMA_OPS_8(d, 96), FC_WGMMA_OPS_8(d, 104), FC_WGMMA_OPS_8(d, 112), FC_WGMMA_OPS_8(d, 120)
 
 // Instruction text. The operand numbers after the accumulators are passed in (they depend on N). scale-d arrives
 // as a 32-bit register and becomes the predicate p.
@@ -169,7 +193,7 @@ enum class MmaType { kBf16, kF16 };
   "}\n"
 
 template <int N>
-struct Wgmma;  // specialized below for N = 64, 128, 256
+struct Wgmma;  // specialized below for N = 64, 80, 96, 112, 128, 176, 192, 256 (the attention tiles' N)
 
 // One specialization per N: the SS and RS forms, each for bf16 and f16 (the type is part of the opcode text).
 // Operand numbering: accumulators 0..R-1 (R = N/2), then the SS tail R..R+6 or the RS tail R..R+8.
@@ -210,20 +234,50 @@ struct Wgmma;  // specialized below for N = 64, 128, 256
   };
 
 FC_DEFINE_WGMMA(64, FC_WGMMA_REGS_32, FC_WGMMA_OPS_32, 32, 33, 34, 35, 36, 37, 38, 39, 40)
+FC_DEFINE_WGMMA(80, FC_WGMMA_REGS_40, FC_WGMMA_OPS_40, 40, 41, 42, 43, 44, 45, 46, 47, 48)
+FC_DEFINE_WGMMA(96, FC_WGMMA_REGS_48, FC_WGMMA_OPS_48, 48, 49, 50, 51, 52, 53, 54, 55, 56)
+FC_DEFINE_WGMMA(112, FC_WGMMA_REGS_56, FC_WGMMA_OPS_56, 56, 57, 58, 59, 60, 61, 62, 63, 64)
 FC_DEFINE_WGMMA(128, FC_WGMMA_REGS_64, FC_WGMMA_OPS_64, 64, 65, 66, 67, 68, 69, 70, 71, 72)
+FC_DEFINE_WGMMA(176, FC_WGMMA_REGS_88, FC_WGMMA_OPS_88, 88, 89, 90, 91, 92, 93, 94, 95, 96)
+FC_DEFINE_WGMMA(192, FC_WGMMA_REGS_96, FC_WGMMA_OPS_96, 96, 97, 98, 99, 100, 101, 102, 103, 104)
 FC_DEFINE_WGMMA(256, FC_WGMMA_REGS_128, FC_WGMMA_OPS_128, 128, 129, 130, 131, 132, 133, 134, 135, 136)
 
 #undef FC_DEFINE_WGMMA
 #undef FC_WGMMA_RS_TEXT
 #undef FC_WGMMA_SS_TEXT
-#undef FC_WGMMA_OPS_128
-#undef FC_WGMMA_OPS_64
 #undef FC_WGMMA_OPS_32
-#undef FC_WGMMA_OPS_32_AT
+#undef FC_WGMMA_OPS_40
+#undef FC_WGMMA_OPS_48
+#undef FC_WGMMA_OPS_56
+#undef FC_WGMMA_OPS_64
+#undef FC_WGMMA_OPS_88
+#undef FC_WGMMA_OPS_96
+#undef FC_WGMMA_OPS_128
 #undef FC_WGMMA_OPS_8
-#undef FC_WGMMA_REGS_128
-#undef FC_WGMMA_REGS_64
 #undef FC_WGMMA_REGS_32
+#undef FC_WGMMA_REGS_40
+#undef FC_WGMMA_REGS_48
+#undef FC_WGMMA_REGS_56
+#undef FC_WGMMA_REGS_64
+#undef FC_WGMMA_REGS_88
+#undef FC_WGMMA_REGS_96
+#undef FC_WGMMA_REGS_128
+#undef FC_WGMMA_R8_0
+#undef FC_WGMMA_R8_1
+#undef FC_WGMMA_R8_2
+#undef FC_WGMMA_R8_3
+#undef FC_WGMMA_R8_4
+#undef FC_WGMMA_R8_5
+#undef FC_WGMMA_R8_6
+#undef FC_WGMMA_R8_7
+#undef FC_WGMMA_R8_8
+#undef FC_WGMMA_R8_9
+#undef FC_WGMMA_R8_10
+#undef FC_WGMMA_R8_11
+#undef FC_WGMMA_R8_12
+#undef FC_WGMMA_R8_13
+#undef FC_WGMMA_R8_14
+#undef FC_WGMMA_R8_15
 
 // D (+)= A * B, A and B from shared memory. `accumulate` false overwrites D (scale-d = 0).
 template <int N, MmaType kType = MmaType::kBf16, int kTransA = 0, int kTransB = 0, int kScaleA = 1, int kScaleB = 1>

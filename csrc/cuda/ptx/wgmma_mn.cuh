@@ -1,8 +1,8 @@
 // wgmma additions the attention backward needs (kept out of wgmma.cuh so the forward can extend that one freely):
-//   * the MN-major 128B-swizzled shared-memory descriptor: the backward's transposed operands (dO and Q as the B of
-//     dV = P^T dO and dK = dS^T Q, K as the B of dQ = dS K, dS^T as the A of dQ) sit in shared memory exactly as
-//     TMA wrote them, rows along K and 64 contiguous M/N values per 128-byte row;
-//   * m64n32k16 SS (the layer has N = 64, 128, 256), and wgmma_ss_n<N>, one entry for every N here.
+//   * m64n32k16 SS (wgmma.cuh has the attention tiles' N from 64 up), and wgmma_ss_n<N>, one entry for every N;
+//   * how the backward uses wgmma.cuh's MN-major 128B-swizzled descriptor (mnmajor_sw128_desc): its transposed
+//     operands (dO and Q as the B of dV = P^T dO and dK = dS^T Q, K as the B of dQ = dS K, dS^T as the A of dQ)
+//     sit in shared memory exactly as TMA wrote them, rows along K and 64 contiguous M/N values per 128-byte row.
 //
 // MN-major, 128B swizzle (PTX ISA "Shared Memory Matrix Layout", the canonical MN-major layouts; in element units
 // with T = 8 16-bit values = 16 bytes, CUTLASS writes it ((T,8,m),(8,k)) : ((1,T,LBO),(8T,SBO))):
@@ -23,14 +23,6 @@
 #include "wgmma.cuh"
 
 namespace flashcore::sm90::ptx {
-
-constexpr uint32_t kSw128MnMajorSbo = 1024;  // 8 rows of 128 B: the next 8 K-rows of an MN-major tile
-
-// MN-major, 128B-swizzled operand at `smem_addr` (1024-aligned), whose next 64-wide M/N column block starts
-// `column_block_bytes` further.
-__host__ __device__ constexpr uint64_t mnmajor_sw128_desc(uint32_t smem_addr, uint32_t column_block_bytes) {
-  return make_smem_desc(smem_addr, column_block_bytes, kSw128MnMajorSbo, SmemSwizzle::k128B);
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // m64n32k16, SS form: the S / dP GEMMs of a warpgroup that owns 32 of a tile's 64 queries, and the 32-column

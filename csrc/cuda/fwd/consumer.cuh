@@ -1,0 +1,173 @@
+// A consumer warpgroup of the sm_90a forward: 64 query rows of the CTA's 128, the whole key walk in registers.
+//
+// Per key tile j (walked last-first, schedule.h), with S_j = Q K_j^T and P_j = softmax-step(S_j):
+//   prologue      issue S_first                      | wait | softmax -> P_first
+//   loop          issue S_j, then O += P_{j+1} V_{j+1} | wait S_j | softmax -> fp32 P_j (overlaps the P V GEMM)
+//                                                     | wait P V | pack P_j to 16 bits, O *= rescale
+//   tail          issue O += P_last V_last            | wait
+// (within a warpgroup the next S GEMM is issued before this tile's softmax: the tensor cores work on S_j and P V
+// while the warpgroup's ALUs and MUFU run the exponentials).
+//
+// Ping-pong between the two consumers: each issues its GEMMs only between sched_wait (its turn) and sched_pass
+// (the other's turn), so while one warpgroup's softmax runs, the other's GEMMs own the tensor cores. Consumer 1
+// opens by passing the first turn to consumer 0; consumer 0 absorbs the last pass at the very end. Both walk the
+// same tiles and the same key spans (the CTA's, not their own), so their turn counts always match.
+#pragma once
+
+#include "epilogue.cuh"
+#include "softmax.cuh"
+#include "work.cuh"
+
+namespace flashcore::sm90::fwd {
+
+__device__ __forceinline__ void sched_wait(int consumer) {
+  ptx::named_barrier_sync(kSchedBarrier + consumer, kPingPongThreads);
+}
+__device__ __forceinline__ void sched_pass(int consumer) {
+  ptx::named_barrier_arrive(kSchedBarrier + (1 - consumer), kPingPongThreads);
+}
+
+// Lane 0 of each consumer warp arrives (the barrier counts kConsumerWarps): every warp's wgmmas reading the stage
+// have completed when its lane 0 gets here.
+__device__ __forceinline__ void release(uint64_t* bar, int lane) {
+  if (lane == 0) ptx::mbarrier_arrive(bar);
+}
+
+// S = Q K^T: Q rows of this consumer (K-major, 128B swizzle, 64-column panels), K tile (keys x head_dim, K-major).
+// D / 16 wgmmas m64 n(block_n) k16; the 16-column slice k of a panel starts 32 bytes after slice k - 1.
+template <int D, ptx::MmaType kType>
+__device__ __forceinline__ void issue_qk(float (&s)[FwdTraits<D>::kSRegs], uint32_t q_rows, uint32_t k_tile) {
+  using T = FwdTraits<D>;
+  constexpr uint32_t kSliceBytes = 16 * T::kElemBytes;
+  constexpr int kSlicesPerPanel = T::kPanelCols / 16;
+#pragma unroll
+  for (int ks = 0; ks < T::kQkSteps; ++ks) {
+    const int panel = ks / kSlicesPerPanel, slice = ks % kSlicesPerPanel;
+    const uint64_t desc_q = ptx::kmajor_sw128_desc(q_rows + panel * T::kQPanelBytes + slice * kSliceBytes);
+    const uint64_t desc_k = ptx::kmajor_sw128_desc(k_tile + panel * T::kKvPanelBytes + slice * kSliceBytes);
+    ptx::wgmma_ss<T::kBlockN, kType>(s, desc_q, desc_k, ks > 0);  // the first slice overwrites S
+  }
+  ptx::wgmma_commit();
+}
+
+// O += P V: P from registers (4 per 16 keys, softmax.cuh), V tile (keys x head_dim, head_dim contiguous) read as an
+// MN-major B operand (imm-trans-b = 1): rows along K (keys), 64-wide N panels kKvPanelBytes apart. No transpose of
+// V is needed in memory or in shared memory; 16 keys = 16 rows = 2048 bytes, two whole swizzle atoms.
+template <int D, ptx::MmaType kType>
+__device__ __forceinline__ void issue_pv(float (&o)[FwdTraits<D>::kORegs], const uint32_t (&p)[FwdTraits<D>::kPRegs],
+                                         uint32_t v_tile) {
+  using T = FwdTraits<D>;
+  constexpr uint32_t kSliceBytes = 16 * ptx::kSwizzle128Row;
+#pragma unroll
+  for (int j = 0; j < T::kPvSteps; ++j) {
+    const uint32_t a[frag::kARegs] = {p[4 * j], p[4 * j + 1], p[4 * j + 2], p[4 * j + 3]};
+    const uint64_t desc_v = ptx::mnmajor_sw128_desc(v_tile + j * kSliceBytes, T::kKvPanelBytes);
+    ptx::wgmma_rs<D, kType, /*kTransB=*/1>(o, a, desc_v, true);
+  }
+  ptx::wgmma_commit();
+}
+
+template <int D, bool kBf16>
+__device__ void consume(SharedStorage<D>& s, const CUtensorMap* tmap_o, const KernelArgs& a, int consumer) {
+  using T = FwdTraits<D>;
+  using namespace ptx;
+  constexpr MmaType kType = kBf16 ? MmaType::kBf16 : MmaType::kF16;
+  const int tid = threadIdx.x % frag::kWarpgroupThreads;
+  const int lane = tid % frag::kWarpSize;
+  const FwdParams& p = a.p;
+  const ScoreOps ops{p.q_sign != 0u, p.tanh_out > 0.0f, p.tanh_in, p.tanh_out};
+  const float score_mul = p.score_mul;
+  const uint32_t q_rows = smem_u32(s.q) + consumer * frag::kWgmmaM * kSwizzle128Row;  // 8 KB in: whole atoms
+  const uint32_t k_base = smem_u32(s.k[0]), v_base = smem_u32(s.v[0]);
+  if (tid == 0 && consumer == 0) prefetch_tensor_map(tmap_o);
+
+  if (consumer == 1) sched_pass(consumer);  // consumer 0 issues first
+  int stage = 0;
+  uint32_t phase = 0, q_phase = 0;
+  const int num_tiles = a.order.num_tiles();
+  for (int t = blockIdx.x; t < num_tiles; t += gridDim.x) {
+    const WorkTile w = resolve_tile<D>(a, t);
+    if (!w.valid) continue;
+    const int wg_row0 = w.row0 + consumer * frag::kWgmmaM;
+    if (w.span.first == w.span.end) {
+      store_empty_rows<D, kBf16>(p, w, wg_row0, tid);
+      continue;
+    }
+    const RowKeys keys = row_keys(w.band, wg_row0, tid);
+    float o[T::kORegs];
+#pragma unroll
+    for (int i = 0; i < T::kORegs; ++i) o[i] = 0.0f;
+    float m[kRowsPerThread] = {kNegInf, kNegInf}, l[kRowsPerThread] = {0.0f, 0.0f}, rescale[kRowsPerThread];
+    float sc[T::kSRegs];
+    uint32_t pc[T::kPRegs];
+    auto masked = [&](int kt) { return !tile_unmasked(w.band, wg_row0, frag::kWgmmaM, kt * T::kBlockN, T::kBlockN); };
+
+    // ---- prologue: S of the first tile
+    int kt = w.span.end - 1;
+    mbarrier_wait(&s.q_full, q_phase);
+    mbarrier_wait(&s.k_full[stage], phase);
+    sched_wait(consumer);
+    wgmma_fence();
+    issue_qk<D, kType>(sc, q_rows, k_base + stage * T::kKvTileBytes);
+    sched_pass(consumer);
+    wgmma_wait<0>();
+    fence_operands(sc);
+    release(&s.k_empty[stage], lane);
+    if (T::kSeparateOut && kt == w.span.first) release(&s.q_empty, lane);  // the last S: Q is dead
+    transform_scores(sc, ops, masked(kt), keys, kt * T::kBlockN, tid);
+    softmax_step(sc, score_mul, m, l, rescale);  // O is still 0: nothing to rescale
+    pack_p<kBf16>(sc, pc);
+    int v_stage = stage;
+    uint32_t v_phase = phase;
+    if (++stage == T::kStages) stage = 0, phase ^= 1;
+
+    // ---- steady state: S of tile kt while P V of tile kt + 1
+#pragma unroll 1
+    for (--kt; kt >= w.span.first; --kt) {
+      mbarrier_wait(&s.k_full[stage], phase);
+      mbarrier_wait(&s.v_full[v_stage], v_phase);  // before the fence: no wait loop inside a wgmma batch
+      sched_wait(consumer);
+      fence_operands(o);
+      fence_operands(pc);
+      wgmma_fence();
+      issue_qk<D, kType>(sc, q_rows, k_base + stage * T::kKvTileBytes);
+      issue_pv<D, kType>(o, pc, v_base + v_stage * T::kKvTileBytes);
+      sched_pass(consumer);
+      wgmma_wait<1>();  // S done; P V may still run
+      fence_operands(sc);
+      release(&s.k_empty[stage], lane);
+      if (T::kSeparateOut && kt == w.span.first) release(&s.q_empty, lane);  // the last S: Q is dead
+      transform_scores(sc, ops, masked(kt), keys, kt * T::kBlockN, tid);
+      softmax_step(sc, score_mul, m, l, rescale);  // the exponentials run while P V does
+      wgmma_wait<0>();
+      fence_operands(o);
+      fence_operands(pc);
+      release(&s.v_empty[v_stage], lane);
+      pack_p<kBf16>(sc, pc);  // only now: pc was the operand of the P V GEMM that just completed
+      rescale_rows(o, rescale);
+      v_stage = stage;
+      v_phase = phase;
+      if (++stage == T::kStages) stage = 0, phase ^= 1;
+    }
+
+    // ---- tail: P V of the last tile
+    mbarrier_wait(&s.v_full[v_stage], v_phase);
+    sched_wait(consumer);
+    fence_operands(o);
+    fence_operands(pc);
+    wgmma_fence();
+    issue_pv<D, kType>(o, pc, v_base + v_stage * T::kKvTileBytes);
+    sched_pass(consumer);
+    wgmma_wait<0>();
+    fence_operands(o);
+    fence_operands(pc);
+    release(&s.v_empty[v_stage], lane);
+
+    epilogue<D, kBf16>(o, m, l, s, tmap_o, p, w, consumer, tid);
+    q_phase ^= 1;
+  }
+  if (consumer == 0) sched_wait(consumer);  // absorb consumer 1's last pass: named barriers end balanced
+  if (tid == 0) bulk_wait_group<0>();       // shared memory must outlive the output stores reading it
+}
+
+}  // namespace flashcore::sm90::fwd

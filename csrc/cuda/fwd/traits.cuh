@@ -1,0 +1,128 @@
+// Compile-time shape of the sm_90a forward for one head dim: tile sizes from csrc/tiles/sm90_fwd.h (the only place
+// they are written), the shared-memory layout, warpgroup roles, register budgets and named-barrier ids.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "../../tiles/sm90_fwd.h"
+#include "../ptx/ptx.cuh"
+
+namespace flashcore::sm90::fwd {
+
+struct TileRow {
+  int head_dim, block_m, block_n, stages, warpgroups, ctas_per_sm;
+};
+
+constexpr TileRow kTileTable[] = {
+#define FLASHCORE_TILE_ROW(d, m, n, s, w, c) TileRow{d, m, n, s, w, c},
+    FLASHCORE_TILES_SM90_FWD(FLASHCORE_TILE_ROW)
+#undef FLASHCORE_TILE_ROW
+};
+
+constexpr TileRow tile_row(int head_dim) {
+  for (const TileRow& r : kTileTable) {
+    if (r.head_dim == head_dim) return r;
+  }
+  return TileRow{0, 0, 0, 0, 0, 0};
+}
+
+template <int D>
+struct FwdTraits {
+  static constexpr TileRow kRow = tile_row(D);
+  static_assert(kRow.head_dim == D, "no row for this head dim in csrc/tiles/sm90_fwd.h");
+
+  static constexpr int kHeadDim = D;
+  static constexpr int kBlockM = kRow.block_m;
+  static constexpr int kBlockN = kRow.block_n;
+  static constexpr int kStages = kRow.stages;
+
+  // ---- warpgroup roles: warpgroup 0 loads, 1 and 2 compute (64 query rows each: the M of one wgmma)
+  static constexpr int kWarpgroups = kRow.warpgroups;
+  static constexpr int kConsumers = kWarpgroups - 1;
+  static constexpr int kWgThreads = frag::kWarpgroupThreads;
+  static constexpr int kThreads = kWarpgroups * kWgThreads;
+  static constexpr int kConsumerWarps = kConsumers * kWgThreads / frag::kWarpSize;
+  static_assert(kWarpgroups == 3 && kRow.ctas_per_sm == 1, "the kernel is written for 1 producer + 2 consumers");
+  static_assert(kBlockM == kConsumers * frag::kWgmmaM, "block_m is one 64-row wgmma per consumer warpgroup");
+  static_assert(kBlockN % 16 == 0 && kBlockN >= 16 && kBlockN <= 256,
+                "block_n: the K of P*V in steps of 16, the N of one wgmma (<= 256), the rows of one TMA box (<= 256)");
+
+  // ---- registers: 168 x 384 at launch (__launch_bounds__(384, 1)), moved by setmaxnreg. The producer only computes
+  // coordinates; the consumers hold O (D/2), S of the next tile (N/2) and two P fragments (N/4 each): see the table.
+  static constexpr uint32_t kProducerRegs = 24;   // setmaxnreg's minimum
+  static constexpr uint32_t kConsumerRegs = 240;  // (65536/384 rounded down to 8) x 384 - 24 x 128, over 256
+  static constexpr uint32_t kRegsAtEntry = 65536 / kThreads / 8 * 8;
+  static_assert(kProducerRegs * kWgThreads + kConsumerRegs * kConsumers * kWgThreads <= kRegsAtEntry * kThreads,
+                "setmaxnreg.inc would wait forever for registers the pool does not have");
+
+  // ---- shared memory: tiles are 64-column panels of 128-byte rows with the 128B swizzle (what TMA writes with a
+  // 64-element inner box and what wgmma descriptors read); head dims that are not a multiple of 64 get a last panel
+  // whose missing columns TMA zero-fills (they add 0 to Q.K^T and are never stored).
+  static constexpr int kElemBytes = 2;
+  static constexpr int kPanelCols = static_cast<int>(ptx::kSwizzle128Row) / kElemBytes;  // 64
+  static constexpr int kPanels = (D + kPanelCols - 1) / kPanelCols;
+  static constexpr uint32_t kQPanelBytes = kBlockM * ptx::kSwizzle128Row;
+  static constexpr uint32_t kKvPanelBytes = kBlockN * ptx::kSwizzle128Row;
+  static constexpr uint32_t kQBytes = kPanels * kQPanelBytes;      // complete_tx of a Q load (whole boxes count)
+  static constexpr uint32_t kKvTileBytes = kPanels * kKvPanelBytes;  // complete_tx of one K (or V) tile
+  static constexpr int kOutRows = frag::kWgmmaM;  // a consumer stores its own 64 rows (TMA store box rows)
+  // The output is staged for its TMA store in a buffer of its own when shared memory allows (D <= 128): then the
+  // consumers release Q as soon as their last S = Q K^T is done, and the next tile's Q loads under this tile's last
+  // P V and epilogue. Otherwise (D = 192, 256) each consumer stages its output in its own, by then dead, 64 rows of
+  // Q, and the next Q waits for the stores. Building with -DFLASHCORE_FWD_SM90_OUT_IN_Q forces the second way for
+  // every head dim (a switch for bisecting on a GPU).
+  static constexpr int kFixedSmemBytes = 2 * 1024;  // barriers (rounded to the 1 KB alignment) + base alignment slack
+#if defined(FLASHCORE_FWD_SM90_OUT_IN_Q)
+  static constexpr bool kSeparateOut = false;
+#else
+  static constexpr bool kSeparateOut =
+      2 * kQBytes + 2 * kStages * kKvTileBytes + kFixedSmemBytes <= 227 * 1024;  // 227 KB: kMaxSmemPerBlock
+#endif
+  // Arrivals that free Q: with an output buffer, lane 0 of each consumer warp once its last S GEMM is done; else
+  // thread 0 of each consumer once the output store staged in Q has read it.
+  static constexpr uint32_t kQEmptyArrivals = kSeparateOut ? kConsumerWarps : kConsumers;
+
+  static constexpr int kQkSteps = D / 16;        // wgmma K slices of S = Q K^T (16 head-dim columns each)
+  static constexpr int kPvSteps = kBlockN / 16;  // wgmma K slices of O += P V (16 keys each)
+  static constexpr int kSRegs = kBlockN / 2;     // fp32 S accumulator registers per thread
+  static constexpr int kORegs = D / 2;           // fp32 O accumulator registers per thread
+  static constexpr int kPRegs = kBlockN / 4;     // packed 16-bit P registers per thread (4 per K slice)
+  static_assert(D % 16 == 0, "head_dim is a whole number of wgmma K slices");
+};
+
+// The output staging buffer (Q's panel layout), present only when FwdTraits<D>::kSeparateOut; an empty base costs
+// no bytes otherwise.
+template <int D, bool kPresent = FwdTraits<D>::kSeparateOut>
+struct OutStorage {};
+template <int D>
+struct OutStorage<D, true> {
+  alignas(1024) uint8_t out[FwdTraits<D>::kQBytes];
+};
+
+template <int D>
+struct SharedStorage : OutStorage<D> {
+  using T = FwdTraits<D>;
+  alignas(1024) uint8_t q[T::kQBytes];  // Q tile; without an output buffer, each consumer stages its output here
+  alignas(1024) uint8_t k[T::kStages][T::kKvTileBytes];
+  alignas(1024) uint8_t v[T::kStages][T::kKvTileBytes];
+  uint64_t q_full;   // producer -> consumers: Q landed (1 arrival + kQBytes)
+  uint64_t q_empty;  // consumers -> producer: Q is dead (kQEmptyArrivals, below)
+  uint64_t k_full[T::kStages], k_empty[T::kStages];  // K ring: full (1 + tx), empty (lane 0 of each consumer warp)
+  uint64_t v_full[T::kStages], v_empty[T::kStages];  // V ring, same stage index as K
+};
+
+constexpr int kMaxSmemPerBlock = 227 * 1024;  // sm_90 opt-in limit (228 KB per SM minus 1 KB reserved per CTA)
+constexpr int kSmemAlign = static_cast<int>(ptx::kSwizzle128Atom);  // swizzled tiles start on 1024-byte boundaries
+
+template <int D>
+constexpr int smem_bytes() {
+  return static_cast<int>(sizeof(SharedStorage<D>)) + kSmemAlign;  // the dynamic base is only 16-byte aligned
+}
+
+// Named barriers (0 is __syncthreads): the ping-pong of the two consumers, and one per consumer's epilogue.
+constexpr uint32_t kSchedBarrier = 1;     // + consumer index: "this consumer may issue its GEMMs now"
+constexpr uint32_t kEpilogueBarrier = 3;  // + consumer index: the 128 threads of one consumer
+constexpr uint32_t kPingPongThreads = 2 * frag::kWarpgroupThreads;
+
+}  // namespace flashcore::sm90::fwd

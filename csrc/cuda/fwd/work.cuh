@@ -1,0 +1,55 @@
+// What the kernel's threads agree on without talking: the kernel arguments, and the work tile (sequence, head,
+// query rows, key tiles) behind a linear tile index of the persistent schedule (schedule.h). The producer thread
+// and every consumer thread call resolve_tile on the same index and get the same answer.
+#pragma once
+
+#include <cstdint>
+
+#include "../../fwd_params.h"
+#include "schedule.h"
+#include "traits.cuh"
+
+namespace flashcore::sm90::fwd {
+
+struct KernelArgs {
+  FwdParams p;
+  TileOrder order;
+};
+
+struct WorkTile {
+  bool valid;        // false: the block lies past this (shorter) sequence's end (varlen)
+  int batch, head, head_kv;
+  int row0;          // first query row of the CTA's block, within the sequence
+  int q_start, k_start;  // row of the sequence's first query / key in the tensors (varlen), else 0
+  int tma_batch;     // batch coordinate of the tensor maps: the sequence (dense) or 0 (varlen: one packed "batch")
+  Band band;
+  TileSpan span;     // key tiles to visit; empty: every row sees nothing (out 0, lse -inf)
+};
+
+template <int D>
+__device__ __forceinline__ WorkTile resolve_tile(const KernelArgs& a, int t) {
+  using T = FwdTraits<D>;
+  const FwdParams& p = a.p;
+  const TileCoord c = tile_at(a.order, t);
+  WorkTile w;
+  w.batch = c.pair / p.heads_q;
+  w.head = c.pair - w.batch * p.heads_q;
+  w.head_kv = w.head / (p.heads_q / p.heads_kv);  // GQA/MQA: a group of query heads reads one K/V head, no copies
+  int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
+  w.q_start = 0, w.k_start = 0, w.tma_batch = w.batch;
+  if (p.cu_seqlens_q != nullptr) {
+    w.q_start = __ldg(p.cu_seqlens_q + w.batch);
+    seqlen_q = __ldg(p.cu_seqlens_q + w.batch + 1) - w.q_start;
+    w.k_start = __ldg(p.cu_seqlens_k + w.batch);
+    seqlen_k = __ldg(p.cu_seqlens_k + w.batch + 1) - w.k_start;
+    w.tma_batch = 0;
+  }
+  const int m_blocks = ceil_div(seqlen_q, T::kBlockM);
+  w.valid = c.m_rev < m_blocks;
+  w.row0 = (m_blocks - 1 - c.m_rev) * T::kBlockM;
+  w.band = Band{seqlen_q, seqlen_k, p.window_left, p.window_right};
+  w.span = w.valid ? key_tiles(w.band, w.row0, T::kBlockM, T::kBlockN) : TileSpan{0, 0};
+  return w;
+}
+
+}  // namespace flashcore::sm90::fwd

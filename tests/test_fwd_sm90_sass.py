@@ -1,0 +1,88 @@
+"""What ptxas says about the sm_90a forward, and the form of every wgmma in its SASS; no GPU needed.
+
+tests/test_build_checks.py holds opcode counts and resources of the built binary (csrc/cuda/resources.json). This
+file compiles two instantiations itself (head dims 64 and 256: every wgmma N of the extremes, 1 and 4 panels) to
+see what the binary cannot show:
+  * ptxas' warnings: C7508 (setmaxnreg dropped), C7510-C7520 (wgmmas serialized behind compiler-inserted
+    warpgroup waits, e.g. when a register a wgmma still reads is redefined: a silent 2x slowdown), spills, stack;
+  * the S = Q K^T wgmmas are SS (both operands by descriptor, the first K slice overwriting S: "RZ, !UPT");
+  * the O += P V wgmmas are RS (a register A operand: P) with a transposed (MN-major) B: V read in place;
+  * one wgmma.fence per batch (WARPGROUP.ARRIVE x3) and setmaxnreg 24 / 240.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from test_build_checks import find_cuobjdump
+from test_ptx_probe import SASS_LINE, find_nvcc
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = {64: 128, 256: 80}  # head_dim -> block_n (csrc/tiles/sm90_fwd.h; the tile-table test ties them)
+
+
+def parse_sass(text: str) -> dict[str, list[str]]:
+    """{mangled kernel name: [instruction text without predicates, ...]}."""
+    kernels: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.strip().startswith("Function : "):
+            current = kernels.setdefault(line.split(":", 1)[1].strip(), [])
+        elif current is not None and (m := SASS_LINE.match(line)):
+            current.append(" ".join(t for t in m.group(1).split() if not t.startswith("@")))
+    return kernels
+
+
+def _include_flags() -> list[str]:
+    from torch.utils.cpp_extension import include_paths
+    return [f"-I{p}" for p in include_paths()] + [f"-I{sysconfig.get_paths()['include']}", f"-I{ROOT / 'csrc'}"]
+
+
+@pytest.fixture(scope="module", params=sorted(CASES), ids=lambda d: f"D{d}")
+def compiled(request, tmp_path_factory):
+    head_dim = request.param
+    nvcc, cuobjdump = find_nvcc(), find_cuobjdump()
+    if nvcc is None or cuobjdump is None:
+        pytest.skip("nvcc or cuobjdump not found: the sm_90a forward cannot be compiled here")
+    obj = tmp_path_factory.mktemp("fwd_sass") / f"fwd_d{head_dim}.o"
+    src = ROOT / "csrc" / "cuda" / f"fwd_sm90_d{head_dim}.cu"
+    proc = subprocess.run([nvcc, "-std=c++20", "-O3", "--use_fast_math", "--expt-relaxed-constexpr",
+                           "-gencode=arch=compute_90a,code=sm_90a", "-DFLASHCORE_CUDA=1", *_include_flags(), "-c",
+                           str(src), "-o", str(obj), "-Xptxas", "-v"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    sass = subprocess.run([cuobjdump, "--dump-sass", str(obj)], capture_output=True, text=True, check=True).stdout
+    return head_dim, proc.stderr, parse_sass(sass)
+
+
+def test_ptxas_keeps_the_pipeline(compiled):
+    _, log, _ = compiled
+    bad = [line for line in log.splitlines() if re.search(r"\(C75(0[8-9]|1\d|20)\)", line)]
+    assert not bad, "ptxas serialized wgmmas or dropped setmaxnreg:\n" + "\n".join(bad)
+    frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    assert len(frames) == 2 and all(f == ("0", "0", "0") for f in frames), frames
+
+
+def test_wgmma_forms(compiled):
+    head_dim, _, kernels = compiled
+    block_n = CASES[head_dim]
+    fwd = {name: code for name, code in kernels.items() if "fwd_kernel" in name}
+    assert len(fwd) == 2, list(kernels)  # bf16 and fp16
+    for name, code in fwd.items():
+        suffix = ".BF16" if "Lb1E" in name else ""
+        qk = [i for i in code if i.split()[0] == f"HGMMA.64x{block_n}x16.F32{suffix}"]
+        pv = [i for i in code if i.split()[0] == f"HGMMA.64x{head_dim}x16.F32{suffix}"]
+        assert len(qk) == 2 * head_dim // 16, qk  # prologue + loop, D/16 K slices each
+        assert len(pv) == 2 * block_n // 16, pv  # loop + tail, block_n/16 K slices each
+        for ins in qk:  # SS: "HGMMA R24, gdesc[UR8], R24" or "..., RZ, !UPT"
+            assert "gdesc" in ins.split()[2] and ".tnsp" not in ins, ins
+        assert sum("RZ, !UPT" in i for i in qk) == 2, "the first K slice of each S batch must overwrite S"
+        for ins in pv:  # RS with MN-major B: "HGMMA R24, R152, gdesc[UR4].tnspB, R24"
+            assert re.match(r"R\d+,", ins.split()[2]) and ".tnspB" in ins and "!UPT" not in ins, ins
+        assert sum(i.startswith("WARPGROUP.ARRIVE") for i in code) == 3, "one wgmma.fence per batch, none injected"
+        assert "USETMAXREG.DEALLOC.CTAPOOL 0x18" in code
+        assert any(re.fullmatch(r"USETMAXREG\.TRY_ALLOC\.CTAPOOL \w+, 0xf0", i) for i in code)
