@@ -21,7 +21,7 @@
 #if defined(FLASHCORE_CUDA)
 #define FLASHCORE_HAS_BWD 1  // csrc/cuda/bwd_sm90.cu
 #elif defined(FLASHCORE_HIP)
-#define FLASHCORE_HAS_BWD 0  // the gfx942 backward (csrc/hip) sets this to 1 when it defines launch_bwd
+#define FLASHCORE_HAS_BWD 1  // the gfx942 backward: csrc/hip/bwd_gfx942.hip defines launch_bwd
 #else
 #define FLASHCORE_HAS_BWD 0
 #endif

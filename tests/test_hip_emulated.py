@@ -281,7 +281,8 @@ def test_forward_causal_large_head_dims(emu, head_dim, causal):
     check_dense(emu, 1, 130, 161, 2, 1, head_dim, torch.float16, causal=causal)
 
 
-@pytest.mark.parametrize("window", [(16, 8), (0, 0), (40, -1), (-1, 5), (3, 3), (200, 0)])
+@pytest.mark.parametrize("window", [(16, 8), (0, 0), (40, -1), (-1, 5), (3, 3), (200, 0), (2**31 - 1, 3),
+                                    (3, 2**31 - 1)])
 @pytest.mark.parametrize("seqlens", [(130, 130), (77, 200), (200, 77)])
 def test_forward_window(emu, window, seqlens):
     check_dense(emu, 1, *seqlens, 2, 1, 128, torch.bfloat16, window=window)

@@ -56,6 +56,9 @@ inline int block_id_y() { return emu::block_id(1); }
 inline int block_id_z() { return emu::block_id(2); }
 inline void block_barrier() { emu::block_barrier(); }
 inline int readfirstlane(int v) { return emu::readfirstlane(v); }
+inline void schedule_fence() {}
+template <class T>
+inline T opaque(T v) { return v; }
 
 #else
 
@@ -78,6 +81,20 @@ FLASHCORE_DEVICE void block_barrier() {
   __builtin_amdgcn_s_barrier();
   __builtin_amdgcn_fence(__ATOMIC_ACQUIRE, "workgroup");
 #endif
+}
+
+// No instruction moves across this point in the compiler's scheduling (it emits no code): for the places where
+// hoisting loads early would push the live registers past the budget.
+FLASHCORE_DEVICE void schedule_fence() { __builtin_amdgcn_sched_barrier(0); }
+
+// A wave-uniform value (a pointer or integer in SGPRs) the compiler cannot see through: what is computed from it
+// is computed where it is used. Loop-invariant code motion would otherwise hoist that work out of the loop and
+// keep its results live across every iteration, and values read from the kernel arguments would stay in SGPRs
+// from the first use to the last instead of being read again.
+template <class T>
+FLASHCORE_DEVICE T opaque(T v) {
+  __asm__ volatile("" : "+s"(v));
+  return v;
 }
 
 // Lane 0's value in every lane: makes a value the compiler cannot prove wave-uniform live in an SGPR.

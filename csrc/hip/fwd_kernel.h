@@ -102,8 +102,8 @@ struct FwdTile {
   static_assert(kKChunks % kKLanesPerRow == 0 && kKeys % kKRowsPerPass == 0, "K chunks tile the K tile");
 
   // --- LDS addresses: the kernel uses these, and the harness replays them against the bank model (lds.h)
-  static constexpr int key_of_row(int m) { return (m & ~12) | (m & 4) << 1 | (m & 8) >> 1; }
-  static constexpr int dim_of_row(int m) { return (m & 3) | (m & 8) >> 1 | (m & 16) >> 1 | (m & 4) << 2; }
+  static constexpr int key_of_row(int m) { return swap_bits_2_3(m); }
+  static constexpr int dim_of_row(int m) { return contiguous_16(m); }
   // Key (within the tile) of S^T register r of 32-key block `blk` in lane half `half`.
   static constexpr int key_of_register(int blk, int half, int r) {
     return 32 * blk + key_of_row(8 * (r / 4) + 4 * half + r % 4);
@@ -155,9 +155,6 @@ struct FwdTile {
   }
 };
 
-FLASHCORE_DEVICE u32x2 low8(u32x4 v) { return u32x2{v[0], v[1]}; }
-FLASHCORE_DEVICE u32x2 high8(u32x4 v) { return u32x2{v[2], v[3]}; }
-
 template <int D, class E>
 FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(FwdTile<D>::kThreads, FwdTile<D>::kMinWavesPerSimd)
     fwd_kernel(const FwdParams p) {
@@ -192,9 +189,13 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(FwdTile<D>::kThreads, FwdTile<D>::
   // ---- keys the block and the wave can see: [begin, end)
   const int offset = seqlen_k - seqlen_q;  // bottom-right alignment
   const bool bounded_left = p.window_left >= 0, bounded_right = p.window_right >= 0;
-  auto first_key = [&](int first_row) { return bounded_left ? max_int(0, first_row + offset - p.window_left) : 0; };
+  // Window sides clamped to 2^30 (the host passes up to INT32_MAX): a side plus a row or key index below cannot
+  // overflow, and nothing changes, as no index reaches 2^30.
+  constexpr int kFar = 1 << 30;
+  const int window_left = min_int(p.window_left, kFar), window_right = min_int(p.window_right, kFar);
+  auto first_key = [&](int first_row) { return bounded_left ? max_int(0, first_row + offset - window_left) : 0; };
   auto end_key = [&](int last_row) {
-    return bounded_right ? min_int(seqlen_k, last_row + offset + p.window_right + 1) : seqlen_k;
+    return bounded_right ? min_int(seqlen_k, last_row + offset + window_right + 1) : seqlen_k;
   };
   const int block_last = min_int(block_q0 + T::kBlockRows, seqlen_q) - 1;
   const int wave_last = min_int(wave_q0 + T::kRowsPerWave, seqlen_q) - 1;
@@ -333,8 +334,8 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(FwdTile<D>::kThreads, FwdTile<D>::
       if (active) {
         // Masks only where the tile cuts the sequence end or the band of this wave's rows.
         const bool masked = k0 + kKeys > seqlen_k ||
-                            (bounded_right && k0 + kKeys - 1 > wave_q0 + offset + p.window_right) ||
-                            (bounded_left && k0 < wave_q0 + T::kRowsPerWave - 1 + offset - p.window_left);
+                            (bounded_right && k0 + kKeys - 1 > wave_q0 + offset + window_right) ||
+                            (bounded_left && k0 < wave_q0 + T::kRowsPerWave - 1 + offset - window_left);
         // One wave-uniform branch per option, each around a whole loop (a test per element would be a branch
         // per element: the loops are unrolled and the compiler does not unswitch them).
         if (softcap) {
@@ -350,8 +351,8 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(FwdTile<D>::kThreads, FwdTile<D>::
 #pragma unroll
             for (int r = 0; r < 16; ++r) {
               const int key = k0 + T::key_of_register(blk, half, r);
-              const bool visible = key < seqlen_k && (!bounded_right || key <= q + offset + p.window_right) &&
-                                   (!bounded_left || key >= q + offset - p.window_left);
+              const bool visible = key < seqlen_k && (!bounded_right || key <= q + offset + window_right) &&
+                                   (!bounded_left || key >= q + offset - window_left);
               s[blk][r] = visible ? s[blk][r] : -kInf;
             }
           }

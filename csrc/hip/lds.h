@@ -55,6 +55,29 @@ FLASHCORE_DEVICE void lds_store16(uint8_t* lds, uint32_t offset, u32x4 v) {  // 
   *reinterpret_cast<u32x4*>(lds + offset) = v;
 }
 
+FLASHCORE_DEVICE void lds_store2(uint8_t* lds, uint32_t offset, uint32_t v) {  // ds_write_b16: bits 15:0 of v
+  *reinterpret_cast<uint16_t*>(lds + offset) = static_cast<uint16_t>(v);
+}
+
+// A lane's LDS address of 16-byte chunk 2t + half (t = 0, 1, ...) of row 32 block + row (row < 32) in a swizzled
+// tile of kRowChunks chunks per row, as (lane part) + (immediate part): the swizzle depends on row bits 0..4 only
+// and XORs within aligned groups of kGroup chunks, so the lane part depends on t only through t % kVariants and a
+// lane keeps kVariants address registers for all blocks and steps. at(block, t) == base + lds_offset(...).
+template <int kRowChunks>
+struct LanePairAddress {
+  static constexpr int kGroup = kRowChunks % 8 == 0 ? 8 : 4;
+  static constexpr int kVariants = kGroup / 2;
+  uint32_t lane[kVariants];
+  FLASHCORE_DEVICE LanePairAddress(uint32_t base, int row, int half) {
+#pragma unroll
+    for (int v = 0; v < kVariants; ++v) lane[v] = base + lds_offset<kRowChunks>(row, 2 * v + half);
+  }
+  static constexpr uint32_t step(int block, int t) {
+    return static_cast<uint32_t>((32 * block * kRowChunks + 2 * (t - t % kVariants)) * 16);
+  }
+  FLASHCORE_DEVICE uint32_t at(int block, int t) const { return lane[t % kVariants] + step(block, t); }
+};
+
 FLASHCORE_DEVICE void lds_store8(uint8_t* lds, uint32_t offset, u32x2 v) {  // ds_write_b64
   *reinterpret_cast<u32x2*>(lds + offset) = v;
 }

@@ -27,6 +27,13 @@ FLASHCORE_DEVICE u32x4 load16_or_zero(const void* p, bool valid) {
   return v & keep;
 }
 
+FLASHCORE_DEVICE float load_f32(const float* p) {
+#if defined(FLASHCORE_HIP_EMU)
+  emu::check_global(p, 4, false);
+#endif
+  return *p;
+}
+
 // A raw buffer: `bytes` from `base`; a load at an offset at or past `bytes` returns zeros.
 #if defined(FLASHCORE_HIP_EMU)
 struct GlobalBuffer {
@@ -63,6 +70,19 @@ FLASHCORE_DEVICE u32x4 buffer_load16(const GlobalBuffer& buffer, uint32_t offset
 #else
   return bit_cast<u32x4>(__builtin_amdgcn_raw_buffer_load_b128(buffer.rsrc, static_cast<int>(offset),
                                                                static_cast<int>(scalar_offset), 0));
+#endif
+}
+
+// buffer_load_ushort at byte offset + scalar_offset (2-byte aligned): the element in bits 15:0, or 0 past the end.
+FLASHCORE_DEVICE uint32_t buffer_load2(const GlobalBuffer& buffer, uint32_t offset, uint32_t scalar_offset = 0) {
+#if defined(FLASHCORE_HIP_EMU)
+  offset += scalar_offset;
+  if (offset >= buffer.bytes) return 0u;
+  if (offset + 2 > buffer.bytes) emu::fail("buffer load straddles the end of its buffer (undefined here)");
+  emu::check_global(buffer.base + offset, 2, false);
+  return *reinterpret_cast<const uint16_t*>(buffer.base + offset);
+#else
+  return __builtin_amdgcn_raw_buffer_load_b16(buffer.rsrc, static_cast<int>(offset), static_cast<int>(scalar_offset), 0);
 #endif
 }
 

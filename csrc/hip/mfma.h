@@ -52,6 +52,20 @@ struct MfmaLayout {
   static constexpr int c_col(int lane) { return lane % M; }
 };
 
+// Two A-row permutations of a 32x32x8 MFMA (rows may be permuted freely, see above) that the attention kernels
+// use to make a lane's accumulator registers land on consecutive matrix elements:
+//   swap_bits_2_3(m): row m holds element (m with bits 2 and 3 swapped). Lane half h's registers of k-steps 2t and
+//                     2t + 1 (rows 16t + 8jj + 4h + i) then hold elements 16t + 8h + 0..7: one 16-byte LDS read of
+//                     the matching operand feeds both MFMAs that consume those registers as B.
+//   contiguous_16(m): row m holds element 16 (bit 2) + 8 (bit 4) + 4 (bit 3) + (m & 3), so lane half h's 16
+//                     accumulator registers are elements 16h..16h+15 (two 16-byte stores).
+constexpr int swap_bits_2_3(int m) { return (m & ~12) | (m & 4) << 1 | (m & 8) >> 1; }
+constexpr int contiguous_16(int m) { return (m & 3) | (m & 8) >> 1 | (m & 16) >> 1 | (m & 4) << 2; }
+
+// The two 8-byte MFMA operands in a 16-byte LDS / global read: 8 consecutive k feed two successive MFMAs.
+FLASHCORE_DEVICE u32x2 low8(u32x4 v) { return u32x2{v[0], v[1]}; }
+FLASHCORE_DEVICE u32x2 high8(u32x4 v) { return u32x2{v[2], v[3]}; }
+
 #if !defined(FLASHCORE_HIP_EMU)
 typedef short s16x4 __attribute__((ext_vector_type(4)));
 typedef _Float16 f16x4 __attribute__((ext_vector_type(4)));

@@ -25,6 +25,15 @@ FLASHCORE_DEVICE float swap_halves(float v) {
 #endif
 }
 
+// The value lane `source` holds (ds_bpermute_b32 with a per-lane source; no LDS memory is touched).
+FLASHCORE_DEVICE float lane_value(float v, int source) {
+#if defined(FLASHCORE_HIP_EMU)
+  return bit_cast<float>(emu::ds_bpermute(source * 4, bit_cast<int>(v)));
+#else
+  return bit_cast<float>(__builtin_amdgcn_ds_bpermute(source * 4, bit_cast<int>(v)));
+#endif
+}
+
 // True in every lane when `pred` holds in at least one lane of the wave (v_cmp into a 64-bit lane mask, then a
 // scalar test): a wave-uniform branch condition.
 FLASHCORE_DEVICE bool wave_any(bool pred) {

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -299,6 +300,18 @@ int readfirstlane(int v) {
   });
 }
 
+void wait_counter(const int32_t* counter, int32_t value) {
+  check_global(counter, 4, false);
+  const auto start = std::chrono::steady_clock::now();
+  std::atomic_ref<int32_t> flag(*const_cast<int32_t*>(counter));  // read only
+  while (flag.load(std::memory_order_acquire) != value) {
+    if (std::chrono::steady_clock::now() - start > std::chrono::duration<double>(kSpinSeconds)) {
+      worker().fail_here("counter wait never satisfied (blocks waiting on each other, or on one never launched)");
+    }
+    std::this_thread::yield();
+  }
+}
+
 int to_c_status(const std::string& message, char* error, int error_bytes) {
   if (message.empty()) return 0;
   std::snprintf(error, static_cast<size_t>(error_bytes), "%s", message.c_str());
@@ -306,7 +319,7 @@ int to_c_status(const std::string& message, char* error, int error_bytes) {
 }
 
 std::string launch(Dim3 grid, int block_threads, const std::function<void()>& kernel, const GlobalRange* ranges,
-                   int num_ranges, int os_threads, LaunchStats* stats, Schedule schedule) {
+                   int num_ranges, int os_threads, LaunchStats* stats, Schedule schedule, bool reverse_blocks) {
   if (block_threads <= 0 || block_threads % kWaveSize != 0) return "block size must be a multiple of 64";
   const std::lock_guard<std::mutex> one_launch_at_a_time(g_ranges_mutex);
   g_ranges = ranges;
@@ -323,7 +336,8 @@ std::string launch(Dim3 grid, int block_threads, const std::function<void()>& ke
     w.block_threads = block_threads;
     w.fibers.resize(block_threads);
     tl_worker = &w;
-    for (long i; (i = next.fetch_add(1)) < total;) {
+    for (long n; (n = next.fetch_add(1)) < total;) {
+      const long i = reverse_blocks ? total - 1 - n : n;
       const int bx = static_cast<int>(i % grid.x), by = static_cast<int>(i / grid.x % grid.y),
                 bz = static_cast<int>(i / (static_cast<long>(grid.x) * grid.y));
       if (!w.run_block(bx, by, bz)) {

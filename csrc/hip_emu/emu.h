@@ -52,6 +52,11 @@ Out wave_collective(const char* name, const In& in, const Fn& fn) {  // fn(const
 
 int readfirstlane(int v);  // v_readfirstlane_b32: lane 0's value in every lane
 
+// Spins until the global int32 at `counter` equals `value` (acquire): one lane of a block waiting for other
+// blocks, which run on other OS threads (or ran before it on this one). Fails the launch after kSpinSeconds.
+void wait_counter(const int32_t* counter, int32_t value);
+constexpr double kSpinSeconds = 30.0;  // far beyond any test's run time: only a real ordering deadlock gets here
+
 // --- launching (host side of the harness) ----------------------------------------------------------------------
 struct Dim3 {
   int x = 1, y = 1, z = 1;
@@ -80,8 +85,10 @@ int to_c_status(const std::string& message, char* error, int error_bytes);
 
 // Runs `kernel` (the kernel body, called once per work-item) over `grid` blocks of `block_threads` work-items
 // (a multiple of 64) on up to `os_threads` threads. Returns "" on success, else the first error.
+// reverse_blocks: hand out blocks last to first instead of first to last (blocks that wait on each other in
+// launch order then need one OS thread each to make progress).
 std::string launch(Dim3 grid, int block_threads, const std::function<void()>& kernel,
                    const GlobalRange* ranges, int num_ranges, int os_threads, LaunchStats* stats,
-                   Schedule schedule = Schedule::kRoundRobin);
+                   Schedule schedule = Schedule::kRoundRobin, bool reverse_blocks = false);
 
 }  // namespace flashcore::emu
