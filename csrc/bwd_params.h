@@ -46,13 +46,16 @@ struct BwdParams {
   int64_t dq_stride_b, dq_stride_s, dq_stride_h;
   int64_t dk_stride_b, dk_stride_s, dk_stride_h;
   int64_t dv_stride_b, dv_stride_s, dv_stride_h;
-  int64_t total_q, total_k;  // rows of q and k in their sequence dimension: batch * seqlen (dense), total (varlen)
 
   // bwd_workspace_bytes(*this) bytes, zero-filled, kBwdWorkspaceAlign-aligned: the vendor's fp32 dQ (and, if it
   // wants them, dK/dV) accumulators and semaphores. nullptr when the vendor asked for none.
   void* workspace;
   // true: bit-identical results across runs with the same inputs (accumulation in a fixed order).
   bool deterministic;
+
+  // Rows of q and k in their sequence dimension: batch * seqlen (dense), total (varlen); what a tensor map over the
+  // flat tensors needs (FwdParams has only max_seqlen for varlen). Last, so the fields before keep their offsets.
+  int64_t total_q, total_k;
 };
 
 // BwdParams for checked arguments (csrc/bwd.cpp checks them): q, k, v, out, lse, cu_seqlens and the options as
