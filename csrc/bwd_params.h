@@ -19,7 +19,7 @@
 // Builds whose vendor has a backward kernel (a launch_bwd below): the shared host code (bwd.cpp) and the `bwd`
 // registration (flashcore.cpp) exist only there. One line per vendor, so each kernel switches its own on.
 #if defined(FLASHCORE_CUDA)
-#define FLASHCORE_HAS_BWD 0  // the sm_90a backward (csrc/cuda) sets this to 1 when it defines launch_bwd
+#define FLASHCORE_HAS_BWD 1  // csrc/cuda/bwd_sm90.cu
 #elif defined(FLASHCORE_HIP)
 #define FLASHCORE_HAS_BWD 1  // the gfx942 backward: csrc/hip/bwd_gfx942.hip defines launch_bwd
 #else
@@ -52,6 +52,10 @@ struct BwdParams {
   void* workspace;
   // true: bit-identical results across runs with the same inputs (accumulation in a fixed order).
   bool deterministic;
+
+  // Rows of q and k in their sequence dimension: batch * seqlen (dense), total (varlen); what a tensor map over the
+  // flat tensors needs (FwdParams has only max_seqlen for varlen). Last, so the fields before keep their offsets.
+  int64_t total_q, total_k;
 };
 
 // BwdParams for checked arguments (csrc/bwd.cpp checks them): q, k, v, out, lse, cu_seqlens and the options as
@@ -74,6 +78,8 @@ inline BwdParams make_bwd_params(const FwdParams& fwd, const Strided& dout, cons
   strides(dq, p.dq_stride_b, p.dq_stride_s, p.dq_stride_h);
   strides(dk, p.dk_stride_b, p.dk_stride_s, p.dk_stride_h);
   strides(dv, p.dv_stride_b, p.dv_stride_s, p.dv_stride_h);
+  p.total_q = varlen ? dq.size[0] : dq.size[0] * dq.size[1];
+  p.total_k = varlen ? dk.size[0] : dk.size[0] * dk.size[1];
   p.deterministic = deterministic;
   return p;
 }

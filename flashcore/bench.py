@@ -24,9 +24,10 @@ What is measured (read this before quoting a number):
   shape is compared with a float32 reference (TF32 off) by ‖x − ref‖ / ‖ref‖. The reference runs on
   the first batches/heads of the same inputs (a slice of at most CHECK_MAX_SCORES scores; heads and
   batches are independent, so the slice of the full call's result is exact to compare).
-- Peers "flashcore" (flashcore.attention: whichever backend the routing picks; the sm_90a kernel is opt-in
-  until proven, so on an H100 without FLASHCORE_BACKEND=cuda_sm90 that is the reference) and "flashcore_sm90"
-  (torch.ops.flashcore_sm90.fwd called directly: the sm_90a forward kernel, fwd mode only).
+- Peers "flashcore" (flashcore.attention: whichever backend the routing picks; the sm_90a kernels are opt-in
+  until proven, so on an H100 without FLASHCORE_BACKEND=cuda_sm90 that is the reference), "flashcore_sm90"
+  (torch.ops.flashcore_sm90.fwd and .bwd called directly: the sm_90a kernels) and "flashcore_sm90_det" (the same
+  with the deterministic backward).
 - CPU (no GPU): a tiny float32 sweep timed with time.perf_counter, peers flashcore and SDPA math.
   It exists so CI exercises this module; its numbers mean nothing.
 
@@ -104,7 +105,8 @@ SEED = 1234  # inputs are fresh random normals per shape, from SEED + shape inde
 ERROR_CHARS = 600  # error texts in the JSON are cut to this length
 
 SCHEMA = "flashcore.bench/1"
-GPU_PEERS = ("flashcore", "flashcore_sm90", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "fa2", "fa3")
+GPU_PEERS = ("flashcore", "flashcore_sm90", "flashcore_sm90_det", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "fa2",
+             "fa3")
 CPU_PEERS = ("flashcore", "sdpa_math")
 
 
@@ -177,28 +179,50 @@ def _flash_attn_peer(name: str, module: str) -> Peer:
     return Peer(name, call)
 
 
-def _flashcore_sm90_peer() -> Peer:
-    """The sm_90a forward kernel called directly (torch.ops.flashcore_sm90.fwd). Until a GPU run proves it, the
-    kernel is opt-in (FLASHCORE_BACKEND=cuda_sm90), so the "flashcore" peer may be the reference on an H100; this
-    peer times the kernel whatever the routing says. Forward only: there is no sm_90a backward kernel yet."""
+class _Sm90KernelAttention(torch.autograd.Function):
+    """torch.ops.flashcore_sm90.fwd, and torch.ops.flashcore_sm90.bwd as its backward: the two kernels called
+    directly, whatever the routing says (FLASHCORE_BACKEND decides only for the "flashcore" peer)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal: bool, deterministic: bool):
+        scale = q.shape[-1] ** -0.5
+        out, lse = torch.ops.flashcore_sm90.fwd(q, k, v, None, None, 0, 0, scale, causal, -1, -1, 0.0, deterministic)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.causal, ctx.deterministic, ctx.scale = causal, deterministic, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = torch.ops.flashcore_sm90.bwd(dout.contiguous(), q, k, v, out, lse, None, None, None, q.shape[1],
+                                                  k.shape[1], ctx.scale, ctx.causal, -1, -1, 0.0, ctx.deterministic)
+        return dq, dk, dv, None, None
+
+
+def _flashcore_sm90_peer(deterministic: bool = False) -> Peer:
+    """The sm_90a kernels called directly (torch.ops.flashcore_sm90.fwd / .bwd). Until a GPU run proves them, the
+    kernels are opt-in (FLASHCORE_BACKEND=cuda_sm90), so the "flashcore" peer may be the reference on an H100; this
+    peer times the kernels whatever the routing says. "flashcore_sm90_det" runs the backward with deterministic=True
+    (ordered dQ accumulation): its bwd rows next to flashcore_sm90's are the price of determinism."""
     from flashcore import _ext
-    name = "flashcore_sm90"
-    if not _ext.has_op(name, "fwd"):
+    name = "flashcore_sm90_det" if deterministic else "flashcore_sm90"
+    if not _ext.has_op("flashcore_sm90", "fwd"):
         return Peer(name, error="this build of the extension has no flashcore_sm90::fwd (CUDA builds only)")
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
         return Peer(name, error="needs an sm_90 GPU (H100/H200)")
+    has_bwd = _ext.has_op("flashcore_sm90", "bwd")
 
     def call(q, k, v, causal):
-        if q.requires_grad:
-            raise RuntimeError("forward kernel only: fwd+bwd needs the sm_90a backward kernel (issue 5)")
-        return torch.ops.flashcore_sm90.fwd(q, k, v, None, None, 0, 0, q.shape[-1] ** -0.5, causal, -1, -1, 0.0,
-                                            False)[0]
+        if q.requires_grad and not has_bwd:
+            raise RuntimeError("this build has no flashcore_sm90::bwd: forward only")
+        return _Sm90KernelAttention.apply(q, k, v, causal, deterministic)
     return Peer(name, call)
 
 
 PEERS: dict[str, Callable[[], Peer]] = {
     "flashcore": lambda: Peer("flashcore", lambda q, k, v, causal: flashcore.attention(q, k, v, causal=causal)),
     "flashcore_sm90": _flashcore_sm90_peer,
+    "flashcore_sm90_det": lambda: _flashcore_sm90_peer(deterministic=True),
     "sdpa_flash": lambda: _sdpa_peer("sdpa_flash", "FLASH_ATTENTION"),
     "sdpa_cudnn": lambda: _sdpa_peer("sdpa_cudnn", "CUDNN_ATTENTION"),
     "sdpa_efficient": lambda: _sdpa_peer("sdpa_efficient", "EFFICIENT_ATTENTION"),
@@ -688,6 +712,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gemm", action="store_true",
                    help=f"instead of the sweep: flashcore_sm90::gemm vs torch.matmul at {GEMM_SIZES} (JSON only)")
     p.add_argument("--gemm-sizes", type=_ints, help="with --gemm: comma list of M = N = K")
+    p.add_argument("--bwd-op", action="store_true",
+                   help="instead of the sweep: the sm_90a backward op alone (and deterministic) vs SDPA flash / "
+                        "cuDNN backward on the sweep's shapes (flashcore/bench_bwd.py; JSON only)")
     p.add_argument("--odd-shapes", action="store_true",
                    help="instead of the standard sweep: head dims 64-256 x heads 12-40 x seqlens off the 128 grid "
                         "(flashcore only unless --peers), the shapes `python -m flashcore.advise --validate` reads")
@@ -702,7 +729,8 @@ def make_config(args: argparse.Namespace) -> Config:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype or
                                                                                   ("bf16" if gpu else "fp32")]
     # odd shapes: flashcore, and any peer calling one of our kernel libraries directly (flashcore_<arch>)
-    odd_peers = ("flashcore",) + tuple(n for n in PEERS if n.startswith("flashcore_")) if gpu else ("flashcore",)
+    odd_peers = ("flashcore",) + tuple(n for n in PEERS if n.startswith("flashcore_") and not n.endswith("_det")) \
+        if gpu else ("flashcore",)  # the deterministic variant is not an advisor measurement
     default_peers = odd_peers if args.odd_shapes else (GPU_PEERS if gpu else CPU_PEERS)
     names = tuple(n.strip() for n in args.peers.split(",")) if args.peers else default_peers
     unknown = [n for n in names if n not in PEERS]
@@ -726,6 +754,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.gemm:
         return gemm_main(args)
+    if args.bwd_op:
+        from .bench_bwd import main as bwd_op_main
+        return bwd_op_main(args)
     cfg = make_config(args)
     cpu = cfg.device.type != "cuda"
     cpu_warning = "CPU smoke run: these numbers mean nothing; it only exercises the benchmark code."

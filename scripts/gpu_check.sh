@@ -7,13 +7,13 @@
 #
 # Environment:
 #   FLASHCORE_GPU_CHECK_QUICK=1      same as --quick (bench --quick: 2 seqlens per head dim)
-#   FLASHCORE_GPU_CHECK_SKIP=a,b     skip steps by name: build, tests, sanitizer, gemm, bench
+#   FLASHCORE_GPU_CHECK_SKIP=a,b     skip steps by name: build, tests, sanitizer, gemm, bwdop, bench
 #   FLASHCORE_GPU_CHECK_BUDGET_S=N   total seconds (default 540); the bench gets what the others leave
 #   FLASHCORE_GPU_CHECK_TESTS_CAP_S=N  seconds for the pytest step (default 120)
 #
 # With the forward and backward kernels the full matrix of GPU tests can outgrow one 10-minute call. Split it
 # over calls (the device keeps ignored build outputs between calls, so only the first builds):
-#   call 1: FLASHCORE_GPU_CHECK_SKIP=sanitizer,gemm,bench FLASHCORE_GPU_CHECK_TESTS_CAP_S=420 scripts/gpu_check.sh $OUT
+#   call 1: FLASHCORE_GPU_CHECK_SKIP=sanitizer,gemm,bwdop,bench FLASHCORE_GPU_CHECK_TESTS_CAP_S=420 scripts/gpu_check.sh $OUT
 #   call 2: FLASHCORE_GPU_CHECK_SKIP=tests scripts/gpu_check.sh $OUT
 #   FLASHCORE_GIT_COMMIT=<sha>       recorded in bench.json when the copy has no .git
 #   PYTHON=python3                   the interpreter holding torch (no pip install of torch here)
@@ -88,7 +88,7 @@ if ! skipped tests; then
 fi
 
 # 3. compute-sanitizer on a small forward+backward through flashcore (tail tiles, causal, Sq != Sk,
-#    every head dim), plus the flashcore_sm90 kernel ops (fwd, bwd_preprocess, gemm) called directly; the
+#    every head dim), plus the flashcore_sm90 kernel ops (fwd, bwd_preprocess, gemm, bwd) called directly; the
 #    forward both in single waves and over several (the dynamic tile scheduler's counter and hand-off).
 #    PYTORCH_NO_CUDA_MEMORY_CACHING makes every tensor its own cudaMalloc, so memcheck sees
 #    out-of-bounds accesses that would otherwise land inside the caching allocator's blocks.
@@ -148,6 +148,32 @@ for m, n, kk in ((1, 1, 8), (127, 257, 72), (2048, 4096, 320)):
     ref = a.float() @ b.float().T
     assert (c.float() - ref).norm() <= 1e-2 * ref.norm(), (m, n, kk)
     print(f"gemm {m}x{n}x{kk}: ok")
+# The sm_90a attention backward op directly (out / lse from the reference forward): every head dim, ragged tiles,
+# causal with Sq < Sk, a window, GQA / MQA, deterministic, softcap, and varlen with an empty sequence.
+if hasattr(ns, "bwd"):
+    from flashcore import reference
+    cases = ((193, 193, True, -1, 4, 2, False, 0.0), (97, 193, False, 33, 2, 2, True, 0.0),
+             (1, 65, True, -1, 2, 1, True, 5.0))
+    for head_dim in (64, 96, 128, 192, 256):
+        scale = head_dim ** -0.5
+        for sq, sk, causal, left, hq, hkv, det, cap in cases:
+            q, k, v = rand(2, sq, hq, head_dim), rand(2, sk, hkv, head_dim), rand(2, sk, hkv, head_dim)
+            right = 0 if causal else -1
+            out, lse = reference.forward(q, k, v, softmax_scale=scale, window_left=left, window_right=right,
+                                         softcap=cap)
+            grads = ns.bwd(rand(*out.shape), q, k, v, out, lse, None, None, None, sq, sk, scale, causal, left,
+                           right, cap, det)
+            torch.cuda.synchronize()
+            assert all(torch.isfinite(g).all() for g in grads), (head_dim, sq, sk)
+            print(f"bwd D={head_dim} Sq={sq} Sk={sk} causal={causal} left={left} heads={hq}/{hkv} det={det}: ok")
+        cu_q = torch.tensor([0, 0, 70, 71, 200], device=dev, dtype=torch.int32)
+        cu_k = torch.tensor([0, 5, 135, 135, 300], device=dev, dtype=torch.int32)
+        q, k, v = rand(200, 4, head_dim), rand(300, 2, head_dim), rand(300, 2, head_dim)
+        out, lse = reference.forward_varlen(q, k, v, cu_q, cu_k, softmax_scale=scale, window_right=0)
+        grads = ns.bwd(rand(*out.shape), q, k, v, out, lse, None, cu_q, cu_k, 129, 165, scale, True, -1, 0, 0.0,
+                       True)
+        torch.cuda.synchronize()
+        print(f"bwd varlen D={head_dim}: ok")
 EOF
   SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   : >"$OUT/sanitizer.log"
@@ -175,7 +201,20 @@ if ! skipped gemm; then
   record gemm "$rc" "$(($(date +%s) - t0))" ""
 fi
 
-# 5. Benchmark into OUTDIR with whatever time is left.
+# 5. The sm_90a backward op alone vs SDPA flash / cuDNN backward at D=128 (issue 5), lines into summary.txt (the
+#    directory already holds the 8 files the device tool returns; `python -m flashcore.bench --bwd-op` for the JSON).
+if ! skipped bwdop; then
+  t0=$(date +%s)
+  BWD_DIR=$(mktemp -d /tmp/flashcore_bwd_op.XXXXXX)
+  PYTHONUNBUFFERED=1 timeout "$(cap 90)" "$PY" -m flashcore.bench --bwd-op --quick --head-dims 128 \
+    --out "$BWD_DIR" >"$BWD_DIR/log" 2>&1
+  rc=$?
+  grep -E "^bwd |^wrote|Error" "$BWD_DIR/log" | tail -n 20 >>"$SUMMARY"
+  rm -rf "$BWD_DIR"
+  record bwdop "$rc" "$(($(date +%s) - t0))" ""
+fi
+
+# 6. Benchmark into OUTDIR with whatever time is left.
 if ! skipped bench; then
   left=$(($(remaining) - BENCH_RESERVE_S))
   args=(--out "$OUT" --stem bench --time-budget "$((left > 1 ? left : 1))")

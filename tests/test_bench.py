@@ -133,3 +133,16 @@ def test_gemm_mode_on_cpu_writes_rows(tmp_path):
     assert rows["torch.matmul"]["status"] == "ok" and rows["torch.matmul"]["samples"] >= bench.MIN_REPEATS
     assert rows["torch.matmul"]["flops"] == 2 * 64 ** 3
     assert rows["flashcore"]["status"] == "unsupported"
+
+
+def test_bwd_op_mode_parses_and_needs_a_gpu(capsys):
+    """`--bwd-op` (flashcore/bench_bwd.py) imports, parses the sweep options and, without a GPU, says so and exits
+    1; the deterministic kernel peer is part of the GPU sweep."""
+    args = bench.parse_args(["--bwd-op", "--quick", "--head-dims", "128", "--causal", "1"])
+    assert args.bwd_op and args.head_dims == (128,)
+    from flashcore import bench_bwd
+    assert bench_bwd.IMPLS == ("flashcore", "flashcore_det", "sdpa_flash", "sdpa_cudnn")
+    assert "flashcore_sm90_det" in bench.GPU_PEERS and "flashcore_sm90_det" in bench.PEERS
+    if not bench.torch.cuda.is_available():
+        assert bench.main(["--bwd-op"]) == 1
+        assert "needs a CUDA GPU" in capsys.readouterr().out
