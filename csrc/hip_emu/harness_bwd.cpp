@@ -8,32 +8,19 @@
 
 #include "../hip/bwd_kernel.h"
 #include "emu.h"
-
-#ifndef FLASHCORE_EMU_ELEMENT
-#error "compile with -DFLASHCORE_EMU_ELEMENT=Bf16 or Fp16"
-#endif
-#define FLASHCORE_CAT_(a, b) a##b
-#define FLASHCORE_CAT(a, b) FLASHCORE_CAT_(a, b)
+#include "harness_common.h"
 
 namespace {
 
 using namespace flashcore;
-using Element = gfx942::FLASHCORE_EMU_ELEMENT;
+using emu_harness::Element;
+using emu_harness::extent_bytes;
 #define FLASHCORE_EMU_IS_BF16 FLASHCORE_CAT(FLASHCORE_EMU_IS_, FLASHCORE_EMU_ELEMENT)
 #define FLASHCORE_EMU_IS_Bf16 1
 #define FLASHCORE_EMU_IS_Fp16 0
 #ifndef FLASHCORE_BWD_FAULT
 #define FLASHCORE_BWD_FAULT 0  // the negative tests' builds set 1 or 2 (bwd_kernel's kFault)
 #endif
-
-size_t extent_bytes(const Strided& t, size_t element_bytes) {  // bytes from data to the view's last element
-  int64_t last = 0;
-  for (int d = 0; d < t.dim; ++d) {
-    if (t.size[d] == 0) return 0;
-    last += (t.size[d] - 1) * t.stride[d];
-  }
-  return static_cast<size_t>(last + 1) * element_bytes;
-}
 
 struct Launch {
   std::vector<emu::GlobalRange> ranges;

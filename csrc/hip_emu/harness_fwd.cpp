@@ -7,26 +7,13 @@
 
 #include "../hip/fwd_kernel.h"
 #include "emu.h"
-
-#ifndef FLASHCORE_EMU_ELEMENT
-#error "compile with -DFLASHCORE_EMU_ELEMENT=Bf16 or Fp16"
-#endif
-#define FLASHCORE_CAT_(a, b) a##b
-#define FLASHCORE_CAT(a, b) FLASHCORE_CAT_(a, b)
+#include "harness_common.h"
 
 namespace {
 
 using namespace flashcore;
-using Element = gfx942::FLASHCORE_EMU_ELEMENT;
-
-size_t extent_bytes(const Strided& t, size_t element_bytes) {  // bytes from data to the view's last element
-  int64_t last = 0;
-  for (int d = 0; d < t.dim; ++d) {
-    if (t.size[d] == 0) return 0;
-    last += (t.size[d] - 1) * t.stride[d];
-  }
-  return static_cast<size_t>(last + 1) * element_bytes;
-}
+using emu_harness::Element;
+using emu_harness::extent_bytes;
 
 template <int D>
 std::string run(const FwdParams& p, const std::vector<emu::GlobalRange>& ranges, int os_threads, int schedule,
