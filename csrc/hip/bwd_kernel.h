@@ -172,8 +172,8 @@ constexpr int64_t bwd_workspace_bytes_for(const BwdParams& p) {
 template <int D, class E, int kFault = 0>
 FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::kWavesPerSimd)
     bwd_kernel(const BwdParams params) {
-  // Fields read here are held in SGPRs to their last use; the head loop and the epilogue read theirs again
-  // (reread_args, compat.h), so that nothing used only there is held through the loops: ~100 SGPRs, no spills.
+  // Fields read here are held in SGPRs to their last use; the head loop (D >= 192: the tile loop) and the epilogue
+  // read theirs again (reread_args, compat.h), so that none is held through the loops: ~100 SGPRs, no spills.
   const BwdParams& p = params;
   using T = BwdTile<D>;
   constexpr int kBlockM = T::kBlockM, kBlockN = T::kBlockN;
@@ -291,7 +291,8 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
 
   for (int head = head_kv * group; head < (head_kv + 1) * group; ++head) {
     if (t_lo > t_hi) break;
-    const BwdParams& p = reread_args(params);  // this head's fields (and the tile loop's): loaded in this loop
+    const BwdParams& head_params = reread_args(params);  // this head's fields (and the tile loop's), loaded here
+    const BwdParams& p = head_params;
     const FwdParams& f = p.fwd;
     const uint16_t* const q_base = static_cast<const uint16_t*>(f.q) + b * f.q_stride_b + q_start * f.q_stride_s +
                                    head * f.q_stride_h;
@@ -342,6 +343,10 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
     load_tile(do_base, p.do_stride_s, t_lo * kBlockM, 0u, staged_do);
 
     for (int t = t_lo; t <= t_hi; ++t) {
+      // D >= 192 (no prefetch; K/V re-read per tile) reads the tile's fields per tile too: without that, D = 256
+      // has no SGPR headroom at all. D <= 128 keeps the head's, so no scalar load delays its prefetch.
+      const BwdParams& p = T::kPrefetch ? head_params : reread_args(params);
+      const FwdParams& f = p.fwd;
       const int tile_q0 = t * kBlockM;
       store_tile(T::kQ, T::kQt, staged_q);
       store_tile(T::kDo, T::kDot, staged_do);
