@@ -171,7 +171,10 @@ constexpr int64_t bwd_workspace_bytes_for(const BwdParams& p) {
 // barrier that makes dS visible before the dQ MFMAs read it, 2 drops the ticket wait of deterministic mode.
 template <int D, class E, int kFault = 0>
 FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::kWavesPerSimd)
-    bwd_kernel(const BwdParams p) {
+    bwd_kernel(const BwdParams params) {
+  // Fields read here are held in SGPRs to their last use; the head loop (D >= 192: the tile loop) and the epilogue
+  // read theirs again (reread_args, compat.h), so that none is held through the loops: ~100 SGPRs, no spills.
+  const BwdParams& p = params;
   using T = BwdTile<D>;
   constexpr int kBlockM = T::kBlockM, kBlockN = T::kBlockN;
   const FwdParams& f = p.fwd;
@@ -288,6 +291,9 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
 
   for (int head = head_kv * group; head < (head_kv + 1) * group; ++head) {
     if (t_lo > t_hi) break;
+    const BwdParams& head_params = reread_args(params);  // this head's fields (and the tile loop's), loaded here
+    const BwdParams& p = head_params;
+    const FwdParams& f = p.fwd;
     const uint16_t* const q_base = static_cast<const uint16_t*>(f.q) + b * f.q_stride_b + q_start * f.q_stride_s +
                                    head * f.q_stride_h;
     const uint16_t* const do_base = static_cast<const uint16_t*>(p.dout) + b * p.do_stride_b +
@@ -337,6 +343,10 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
     load_tile(do_base, p.do_stride_s, t_lo * kBlockM, 0u, staged_do);
 
     for (int t = t_lo; t <= t_hi; ++t) {
+      // D >= 192 (no prefetch; K/V re-read per tile) reads the tile's fields per tile too: without that, D = 256
+      // has no SGPR headroom at all. D <= 128 keeps the head's, so no scalar load delays its prefetch.
+      const BwdParams& p = T::kPrefetch ? head_params : reread_args(params);
+      const FwdParams& f = p.fwd;
       const int tile_q0 = t * kBlockM;
       store_tile(T::kQ, T::kQt, staged_q);
       store_tile(T::kDo, T::kDot, staged_do);
@@ -407,10 +417,13 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
 #pragma unroll
           for (int r = 0; r < 16; ++r) x[r] = s[rb][r];
           if (softcap) {
+            // Read here (opaque): the products pair up into v_pk_mul_f32, and clang would otherwise hoist a
+            // {tanh_out, tanh_out} SGPR pair per instruction (7-8 per row block) out of the loops.
+            const float tanh_in = opaque(f.tanh_in), tanh_out = opaque(f.tanh_out);
 #pragma unroll
             for (int r = 0; r < 16; ++r) {
-              const float th = tanh_fast(x[r] * f.tanh_in);
-              x[r] = f.tanh_out * th;
+              const float th = tanh_fast(x[r] * tanh_in);
+              x[r] = tanh_out * th;
               dscale[r] = 1.0f - th * th;
             }
           }
@@ -542,6 +555,7 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
 
   // ---- epilogue: lane half h writes dims 32db + 16h .. + 15 of its key's dK and dV rows
   if (key_valid) {
+    const BwdParams& p = reread_args(params);  // dk, dv and their strides: loaded here, not held through the loops
     uint16_t* const dk_row = static_cast<uint16_t*>(p.dk) + b * p.dk_stride_b + (k_start + key) * p.dk_stride_s +
                              head_kv * p.dk_stride_h;
     uint16_t* const dv_row = static_cast<uint16_t*>(p.dv) + b * p.dv_stride_b + (k_start + key) * p.dv_stride_s +

@@ -59,6 +59,8 @@ inline int readfirstlane(int v) { return emu::readfirstlane(v); }
 inline void schedule_fence() {}
 template <class T>
 inline T opaque(T v) { return v; }
+template <class Args>
+inline const Args& reread_args(const Args& args) { return args; }
 
 #else
 
@@ -95,6 +97,17 @@ template <class T>
 FLASHCORE_DEVICE T opaque(T v) {
   __asm__ volatile("" : "+s"(v));
   return v;
+}
+
+// The kernel's by-value argument struct, read again from the kernarg segment where it is used: `args` must be
+// the kernel's only argument (kernarg offset 0). Clang copies a by-value kernel argument on entry, so every field
+// the kernel reads anywhere is loaded there and held in SGPRs up to its last use (the register allocator does not
+// reload them); fields read through this reference are s_loads (scalar cache hits) at the point of use instead.
+template <class Args>
+FLASHCORE_DEVICE const Args& reread_args(const Args&) {
+  using Kernarg = const __attribute__((address_space(4))) Args*;  // constant address space: s_load
+  const Kernarg kernarg = opaque((Kernarg)__builtin_amdgcn_kernarg_segment_ptr());
+  return *(const Args*)kernarg;
 }
 
 // Lane 0's value in every lane: makes a value the compiler cannot prove wave-uniform live in an SGPR.

@@ -13,7 +13,7 @@
 // dP accumulators (16 per 32 rows each) and the P / dS operands come on top. LDS holds Q, dO (row-major) and
 // Q^T, dO^T of one tile: 4 * block_m * D * 2 bytes (dS for dQ reuses the Q and dO space). Every head dim runs at
 // one wave per SIMD: two would cap a wave at 256 registers, and the K/V state alone is 1.75 D (csrc/hip/
-// isa_budget.json has the counts the allocator reached, 396..512 of 512).
+// isa_budget.json has the counts the allocator reached, 384..512 of 512).
 //
 //   D    block_m  LDS      why this block_m
 //   64   64       32 KiB   64 rows give each of the 4 waves one 32x32 dQ tile (2 row x 2 dim blocks) and halve
