@@ -84,9 +84,11 @@ ORDERS = {
     "sm90_fwd": "csrc/cuda/fwd/schedule.h tile_at: (sequence, head) pairs in L2-sized groups, inside a group the last "
                 "query block first with the group's pairs fastest; a shorter sequence's missing blocks are empty items",
     "blocks": "(block, head, sequence), block fastest; blocks past a shorter sequence's end are empty items",
-    "launch_last_first": "grid order, each (sequence, head)'s last query tile first; blocks past a shorter sequence "
-                         "exit at once (left out)",
-    "launch": "grid order, K/V block fastest; blocks past a sequence's end left out",
+    "tiles_slowest_last_first": "grid order as csrc/hip/compat.h tile_slowest maps it: per sequence, every head's "
+                                "last query tile, then every head's next-to-last, ...; blocks past a shorter "
+                                "sequence exit at once (left out)",
+    "tiles_slowest": "grid order as csrc/hip/compat.h tile_slowest maps it: per sequence, every K/V head's block 0, "
+                     "then every head's block 1, ...; blocks past a sequence's end left out",
 }
 NV_COLUMNS = ("head_dim", "block_m", "block_n", "stages", "warpgroups", "ctas_per_sm")
 AMD_COLUMNS = ("head_dim", "block_m", "block_n", "waves", "waves_per_simd")
@@ -105,13 +107,12 @@ KERNELS = {
                                 "c + SMs x ctas_per_sm, ...)", "blocks"),
     ("gfx942", "fwd"): KernelSpec("gfx942_fwd.h", "gfx942 forward", AMD_COLUMNS, "query", "q", "dynamic",
                                   "grid (query tile, head, sequence) as csrc/hip/fwd_gfx942.hip launches it, "
-                                  "dispatched in block order (query tile fastest; block x runs the x-th tile from "
-                                  "the end, so a causal head's longest tile first); XCD round-robin not modelled",
-                                  "launch_last_first"),
+                                  "dispatched in block order, tile slowest (every head's last, i.e. causal longest, "
+                                  "query tile first); XCD round-robin not modelled", "tiles_slowest_last_first"),
     ("gfx942", "bwd"): KernelSpec("gfx942_bwd.h", "gfx942 backward", AMD_COLUMNS, "kv", "kv", "dynamic",
                                   "grid (K/V block, K/V head, sequence) as csrc/hip/bwd_gfx942.hip launches it, each "
-                                  "block walking its group's query heads, dispatched in block order (K/V block "
-                                  "fastest: causal longest first)", "launch"),
+                                  "block walking its group's query heads, dispatched in block order, K/V block "
+                                  "slowest (every head's block 0, causal's longest, first)", "tiles_slowest"),
 }
 L2_GROUP_SHARE = 0.5  # sm90 fwd host code: a group of (sequence, head) pairs keeps its K/V within half of L2
 STEP_FLOPS_PER_MAC = {"fwd": 4, "bwd": 10}  # fwd: Q.K^T and P.V (2 GEMMs x 2 FLOPs); bwd: 5 GEMMs (S, dP, dV,
@@ -325,10 +326,15 @@ def kernel_order(spec: KernelSpec, gpu: Gpu, shape: Shape, pairs: list) -> list:
     if spec.order == "blocks":
         blocks = max(len(p) for p in pairs)
         return [t for p in pairs for t in p + [0.0] * (blocks - len(p))]
-    if spec.order == "launch_last_first":  # block x runs query tile (tiles - 1 - x) (csrc/hip/fwd_kernel.h block_q0)
-        return [t for p in pairs for t in reversed(p)]
-    if spec.order == "launch":  # block 0 is causal's longest K/V block
-        return [t for p in pairs for t in p]
+    if spec.order in ("tiles_slowest_last_first", "tiles_slowest"):
+        heads = shape.heads if spec.item_heads == "q" else shape.kv_heads  # pairs per sequence
+        last_first = spec.order == "tiles_slowest_last_first"  # the forward runs a sequence's last tile first
+        order = []
+        for first in range(0, len(pairs), heads):
+            sequence = [list(reversed(p)) if last_first else p for p in pairs[first:first + heads]]
+            for tile in range(max(len(p) for p in sequence)):
+                order += [p[tile] for p in sequence if tile < len(p)]
+        return order
     raise ValueError(f"KernelSpec.order: expected one of {sorted(ORDERS)}, got {spec.order!r}")
 
 

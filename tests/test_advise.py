@@ -179,15 +179,18 @@ def test_causal_waste_and_imbalance_by_hand(no_results):
 
 
 def test_gfx942_causal_schedule_runs_the_last_query_tile_first(no_results):
-    # csrc/hip/fwd_kernel.h maps block x to query tile (tiles - 1 - x): each (sequence, head) launches its longest
-    # causal tile first, so the model's launch order is the reversed tile list, not the tile order.
+    # csrc/hip/fwd_kernel.h maps its blocks tile slowest (compat.h tile_slowest) and runs query tile (tiles - 1 - t):
+    # per sequence, all 20 heads' last (causal: longest) tile launch first, then all heads' next-to-last, ...
     k = flashcore.advise(gpu="mi300x", batch=3, seqlen=3000, heads=20, head_dim=128, causal=True, suggest=False,
                          results_dir=no_results).kernels["fwd"]
     durations = [s + model.OVERHEAD_STEPS for s, _ in model.tile_steps("query", 3000, 128, 64, True)]
     slots = 304 * 2  # 304 CUs x 2 blocks of 4 waves (2 waves per SIMD)
-    launch = durations[::-1] * 60
+    launch = [t for t in durations[::-1] for _head in range(20)] * 3
     assert k.schedule_efficiency == pytest.approx(sum(launch) / (slots * model.schedule(launch, slots, "dynamic")))
-    assert model.schedule(launch, slots, "dynamic") < model.schedule(durations * 60, slots, "dynamic")
+    # better than each head walking its own tiles last-first (the mapping before tile_slowest), and than tile order
+    per_head = durations[::-1] * 60
+    assert model.schedule(launch, slots, "dynamic") < model.schedule(per_head, slots, "dynamic")
+    assert model.schedule(per_head, slots, "dynamic") < model.schedule(durations * 60, slots, "dynamic")
 
 
 def test_schedule_kinds_by_hand():

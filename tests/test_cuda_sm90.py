@@ -458,8 +458,8 @@ class _KernelBackwardAttention(torch.autograd.Function):
                                             k.shape[1], q.shape[-1] ** -0.5, True, -1, 0, 0.0, False)
 
 
-class _KernelAttention(torch.autograd.Function):
-    """Both sm_90a kernels: flashcore_sm90::fwd (out, lse) and this backward."""
+class _KernelAttention(_KernelBackwardAttention):
+    """Both sm_90a kernels: flashcore_sm90::fwd (out, lse) and the backward above."""
 
     @staticmethod
     def forward(ctx, q, k, v):
@@ -467,12 +467,6 @@ class _KernelAttention(torch.autograd.Function):
                                                 False)
         ctx.save_for_backward(q, k, v, out, lse)
         return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, out, lse = ctx.saved_tensors
-        return torch.ops.flashcore_sm90.bwd(dout.contiguous(), q, k, v, out, lse, None, None, None, q.shape[1],
-                                            k.shape[1], q.shape[-1] ** -0.5, True, -1, 0, 0.0, False)
 
 
 class _ReferenceAttention(torch.autograd.Function):

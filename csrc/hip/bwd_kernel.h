@@ -85,7 +85,8 @@ struct BwdTile {
   // per Q tile between the dK/dV MFMAs and the dQ ones (L1 hits; 128 two-byte loads per lane and tile).
   static constexpr bool kKeepKt = D <= 192;
 
-  // Grid: x = K/V blocks of the longest sequence, y = K/V heads, z = sequences.
+  // Grid: x = K/V blocks of the longest sequence, y = K/V heads, z = sequences, mapped block slowest
+  // (compat.h tile_slowest): every head's block 0 (causal: the longest) is dispatched before any head's block 1.
   static constexpr int grid_x(const FwdParams& f) { return (f.seqlen_k + kBlockN - 1) / kBlockN; }
   static constexpr int q_tiles(int seqlen_q) { return (seqlen_q + kBlockM - 1) / kBlockM; }
 
@@ -186,7 +187,9 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(BwdTile<D>::kThreads, BwdTile<D>::
   const int half = lane / 32;
 
   // ---- which sequence, K/V head and keys
-  const int b = block_id_z(), head_kv = block_id_y(), n = block_id_x();
+  const int b = block_id_z();
+  const TileHead slot = tile_slowest(T::grid_x(f), f.heads_kv);  // K/V block 0 (causal: the longest) of every head first
+  const int head_kv = slot.head, n = slot.tile;
   const int group = f.heads_q / f.heads_kv;
   int q_start = 0, k_start = 0, seqlen_q = f.seqlen_q, seqlen_k = f.seqlen_k;
   if (f.cu_seqlens_q != nullptr) {

@@ -115,4 +115,18 @@ FLASHCORE_DEVICE int readfirstlane(int v) { return __builtin_amdgcn_readfirstlan
 
 #endif
 
+// The (tile, head) this block runs in a grid of x = tiles, y = heads, tile slowest. The hardware dispatches the
+// blocks of a grid in increasing x + tiles * y, so with this mapping every head's tile 0 starts before any head's
+// tile 1: the kernels number tiles longest first (causal), and the short ones fill the tail of the schedule instead
+// of one head's long tiles starting last (flashcore/_advise_model.py models this order). 64-bit: tiles * heads
+// can pass 2^31 on absurd shapes, and the division runs once per block.
+struct TileHead {
+  int tile, head;
+};
+FLASHCORE_DEVICE TileHead tile_slowest(int tiles, int heads) {
+  const uint64_t linear = static_cast<uint64_t>(block_id_x()) + static_cast<uint64_t>(tiles) * block_id_y();
+  return {static_cast<int>(linear / static_cast<uint64_t>(heads)),
+          static_cast<int>(linear % static_cast<uint64_t>(heads))};
+}
+
 }  // namespace flashcore::gfx942

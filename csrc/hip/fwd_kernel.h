@@ -78,7 +78,9 @@ struct FwdTile {
   static constexpr int kMinWavesPerSimd = kRow.waves_per_simd;
 
   // Grid: x = query tiles of the longest sequence (seqlen_q is max_seqlen_q for varlen), y = query heads,
-  // z = sequences; blocks of one (sequence, head) are adjacent in launch order, so they read shared K/V from L2.
+  // z = sequences, mapped tile slowest (compat.h tile_slowest): a sequence's heads run their last (causal:
+  // longest) query tile first, then the next; concurrent blocks read the K/V of all the sequence's heads, which the
+  // 256 MB Infinity Cache holds for the usual shapes (16 heads x 16k x D 128: 128 MB).
   static constexpr int grid_x(const FwdParams& p) { return (p.seqlen_q + kBlockRows - 1) / kBlockRows; }
 
   static constexpr float kMaxGrowth = 8.0f;  // lazy rescale threshold, log2 units: P <= 2^8
@@ -170,7 +172,9 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(FwdTile<D>::kThreads, FwdTile<D>::
   const int half = lane / 32;
 
   // ---- which sequence, head and rows
-  const int b = block_id_z(), head = block_id_y();
+  const int b = block_id_z();
+  const TileHead slot = tile_slowest(T::grid_x(p), p.heads_q);
+  const int head = slot.head;
   const int head_kv = head / (p.heads_q / p.heads_kv);  // GQA/MQA: query heads share a K/V head, no copies
   int q_start = 0, k_start = 0, seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
   if (p.cu_seqlens_q != nullptr) {
@@ -180,8 +184,8 @@ FLASHCORE_GLOBAL void FLASHCORE_LAUNCH_BOUNDS(FwdTile<D>::kThreads, FwdTile<D>::
     seqlen_k = load_i32(p.cu_seqlens_k + b + 1) - k_start;
   }
   const int q_tiles = (seqlen_q + T::kBlockRows - 1) / T::kBlockRows;
-  if (block_id_x() >= q_tiles) return;  // the grid covers max_seqlen_q; this sequence is shorter
-  const int block_q0 = (q_tiles - 1 - block_id_x()) * T::kBlockRows;  // last rows first: causal's longest blocks
+  if (slot.tile >= q_tiles) return;  // the grid covers max_seqlen_q; this sequence is shorter
+  const int block_q0 = (q_tiles - 1 - slot.tile) * T::kBlockRows;  // last rows first: causal's longest blocks
   const int wave_q0 = block_q0 + wave * T::kRowsPerWave;
   const int q = wave_q0 + lane % 32;  // this lane's query row (lanes l and l + 32 share it)
   const bool q_valid = q < seqlen_q;
