@@ -99,10 +99,12 @@ KERNELS = {
                                 "first) with the group's pairs fastest; CTA c starts with tile c, then claims the "
                                 "next tile of that order from an atomic counter (FLASHCORE_SM90_STATIC_SCHEDULE=1: "
                                 "static, CTA c takes tiles c, c + SMs, ...)", "sm90_fwd"),
-    ("sm90", "bwd"): KernelSpec("sm90_bwd.h", "sm90 backward", NV_COLUMNS, "kv", "kv", "static",
-                                "static persistent (csrc/cuda/bwd_sm90_plan.h): one item per (K/V block, K/V head, "
+    ("sm90", "bwd"): KernelSpec("sm90_bwd.h", "sm90 backward", NV_COLUMNS, "kv", "kv", "dynamic",
+                                "dynamic persistent (csrc/cuda/bwd_sm90_plan.h): one item per (K/V block, K/V head, "
                                 "sequence) walking its group's query heads, K/V block fastest (causal: longest "
-                                "first); CTA c takes items c, c + SMs x ctas_per_sm, ...", "blocks"),
+                                "first); CTA c starts with item c, then claims the next item of that order from an "
+                                "atomic counter (FLASHCORE_SM90_STATIC_SCHEDULE=1: static, CTA c takes items c, "
+                                "c + SMs x ctas_per_sm, ...)", "blocks"),
     ("gfx942", "fwd"): KernelSpec("gfx942_fwd.h", "gfx942 forward", AMD_COLUMNS, "query", "q", "dynamic",
                                   "grid (query tile, head, sequence) as csrc/hip/fwd_gfx942.hip launches it, "
                                   "dispatched in block order, tile slowest (every head's last, i.e. causal longest, "

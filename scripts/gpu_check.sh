@@ -89,7 +89,7 @@ fi
 
 # 3. compute-sanitizer on a small forward+backward through flashcore (tail tiles, causal, Sq != Sk,
 #    every head dim), plus the flashcore_sm90 kernel ops (fwd, bwd_preprocess, gemm, bwd) called directly; the
-#    forward both in single waves and over several (the dynamic tile scheduler's counter and hand-off).
+#    forward and the backward both in single waves and over several (the dynamic scheduler's counter and hand-off).
 #    PYTORCH_NO_CUDA_MEMORY_CACHING makes every tensor its own cudaMalloc, so memcheck sees
 #    out-of-bounds accesses that would otherwise land inside the caching allocator's blocks.
 if ! skipped sanitizer; then
@@ -174,6 +174,20 @@ if hasattr(ns, "bwd"):
                        True)
         torch.cuda.synchronize()
         print(f"bwd varlen D={head_dim}: ok")
+    # The dynamic item scheduler (the default): more K/V-block items than SMs, so CTAs claim items from the counter
+    # in the workspace and the producer hands each index to the consumers through shared memory. Causal GQA with
+    # 10 blocks x 8 K/V heads x 2 sequences = 160 items, in atomic and deterministic mode (the ordered dQ adds under
+    # claimed items); D = 128 (128-key blocks) and D = 256 (64-key blocks, both consumers share a block).
+    for head_dim, seqlen in ((128, 1280), (256, 640)):
+        scale = head_dim ** -0.5
+        q, k, v = rand(2, seqlen, 16, head_dim), rand(2, seqlen, 8, head_dim), rand(2, seqlen, 8, head_dim)
+        out, lse = reference.forward(q, k, v, softmax_scale=scale, window_right=0)
+        for det in (False, True):
+            grads = ns.bwd(rand(*out.shape), q, k, v, out, lse, None, None, None, seqlen, seqlen, scale, True, -1, 0,
+                           0.0, det)
+            torch.cuda.synchronize()
+            assert all(torch.isfinite(g).all() for g in grads), (head_dim, det)
+            print(f"bwd D={head_dim}, dynamic schedule over several waves, det={det}: ok")
 EOF
   SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   : >"$OUT/sanitizer.log"

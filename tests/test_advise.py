@@ -279,6 +279,50 @@ def test_sm90_fwd_order_is_the_kernels(tmp_path):
     assert kernel == modelled
 
 
+def test_sm90_bwd_causal_schedule_is_dynamic(with_sm90, no_results):
+    # The backward hands out its items (K/V block fastest: causal's longest first) like the forward: CTA c starts
+    # with item c and claims the next from a counter (bwd_sm90_plan.h, tile_handoff.h). At 1 x 16k x 16 heads the
+    # static round-robin of the same order leaves 36% of the machine idle; greedy claims leave under 1%.
+    b = flashcore.advise(gpu="h100", batch=1, seqlen=16384, heads=16, head_dim=128, causal=True, suggest=False,
+                         results_dir=no_results).kernels["bwd"]
+    assert model.KERNELS[("sm90", "bwd")].scheduler == "dynamic"
+    assert model.KERNELS[("sm90", "bwd")].order == "blocks"
+    durations = [s + model.OVERHEAD_STEPS for s, _ in model.tile_steps("kv", 16384, 64, 128, True)]
+    order = durations * 16
+    assert b.schedule_efficiency == pytest.approx(sum(order) / (132 * model.schedule(order, 132, "dynamic")))
+    static = sum(order) / (132 * model.schedule(order, 132, "static"))
+    assert b.schedule_efficiency > 0.99 and static < 0.65
+
+
+def test_sm90_bwd_order_is_the_kernels(tmp_path):
+    """The "blocks" order against bwd_sm90_plan.h's decode_item itself (g++): for each linear item index the kernel
+    hands out (statically or by claims), the same (sequence, K/V head, K/V block)."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler (g++) on PATH")
+    shapes = [(5, 3, 2), (1, 1, 4), (7, 2, 1)]  # (K/V blocks, K/V heads, sequences)
+    src = tmp_path / "order.cpp"
+    body = "".join(f"  {{ const WorkGrid w{{{n}, {h}, {b}}};\n"
+                   f"    for (int32_t i = 0; i < int32_t(work_items(w)); ++i) {{\n"
+                   f"      int32_t n, hk, b;\n      decode_item(w, i, n, hk, b);\n"
+                   f"      std::printf(\"%d %d %d\\n\", b, hk, n);\n"
+                   f"    }}\n  }}\n" for n, h, b in shapes)
+    src.write_text('#include <cstdio>\n#include "cuda/bwd_sm90_plan.h"\nusing namespace flashcore::sm90::bwd;\n'
+                   f"int main() {{\n{body}}}\n")
+    exe = tmp_path / "order"
+    subprocess.run([cxx, "-std=c++20", f"-I{REPO / 'csrc'}", str(src), "-o", str(exe)], check=True)
+    kernel = [tuple(map(int, line.split())) for line in subprocess.run([str(exe)], capture_output=True, text=True,
+                                                                         check=True).stdout.split("\n") if line]
+    modelled = []
+    for n, h, b in shapes:  # kernel_order's "blocks": pairs (sequence, K/V head) in launch order, blocks fastest
+        pairs = [[(seq, head, block) for block in range(n)] for seq in range(b) for head in range(h)]
+        modelled += [t for p in pairs for t in p]
+    assert kernel == modelled
+    spec = model.KERNELS[("sm90", "bwd")]
+    ragged = [[1.0, 2.0], [3.0]]  # a shorter sequence's missing block is an empty item that keeps its place
+    assert model.kernel_order(spec, model.GPUS["h100"], None, ragged) == [1.0, 2.0, 3.0, 0.0]
+
+
 def test_backward_items_walk_the_gqa_group(with_sm90, no_results):
     # sm90 and gfx942 backward: one item per (K/V block, K/V head, sequence) walking the group's query heads.
     # batch 2, seqlen 1024, 16 heads over 4 K/V heads, D=128: sm90 fixture 128-key blocks -> 8 per sequence,

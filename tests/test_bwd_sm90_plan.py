@@ -8,6 +8,12 @@ real tile shapes), and simulates the persistent schedule with the deterministic 
   * a tile the plan leaves unmasked is fully visible; the kernel's int32 per-tile mask equals visible();
   * every work item is run exactly once for every grid size; the simulated grid never deadlocks, and each query
     tile's dQ adds arrive in increasing key-block order (a fixed total order: bit-identical sums).
+  * the kernel's roles (producer + 8 consumer warps per CTA) with their barriers (item-index ring, K/V pair, stage
+    ring, the consumers' named barriers, the deterministic semaphores), stepped through random interleavings under
+    the dynamic schedule (claims from a shared counter, csrc/cuda/tile_handoff.h) and the static one: no deadlock,
+    every item handed out once and run by all consumer warps of one CTA, every role of a CTA walks one increasing
+    sequence ending in the sentinel, every parity wait means the phase it names, and each query tile's dQ adds
+    come from exactly its contributing blocks in rank order.
 A second test breaks the header on purpose (one mutation per check family) and expects the program to fail, so
 that the checks are known to bite.
 """
@@ -24,6 +30,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = ROOT / "csrc" / "cuda" / "bwd_sm90_plan.h"
+HANDOFF = ROOT / "csrc" / "cuda" / "tile_handoff.h"  # included by the plan: the dynamic schedule's claims
 CHECK = ROOT / "tests" / "cpp" / "bwd_sm90_plan_check.cpp"
 TABLE = ROOT / "csrc" / "tiles" / "sm90_bwd.h"
 CXX_FLAGS = ["-std=c++20", "-O2", "-Wall", "-Wextra", "-Werror"]
@@ -51,22 +58,28 @@ def test_plan_matches_brute_force(tmp_path):
 
 
 MUTATIONS = {
-    "tile range": ("j0 - o - g.window_right)", "j0 - o - g.window_right + 1)"),
-    "boundary mask": ("if (i1 >= g.seqlen_q || j1 >= g.seqlen_k) return true;", "if (j1 > g.seqlen_k) return true;"),
-    "int32 tile mask, keys": ("return row < keys_left && col", "return row <= keys_left && col"),
-    "int32 tile mask, queries": ("col < queries_left &&", "col <= queries_left &&"),
-    "deterministic rank": ("return n_block - key_block_range(g, m_tile, block_m, block_n).begin;",
+    "tile range": (PLAN, "j0 - o - g.window_right)", "j0 - o - g.window_right + 1)"),
+    "boundary mask": (PLAN, "if (i1 >= g.seqlen_q || j1 >= g.seqlen_k) return true;",
+                      "if (j1 > g.seqlen_k) return true;"),
+    "int32 tile mask, keys": (PLAN, "return row < keys_left && col", "return row <= keys_left && col"),
+    "int32 tile mask, queries": (PLAN, "col < queries_left &&", "col <= queries_left &&"),
+    "deterministic rank": (PLAN, "return n_block - key_block_range(g, m_tile, block_m, block_n).begin;",
                            "return n_block - key_block_range(g, m_tile, block_m, block_n).begin + (n_block > 3);"),
+    "claim": (HANDOFF, "? grid + claimed : kNoTile", "? grid + claimed - (claimed == 3) : kNoTile"),
+    "hand-off parity": (HANDOFF, "return (passed / kTileSlots) & 1u;", "return passed & 1u;"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(MUTATIONS))
 def test_check_catches_a_broken_plan(tmp_path, name):
-    old, new = MUTATIONS[name]
-    text = PLAN.read_text()
-    assert text.count(old) == 1, f"mutation {name!r}: {old!r} not found once in {PLAN.name}; update the test"
+    target, old, new = MUTATIONS[name]
     (tmp_path / "cuda").mkdir()
-    (tmp_path / "cuda" / PLAN.name).write_text(text.replace(old, new))
+    for header in (PLAN, HANDOFF):
+        text = header.read_text()
+        if header == target:
+            assert text.count(old) == 1, f"mutation {name!r}: {old!r} not found once in {header.name}; update the test"
+            text = text.replace(old, new)
+        (tmp_path / "cuda" / header.name).write_text(text)
     run = _build_and_run(tmp_path, tmp_path)
     assert run.returncode != 0 and "FAIL" in run.stdout, f"the check missed the {name} mutation:\n{run.stdout}"
 

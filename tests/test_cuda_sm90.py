@@ -773,3 +773,68 @@ def test_fwd_dynamic_schedule_replays_in_a_cuda_graph():
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(out, expected[0]) and torch.equal(lse, expected[1]), f"replay {replay}"
+
+
+# ---- the sm_90a backward's dynamic item scheduler (csrc/cuda/tile_handoff.h): CTAs claim K/V-block items from a
+# counter in the zero-filled workspace. dK and dV are summed inside one CTA in a fixed order, and in deterministic
+# mode dQ is added in rank order whoever runs the blocks, so the static round-robin and the dynamic schedule must
+# agree to the bit there; in atomic mode only dQ's fp32 add order may differ. Compared across processes, as above.
+
+BWD_SCHEDULE_CASE = r"""
+import sys, torch
+sys.path.insert(0, sys.argv[3])
+from test_build_checks import find_extension
+torch.ops.load_library(str(find_extension()))
+bwd = torch.ops.flashcore_sm90.bwd
+results = []
+for case in torch.load(sys.argv[1]):
+    args = [a.cuda() if torch.is_tensor(a) else a for a in case["args"]]
+    for det in (True, False):
+        results += bwd(*args, det)
+torch.save([r.cpu() for r in results], sys.argv[2])
+"""
+
+
+def bwd_schedule_inputs(path: Path) -> None:
+    """Causal, multi-wave on 132 SMs: dense GQA D=128 (32 blocks x 8 K/V heads x 2 = 512 items, 3.9 waves) and
+    varlen D=256 (64-key blocks; a key-less sequence and blocks past short sequences are handed out too)."""
+    cases = []
+    q, k, v = (rand((2, 4096, h, 128), torch.bfloat16) for h in (16, 8, 8))
+    out, lse = naive.attention(q, k, v, causal=True)
+    cases.append({"args": (rand(q.shape, torch.bfloat16), q, k, v, out.to(q.dtype), lse.float(), None, None, None,
+                           4096, 4096, 128 ** -0.5, True, -1, 0, 0.0)})
+    lens_q, lens_k = [1, 1000, 129, 300, 900], [1, 1000, 0, 200, 1000]
+    cu = lambda lens: torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+    q = rand((sum(lens_q), 16, 256), torch.bfloat16)
+    k, v = rand((sum(lens_k), 8, 256), torch.bfloat16), rand((sum(lens_k), 8, 256), torch.bfloat16)
+    out, lse = naive.attention_varlen(q, k, v, cu(lens_q), cu(lens_k), causal=True, softmax_scale=256 ** -0.5)
+    cases.append({"args": (rand(q.shape, torch.bfloat16), q, k, v, out.to(q.dtype), lse.float(), None, cu(lens_q),
+                           cu(lens_k), max(lens_q), max(lens_k), 256 ** -0.5, True, -1, 0, 0.0)})
+    torch.save([{"args": tuple(a.cpu() if torch.is_tensor(a) else a for a in c["args"])} for c in cases], path)
+
+
+def run_bwd_schedule_case(tmp_path, inputs: Path, static: bool) -> list:
+    path = tmp_path / ("bwd_static.pt" if static else "bwd_dynamic.pt")
+    env = {**os.environ, "FLASHCORE_SM90_STATIC_SCHEDULE": "1" if static else "0"}
+    proc = subprocess.run([sys.executable, "-c", BWD_SCHEDULE_CASE, str(inputs), str(path), str(Path(__file__).parent)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(path)
+
+
+def test_bwd_static_and_dynamic_schedules_agree(tmp_path):
+    if not _has_bwd():
+        pytest.skip("this build has no flashcore_sm90.bwd")
+    inputs = tmp_path / "bwd_inputs.pt"
+    bwd_schedule_inputs(inputs)
+    static, dynamic = run_bwd_schedule_case(tmp_path, inputs, True), run_bwd_schedule_case(tmp_path, inputs, False)
+    assert len(static) == len(dynamic) == 2 * 2 * 3  # 2 cases x (deterministic, atomic) x (dq, dk, dv)
+    for i, (a, b) in enumerate(zip(static, dynamic)):
+        case, det, name = i // 6, (i // 3) % 2 == 0, ("dq", "dk", "dv")[i % 3]
+        what = f"case {case} {'deterministic' if det else 'atomic'} {name}"
+        assert torch.isfinite(a).all() and a.any(), f"{what}: nothing (finite) written"
+        if det or name != "dq":
+            assert torch.equal(a, b), f"{what}: the dynamic schedule changed {(a != b).sum().item()} values"
+        else:  # fp32 atomics in another order: a rounding apart
+            err = (a.float() - b.float()).abs().max() / a.float().abs().max()
+            assert err <= 1e-2, f"{what}: static and dynamic differ by {err:.3g} of max |dq|"

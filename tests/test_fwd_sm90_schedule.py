@@ -6,8 +6,9 @@
   query block visits are exactly those holding a key some valid row sees (no visible key missed, no fully masked
   tile visited); a tile is left unmasked exactly when every (valid row, key) in it is visible, also per consumer
   half; the persistent order schedules every work tile once, head groups contiguous, longest-first inside a group.
-  And the dynamic scheduler's hand-off (schedule.h, work.cuh): a model of each CTA's producer and 8 consumer warps
-  with the kernel's barriers (tile-index ring, Q buffer, K/V rings, the epilogue's named barrier), stepped through
+  And the dynamic scheduler's hand-off (tile_handoff.h, shared with the backward): a model of each CTA's producer
+  and 8 consumer warps with the kernel's barriers (tile-index ring, Q buffer, K/V rings, the epilogue's named
+  barrier), stepped through
   random interleavings of 1-5 CTAs claiming from one counter: every tile handed out once and run by all 8 warps of
   one CTA, all roles of a CTA see one sequence ending in the sentinel, equal ping-pong turns, no deadlock, and every
   mbarrier parity wait means the phase it names (no role laps another).

@@ -55,6 +55,11 @@ int64_t semaphore_bytes(const BwdParams& p) {
   return int64_t(p.fwd.batch) * p.fwd.heads_q * m_tiles(p) * static_cast<int64_t>(sizeof(int32_t));
 }
 
+// The dynamic schedule's item counter (tile_handoff.h), after the semaphores: the workspace is zero-filled per call
+// (at::zeros on the launch stream, captured into CUDA graphs as a memset), so the counter starts at 0 with no
+// memset of its own and nothing outlives a launch. 4 bytes always: the launch decides whether it is used.
+constexpr int64_t kItemCounterBytes = sizeof(int32_t);
+
 // ---- tensor maps -----------------------------------------------------------------------------------------------
 // 4D (head_dim, heads, rows, batch), innermost first; box (64, 1, rows_per_box, 1) lands as one [rows][64]
 // column block with the 128-byte swizzle the wgmma descriptors assume. Varlen: the flat (total, heads, head_dim)
@@ -141,7 +146,7 @@ void launch_main(const BwdParams& p) {
   a.grid.batch = f.batch;
 
   // Persistent: at most one resident CTA per SM (ctas_per_sm = 1), so every CTA the deterministic mode waits on
-  // is running (bwd_sm90_plan.h: no deadlock).
+  // is running (bwd_sm90_plan.h: no deadlock, static or dynamic schedule).
   int device = 0, num_sms = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
@@ -152,6 +157,11 @@ void launch_main(const BwdParams& p) {
   const int64_t resident = int64_t(num_sms) * C::kRow.ctas_per_sm;
   const int blocks = static_cast<int>(items < resident ? items : resident);
   if (blocks == 0) return;
+  // Dynamic schedule unless one wave holds every item (nothing to balance) or FLASHCORE_SM90_STATIC_SCHEDULE=1.
+  if (items > blocks && !static_schedule_requested()) {
+    a.item_counter = reinterpret_cast<int32_t*>(static_cast<uint8_t*>(p.workspace) + dq_accum_bytes(p) +
+                                                semaphore_bytes(p));
+  }
 
   const auto kernel = bwd_sm90_kernel<kHeadDim, kType>;
   constexpr int kSmem = smem_bytes<C>();
@@ -196,7 +206,7 @@ namespace flashcore {
 
 int64_t bwd_workspace_bytes(const BwdParams& p) {
   using namespace sm90::bwd;
-  return dq_accum_bytes(p) + semaphore_bytes(p);
+  return dq_accum_bytes(p) + semaphore_bytes(p) + kItemCounterBytes;
 }
 
 void launch_bwd(const BwdParams& p) {

@@ -8,6 +8,7 @@
 #include "../tiles/sm90_bwd.h"
 #include "ptx/layout.cuh"
 #include "ptx/smem.cuh"
+#include "tile_handoff.cuh"
 
 namespace flashcore::sm90::bwd {
 
@@ -102,6 +103,9 @@ struct SharedStorage {
   uint64_t empty[C::kStages];            // consumers -> producer: every consumer warp is done with the stage
   uint64_t kv_full;                      // K and V of the current work item landed
   uint64_t kv_empty;                     // every consumer warp is done with the item's K and V
+  uint64_t tile_full[kTileSlots];        // dynamic schedule: item indices, producer -> consumers (tile_handoff.cuh)
+  uint64_t tile_empty[kTileSlots];
+  int tile[kTileSlots];
 };
 
 template <class C>

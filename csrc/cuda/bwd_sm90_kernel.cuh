@@ -5,6 +5,9 @@
 //   producer  thread 0 of warpgroup 0 (registers lowered; the other 127 threads leave at once). Per item: K, V by
 //             TMA on kv_full. Per query tile: waits for a free stage, announces its bytes and issues the TMA loads
 //             of Q, dO and of the tile's LSE and delta rows (flat 2D maps: any row offset, no alignment needed).
+//             Dynamic schedule (default, tile_handoff.h): after an item's last loads it claims the next item from
+//             the global counter and publishes every index, then the end sentinel, to the consumers through a
+//             2-slot shared-memory ring; FLASHCORE_SM90_STATIC_SCHEDULE=1: all roles walk the static round-robin.
 //   consumers warpgroups 1 and 2 (registers raised). Per query tile, each on its 64 keys (and, for block_n = 64,
 //             its half of the queries / head-dim columns):
 //               S^T = K Q^T, dP^T = V dO^T                  (SS, K-major operands: as TMA wrote them)
@@ -47,6 +50,7 @@ struct BwdArgs {
   float* dq_accum;      // (total_q, heads_q, head_dim) fp32, zero-filled: dq's layout, row = b * seqlen_q + s or
                         // cu_seqlens_q[b] + s
   int32_t* semaphores;  // deterministic: (batch, heads_q, m_tiles) int32, zero-filled; else nullptr
+  int32_t* item_counter;  // (1,) int32, zero-filled (in the workspace): dynamic schedule; nullptr: static
   void* dk;             // like k: (batch, seqlen_k, heads_kv, head_dim) | (total_k, heads_kv, head_dim)
   void* dv;
   int64_t dk_stride_b, dk_stride_s, dk_stride_h;
@@ -142,20 +146,25 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
 }
 
 // ---- producer --------------------------------------------------------------------------------------------------
-// One thread: everything it moves goes by TMA, so it only walks the schedule (its registers can drop to 24).
-template <class C>
-__device__ __forceinline__ void produce(SharedStorage<C>& s, const CUtensorMap* tmap_q, const CUtensorMap* tmap_k,
-                                        const CUtensorMap* tmap_v, const CUtensorMap* tmap_do,
-                                        const CUtensorMap* tmap_lse, const CUtensorMap* tmap_delta,
-                                        const BwdArgs& a) {
-  prefetch_tensor_map(tmap_q), prefetch_tensor_map(tmap_k), prefetch_tensor_map(tmap_v);
-  prefetch_tensor_map(tmap_do), prefetch_tensor_map(tmap_lse), prefetch_tensor_map(tmap_delta);
+// One thread: everything it moves goes by TMA, so it only walks the schedule (its registers can drop to 24). The
+// walk is compiled once per schedule, so that each keeps only the loop state it needs (dynamic: the hand-off
+// cursor; static: nothing more than the item index).
+template <class C, bool kDynamic>
+__device__ __forceinline__ void produce_items(SharedStorage<C>& s, const CUtensorMap* tmap_q,
+                                              const CUtensorMap* tmap_k, const CUtensorMap* tmap_v,
+                                              const CUtensorMap* tmap_do, const CUtensorMap* tmap_lse,
+                                              const CUtensorMap* tmap_delta, const BwdArgs& a) {
   const int32_t group = a.heads_q / a.heads_kv;
   int stage = 0;
   uint32_t parity = 0;  // bit 0: the ring lap's parity; bit 1: the K/V barrier's
+  HandoffCursor handoff;  // dynamic: the item-index ring to the consumers (tile_handoff.cuh)
   const int32_t items = static_cast<int32_t>(work_items(a.grid));
+  // Dynamic: the next item is claimed once this one's loads are issued (the consumers are then still about a
+  // stage's worth of query tiles from its end, which hides the claim's round trip, and the claim comes as late as
+  // it can to balance best). Every item is published, skipped ones included: all roles walk one sequence.
 #pragma unroll 1
-  for (int32_t item = blockIdx.x; item < items; item += grid_ctas()) {
+  for (int32_t item = blockIdx.x; item != kNoTile; item = claim_next_tile<kDynamic>(a.item_counter, item, items)) {
+    if constexpr (kDynamic) publish_tile(s, handoff, item);
     int32_t n, hk, b;
     decode_item(a.grid, item, n, hk, b);
     const SeqInfo si = seq_info(a, b);
@@ -189,6 +198,21 @@ __device__ __forceinline__ void produce(SharedStorage<C>& s, const CUtensorMap* 
         if (++stage == C::kStages) stage = 0, parity ^= 1;
       }
     }
+  }
+  if constexpr (kDynamic) publish_tile(s, handoff, kNoTile);  // the consumers' end of work
+}
+
+template <class C>
+__device__ __forceinline__ void produce(SharedStorage<C>& s, const CUtensorMap* tmap_q, const CUtensorMap* tmap_k,
+                                        const CUtensorMap* tmap_v, const CUtensorMap* tmap_do,
+                                        const CUtensorMap* tmap_lse, const CUtensorMap* tmap_delta,
+                                        const BwdArgs& a) {
+  prefetch_tensor_map(tmap_q), prefetch_tensor_map(tmap_k), prefetch_tensor_map(tmap_v);
+  prefetch_tensor_map(tmap_do), prefetch_tensor_map(tmap_lse), prefetch_tensor_map(tmap_delta);
+  if (a.item_counter != nullptr) {
+    produce_items<C, true>(s, tmap_q, tmap_k, tmap_v, tmap_do, tmap_lse, tmap_delta, a);
+  } else {
+    produce_items<C, false>(s, tmap_q, tmap_k, tmap_v, tmap_do, tmap_lse, tmap_delta, a);
   }
 }
 
@@ -367,9 +391,17 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, i
   // with bit 0 = the ring lap's parity, bit 1 = the K/V barrier's.
   int stage = 0;
   uint32_t parity = 0;
+  // Dynamic schedule: every item index, and the end, comes from the producer (tile_handoff.cuh take_tile);
+  // static: the same round-robin the producer computes.
+  const bool dynamic = a.item_counter != nullptr;
+  HandoffCursor handoff;
   const int32_t items = static_cast<int32_t>(work_items(a.grid));
+  auto next_item = [&](int32_t item) {
+    return dynamic ? take_tile(s, handoff, lane) : static_next_tile(item, grid_ctas(), items);
+  };
 #pragma unroll 1
-  for (int32_t item = blockIdx.x; item < items; item += grid_ctas()) {
+  for (int32_t item = dynamic ? take_tile(s, handoff, lane) : static_cast<int32_t>(blockIdx.x);
+       item != kNoTile; item = next_item(item)) {
     int32_t n, hk, b;
     decode_item(a.grid, item, n, hk, b);
     const SeqInfo si = seq_info(a, b);
@@ -551,6 +583,7 @@ __global__ void __launch_bounds__(BwdConfig<kHeadDim>::kThreads, 1)
     }
     mbarrier_init(&s.kv_full, 1);                      // the producer's arrive.expect_tx; bytes from TMA
     mbarrier_init(&s.kv_empty, C::kConsumerWarps);
+    init_tile_ring(s, C::kConsumerWarps);        // item indices: the producer / lane 0 of each consumer warp
     fence_mbarrier_init();
   }
   __syncthreads();

@@ -14,6 +14,8 @@
 
 #include <cstdint>
 
+#include "tile_handoff.h"  // the dynamic assignment of the work order to CTAs (shared with the forward)
+
 #if defined(__CUDACC__)
 #define FC_BWD_HD __host__ __device__ __forceinline__
 #else
@@ -21,6 +23,12 @@
 #endif
 
 namespace flashcore::sm90::bwd {
+
+using sm90::claimed_tile;
+using sm90::HandoffCursor;
+using sm90::kNoTile;
+using sm90::kTileSlots;
+using sm90::static_next_tile;
 
 // One sequence as the masks see it. Indices are computed in int64 so that off +- window cannot overflow.
 struct SeqGeom {
@@ -123,10 +131,18 @@ FC_BWD_HD int32_t det_rank(const SeqGeom& g, int32_t m_tile, int32_t n_block, in
 // ---------------------------------------------------------------------------------------------------------------
 // Work items and their order. Item = (n_block, kv_head, batch), n_block fastest: the CTAs running at the same time
 // work on neighbouring key blocks of one head and read the same Q / dO tiles from L2. Causal: block 0 sees the
-// most queries, so the longest items start first. Persistent grid: CTA c runs items c, c + grid, c + 2 grid, ...
-// An item waits (deterministic mode) only on items of the same (kv_head, batch) with a smaller n_block, i.e. a
-// smaller item index, taken by a CTA that started it earlier: the smallest unfinished item never waits, so the
-// grid cannot deadlock as long as all its CTAs are resident (the grid is at most SMs x ctas_per_sm).
+// most queries, so the longest items start first. Persistent grid, CTAs resident at once (grid <= SMs x
+// ctas_per_sm). Dynamic schedule (the default, tile_handoff.h): CTA c runs item c, then items gridDim.x + k for
+// the counter's old values k, i.e. greedy list scheduling of this order; static (FLASHCORE_SM90_STATIC_SCHEDULE=1,
+// and single-wave grids): items c, c + grid, c + 2 grid, ...
+// Deterministic mode, no deadlock under either: an item waits only for items of the same (kv_head, batch) with a
+// smaller n_block (det_rank counts a query tile's contributing blocks in increasing n), i.e. a smaller item index.
+// Indices are handed out in increasing order in time (the first wave all at once, then one claim at a time), and
+// each CTA runs its indices in increasing order, so every smaller index was handed out before, to a running CTA.
+// The smallest unfinished handed-out item therefore waits for nobody, and its CTA is on it (its earlier items are
+// smaller, hence finished): it completes, and by induction all do. An item not yet handed out blocks no one (all
+// waits point to smaller indices). tests/cpp/bwd_sm90_plan_check.cpp steps producer + consumer warps per CTA through
+// random interleavings of claims to check it (and that every role of a CTA walks one sequence).
 struct WorkGrid {
   int32_t n_blocks;  // ceil(max_seqlen_k / block_n)
   int32_t heads_kv, batch;

@@ -2,6 +2,8 @@
 // tests/test_bwd_sm90_plan.py with g++ and run on the CPU. Every check compares the plan's closed forms with an
 // enumeration of (query, key) pairs on small shapes. Prints "ok <counts>" and exits 0, or prints the first failure
 // and exits 1.
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <set>
@@ -136,6 +138,291 @@ void check_schedule(const std::vector<SeqGeom>& seqs, int heads_kv, int group, i
       CHECK(order[s][k] == order[s][k - 1] + 1, "tile %zu adds block %d after %d", s, order[s][k], order[s][k - 1]);
 }
 
+
+// ---------------------------------------------------------------------------------------------------------------
+// The kernel's roles under the dynamic schedule (tile_handoff.h), modelled: per CTA one producer and kWarps consumer
+// warps, each a state machine doing what bwd_sm90_kernel.cuh does with its barriers (item-index ring, K/V barrier
+// pair, the Q / dO stage ring, the consumers' per-tile named barrier, the deterministic semaphores), stepped in a
+// random interleaving over all CTAs; counter claims happen whenever a producer gets to them. mbarrier waits follow
+// the PTX parity rule and also check the absolute phase they mean (a role lapping another is caught, not aliased).
+constexpr int kWarps = 8;  // BwdConfig::kConsumerWarps: 2 consumer warpgroups x 4 warps
+
+struct MBar {
+  int count = 1, pending = 1;
+  uint32_t phase = 0;  // completed phases
+  void init(int n) { count = pending = n, phase = 0; }
+  void arrive() {
+    if (--pending == 0) pending = count, ++phase;
+  }
+  bool ready(uint32_t parity, uint32_t lap, const char* what) {
+    const bool ptx_says = (phase & 1u) != parity;
+    const bool meant = phase >= lap;
+    CHECK(ptx_says == meant && phase <= lap + 1, "%s: parity wait disagrees (phase %u, parity %u, lap %u)", what,
+          phase, parity, lap);
+    return ptx_says;
+  }
+};
+
+struct NamedBar {  // bar.sync over all consumer threads: generation changes when the kWarps-th warp arrives
+  int arrived = 0, gen = 0;
+  int arrive() {
+    const int g = gen;
+    if (++arrived == kWarps) arrived = 0, ++gen;
+    return g;
+  }
+};
+
+struct ModelCta {
+  MBar tile_full[kTileSlots], tile_empty[kTileSlots], kv_full, kv_empty;
+  std::vector<MBar> full, empty;
+  int tile[kTileSlots] = {};
+  NamedBar tile_bar, det_go, det_done;
+};
+
+struct ModelRole {  // a producer (warp < 0) or a consumer warp: program counter and the loop state of that code
+  int cta = 0, warp = 0, pc = 0;
+  int item = 0, n = 0, hk = 0, b = 0, hq = 0, m = 0, bar_gen = 0;
+  Range tiles{0, 0};
+  uint32_t loads = 0, kv_uses = 0;
+  HandoffCursor handoff;
+  std::vector<int> seq;  // items published (producer) or taken (consumer), kNoTile last
+  bool done = false;
+};
+
+struct ScheduleModel {
+  const std::vector<SeqGeom>* seqs = nullptr;
+  WorkGrid w{};
+  int group = 1, bm = 1, bn = 1, grid = 1, stages = 2;
+  bool dynamic = true, deterministic = true;
+  int items = 0, counter = 0, heads_q = 0, m_tiles = 0;
+  std::vector<ModelCta> ctas;
+  std::vector<ModelRole> roles;
+  std::vector<int> runs;                     // per item: consumer warps that took it
+  std::vector<int32_t> sem;                  // deterministic semaphores
+  std::vector<std::vector<int32_t>> adds;    // per semaphore: the blocks that added, in order
+
+  int next_static(int item) const { return static_next_tile(item, grid, items); }
+  bool last_tile(const ModelRole& r) const { return r.m + 1 == r.tiles.end && r.hq + 1 == (r.hk + 1) * group; }
+  void next_tile(ModelRole& r) const {
+    if (++r.m == r.tiles.end) r.m = r.tiles.begin, ++r.hq;
+  }
+  void decode(ModelRole& r) {
+    decode_item(w, r.item, r.n, r.hk, r.b);
+    r.tiles = query_tile_range((*seqs)[r.b], r.n, bm, bn);
+  }
+
+  bool step(ModelRole& r) {
+    ModelCta& c = ctas[r.cta];
+    const int stage = static_cast<int>(r.loads % stages);
+    const uint32_t lap = r.loads / stages;
+    if (r.warp < 0) {  // ---------------- producer (produce_items)
+      switch (r.pc) {
+        case 0: r.item = r.cta; r.pc = dynamic ? 1 : 3; return true;
+        case 1:  // publish_tile
+          if (!c.tile_empty[r.handoff.slot()].ready(r.handoff.phase() ^ 1, r.handoff.passed / kTileSlots,
+                                                    "tile_empty"))
+            return false;
+          c.tile[r.handoff.slot()] = r.item;
+          c.tile_full[r.handoff.slot()].arrive();
+          r.handoff.advance();
+          r.seq.push_back(r.item);
+          r.pc = r.item == kNoTile ? 9 : 2;
+          if (r.item == kNoTile) r.done = true;
+          return true;
+        case 3:
+          r.seq.push_back(r.item);
+          if (r.item == kNoTile) { r.done = true; return true; }
+          [[fallthrough]];
+        case 2:
+          decode(r);
+          r.pc = r.tiles.begin >= r.tiles.end ? 8 : 4;  // no query sees the block: no load, claim at once
+          return true;
+        case 4:  // K, V
+          if (!c.kv_empty.ready((r.kv_uses & 1u) ^ 1u, r.kv_uses, "kv_empty")) return false;
+          c.kv_full.arrive();
+          ++r.kv_uses;
+          r.hq = r.hk * group, r.m = r.tiles.begin;
+          r.pc = 5;
+          return true;
+        case 5:  // one query tile's stage
+          if (!c.empty[stage].ready((lap & 1u) ^ 1u, lap, "empty")) return false;
+          c.full[stage].arrive();
+          ++r.loads;
+          r.pc = last_tile(r) ? 8 : 5;
+          next_tile(r);
+          return true;
+        case 8:  // the claim, after the item's last loads
+          r.item = dynamic ? claimed_tile(counter++, grid, items) : next_static(r.item);
+          r.pc = dynamic ? 1 : 3;
+          return true;
+      }
+      return false;
+    }
+    // ---------------- consumer warp (consume)
+    switch (r.pc) {
+      case 0: r.item = r.cta; r.pc = dynamic ? 1 : 2; return true;
+      case 1:  // take_tile
+        if (!c.tile_full[r.handoff.slot()].ready(r.handoff.phase(), r.handoff.passed / kTileSlots + 1, "tile_full"))
+          return false;
+        r.item = c.tile[r.handoff.slot()];
+        c.tile_empty[r.handoff.slot()].arrive();
+        r.handoff.advance();
+        r.pc = 2;
+        return true;
+      case 2:
+        r.seq.push_back(r.item);
+        if (r.item == kNoTile) { r.done = true; return true; }
+        ++runs[r.item];
+        decode(r);
+        // Keys past the sequence: skipped; no query sees the block: dK = dV = 0 stored, no barrier either way.
+        r.pc = r.n * bn >= (*seqs)[r.b].seqlen_k || r.tiles.begin >= r.tiles.end ? 20 : 3;
+        return true;
+      case 3:
+        if (!c.kv_full.ready(r.kv_uses & 1u, r.kv_uses + 1, "kv_full")) return false;
+        ++r.kv_uses;
+        r.hq = r.hk * group, r.m = r.tiles.begin;
+        r.pc = 4;
+        return true;
+      case 4:
+        if (!c.full[stage].ready(lap & 1u, lap + 1, "full")) return false;
+        r.bar_gen = c.tile_bar.arrive();  // kBarDsFree / kBarDsReady: both consumers, every tile
+        r.pc = 5;
+        return true;
+      case 5:
+        if (c.tile_bar.gen == r.bar_gen) return false;
+        c.empty[stage].arrive();  // the dV / dK group done: the stage is free
+        r.pc = deterministic ? 6 : 10;
+        return true;
+      case 6: {  // thread 0 of consumer 0 spins until the tile's semaphore reaches this block's rank
+        const SeqGeom& g = (*seqs)[r.b];
+        const int64_t s = semaphore_index(r.b, r.hq, r.m, heads_q, m_tiles);
+        if (r.warp == 0 && sem[s] != det_rank(g, r.m, r.n, bm, bn)) return false;
+        r.bar_gen = c.det_go.arrive();
+        r.pc = 7;
+        return true;
+      }
+      case 7:
+        if (c.det_go.gen == r.bar_gen) return false;
+        r.bar_gen = c.det_done.arrive();  // adds, fence, kBarDetDone
+        r.pc = 8;
+        return true;
+      case 8: {
+        if (c.det_done.gen == r.bar_gen) return false;
+        if (r.warp == 0) {  // the release
+          const int64_t s = semaphore_index(r.b, r.hq, r.m, heads_q, m_tiles);
+          adds[s].push_back(r.n);
+          ++sem[s];
+        }
+        r.pc = 10;
+        return true;
+      }
+      case 10:
+        ++r.loads;
+        if (last_tile(r)) {
+          c.kv_empty.arrive();
+          r.pc = 20;
+        } else {
+          next_tile(r);
+          r.pc = 4;
+        }
+        return true;
+      case 20:
+        if (dynamic) { r.pc = 1; return true; }
+        r.item = next_static(r.item);
+        r.pc = 2;
+        return true;
+    }
+    return false;
+  }
+
+  bool run(uint64_t seed) {
+    items = static_cast<int>(work_items(w));
+    heads_q = w.heads_kv * group;
+    int max_sq = 0;
+    for (const SeqGeom& g : *seqs) max_sq = std::max(max_sq, g.seqlen_q);
+    m_tiles = std::max(ceil_div(max_sq, bm), 1);
+    ctas.assign(grid, ModelCta{});
+    for (ModelCta& c : ctas) {
+      for (int i = 0; i < kTileSlots; ++i) c.tile_full[i].init(1), c.tile_empty[i].init(kWarps);
+      c.kv_full.init(1), c.kv_empty.init(kWarps);
+      c.full.assign(stages, MBar{}), c.empty.assign(stages, MBar{});
+      for (MBar& m : c.full) m.init(1);
+      for (MBar& m : c.empty) m.init(kWarps);
+    }
+    roles.clear();
+    for (int cta = 0; cta < grid; ++cta)
+      for (int wp = -1; wp < kWarps; ++wp) {
+        ModelRole r;
+        r.cta = cta, r.warp = wp;
+        roles.push_back(r);
+      }
+    runs.assign(items, 0);
+    sem.assign(static_cast<size_t>(w.batch) * heads_q * m_tiles, 0);
+    adds.assign(sem.size(), {});
+    counter = 0;
+    uint64_t x = seed * 6364136223846793005ull + 1442695040888963407ull;
+    std::vector<int> live;
+    for (;;) {
+      live.clear();
+      for (size_t i = 0; i < roles.size(); ++i)
+        if (!roles[i].done) live.push_back(static_cast<int>(i));
+      if (live.empty()) return true;
+      x = x * 6364136223846793005ull + 1442695040888963407ull;
+      const size_t start = (x >> 33) % live.size();
+      bool moved = false;
+      for (size_t k = 0; k < live.size() && !moved; ++k) moved = step(roles[live[(start + k) % live.size()]]);
+      if (!moved) return false;
+    }
+  }
+};
+
+long g_model_runs = 0;
+
+// One interleaved run: no deadlock; every item handed out once and taken by all kWarps warps of one CTA; every role
+// of a CTA walks the producer's sequence, ending in the sentinel, and starts with item cta; each query tile's dQ
+// adds come from all its contributing blocks in increasing block order (deterministic), i.e. in rank order.
+void check_model(const std::vector<SeqGeom>& seqs, int heads_kv, int group, int bm, int bn, int grid, int stages,
+                 bool dynamic, uint64_t seed) {
+  int max_sk = 0;
+  for (const SeqGeom& g : seqs) max_sk = std::max(max_sk, g.seqlen_k);
+  const WorkGrid w{ceil_div(max_sk, bn), heads_kv, static_cast<int32_t>(seqs.size())};
+  const int64_t items = work_items(w);
+  if (items == 0) return;
+  grid = static_cast<int>(std::min<int64_t>(grid, items));  // the launch: min(items, resident CTAs)
+  ++g_model_runs;
+  ScheduleModel m;
+  m.seqs = &seqs, m.w = w, m.group = group, m.bm = bm, m.bn = bn, m.grid = grid, m.stages = stages;
+  m.dynamic = dynamic, m.deterministic = true;
+  const bool finished = m.run(seed);
+  CHECK(finished, "deadlock: grid %d items %ld stages %d dynamic %d seed %llu", grid, (long)items, stages, dynamic,
+        static_cast<unsigned long long>(seed));
+  std::vector<int> produced(items, 0);
+  for (const ModelRole& r : m.roles) {
+    const ModelRole& producer = m.roles[r.cta * (kWarps + 1)];
+    CHECK(r.seq == producer.seq && !r.seq.empty() && r.seq.back() == kNoTile && r.seq.front() == r.cta,
+          "cta %d warp %d walked another sequence (grid %d items %ld dynamic %d)", r.cta, r.warp, grid, (long)items,
+          dynamic);
+    for (size_t i = 1; i + 1 < r.seq.size(); ++i)
+      CHECK(r.seq[i] > r.seq[i - 1], "cta %d runs item %d after %d: not increasing", r.cta, r.seq[i], r.seq[i - 1]);
+    if (r.warp < 0)
+      for (size_t i = 0; i + 1 < r.seq.size(); ++i) ++produced[r.seq[i]];
+  }
+  for (int64_t i = 0; i < items; ++i) {
+    CHECK(produced[i] == 1, "item %ld handed out %d times (grid %d dynamic %d)", (long)i, produced[i], grid, dynamic);
+    CHECK(m.runs[i] == kWarps, "item %ld taken by %d consumer warps, not %d", (long)i, m.runs[i], kWarps);
+  }
+  if (dynamic) CHECK(m.counter == items, "counter ends at %d, not %ld: one failed claim per CTA", m.counter, (long)items);
+  for (int32_t b = 0; b < w.batch; ++b)
+    for (int32_t hq = 0; hq < m.heads_q; ++hq)
+      for (int32_t mt = 0; mt < m.m_tiles; ++mt) {
+        const std::vector<int32_t>& a = m.adds[semaphore_index(b, hq, mt, m.heads_q, m.m_tiles)];
+        const Range kr = key_block_range(seqs[b], mt, bm, bn);
+        std::vector<int32_t> want;
+        for (int32_t n = kr.begin; n < kr.end; ++n) want.push_back(n);
+        CHECK(a == want, "b %d hq %d tile %d: %zu adds, not blocks %d..%d in order (grid %d dynamic %d)", b, hq, mt,
+              a.size(), kr.begin, kr.end, grid, dynamic);
+      }
+}
 }  // namespace
 
 int main() {
@@ -170,6 +457,23 @@ int main() {
           check_schedule(seqs, 2, group, bn == 8 ? 4 : 64, bn, grid);
           ++schedules;
         }
-  std::printf("ok %ld geometries, %ld schedules, %ld checks\n", geometries, schedules, g_checks);
+  // The roles and barriers under random interleavings: dynamic claims and the static walk, deterministic mode,
+  // grids from 1 CTA to more than the items, 2 and 3 stages.
+  for (const auto& seqs : batches)
+    for (int group : {1, 3})
+      for (int grid : {1, 2, 3, 5, 9, 17})
+        for (int stages = 2; stages <= 3; ++stages)
+          for (uint64_t seed = 0; seed < 4; ++seed) {
+            check_model(seqs, 2, group, 4, 8, grid, stages, true, seed);
+            if (seed < 2) check_model(seqs, 2, group, 4, 8, grid, stages, false, seed);
+          }
+  for (const auto& seqs : batches)
+    for (int grid : {1, 4, 7})
+      for (uint64_t seed = 0; seed < 2; ++seed) check_model(seqs, 2, 1, 64, 64, grid, 2, true, seed);
+  CHECK(claimed_tile(0, 4, 10) == 4 && claimed_tile(5, 4, 10) == 9 && claimed_tile(6, 4, 10) == kNoTile &&
+            claimed_tile(2147483600, 132, 2147483647) == kNoTile,
+        "claimed_tile bounds");
+  std::printf("ok %ld geometries, %ld schedules, %ld interleaved runs, %ld checks\n", geometries, schedules,
+              g_model_runs, g_checks);
   return 0;
 }

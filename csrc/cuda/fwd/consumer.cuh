@@ -86,15 +86,15 @@ __device__ void consume(SharedStorage<D>& s, const CUtensorMap* tmap_o, const Ke
   if (consumer == 1) sched_pass(consumer);  // consumer 0 issues first
   int stage = 0;
   uint32_t phase = 0, q_phase = 0;
-  // Dynamic schedule: every tile index, and the end, comes from the producer (work.cuh take_tile); static: the
+  // Dynamic schedule: every tile index, and the end, comes from the producer (tile_handoff.cuh take_tile); static: the
   // same round-robin the producer computes.
   const bool dynamic = a.tile_counter != nullptr;
   const int num_tiles = a.order.num_tiles();
   HandoffCursor handoff;
   auto next_tile = [&](int t) {
-    return dynamic ? take_tile<D>(s, handoff, lane) : static_next_tile(t, static_cast<int>(gridDim.x), num_tiles);
+    return dynamic ? take_tile(s, handoff, lane) : static_next_tile(t, static_cast<int>(gridDim.x), num_tiles);
   };
-  for (int t = dynamic ? take_tile<D>(s, handoff, lane) : static_cast<int>(blockIdx.x); t != kNoTile;
+  for (int t = dynamic ? take_tile(s, handoff, lane) : static_cast<int>(blockIdx.x); t != kNoTile;
        t = next_tile(t)) {
     const WorkTile w = resolve_tile<D>(a, t);
     if (!w.valid) continue;

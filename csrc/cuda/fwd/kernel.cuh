@@ -6,8 +6,8 @@
 //                online softmax (softmax.cuh), O += P V (RS wgmma, P from registers), epilogue (epilogue.cuh)
 // Causal, window, softcap, GQA and varlen are runtime parameters (FwdParams); tile shapes come from
 // csrc/tiles/sm90_fwd.h; the tile order, key spans and masking decisions from schedule.h (checked on the CPU).
-// Tiles go to CTAs dynamically (a global counter, the producer hands indices to the consumers: schedule.h,
-// work.cuh); FLASHCORE_SM90_STATIC_SCHEDULE=1 selects the static round-robin instead, for bisecting on a GPU.
+// Tiles go to CTAs dynamically (a global counter, the producer hands indices to the consumers: tile_handoff.h,
+// tile_handoff.cuh); FLASHCORE_SM90_STATIC_SCHEDULE=1 selects the static round-robin instead, for bisecting on a GPU.
 #pragma once
 
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -44,10 +44,7 @@ __global__ void __launch_bounds__(FwdTraits<D>::kThreads, 1)
       ptx::mbarrier_init(&s.k_empty[i], T::kConsumerWarps);  // lane 0 of every consumer warp
       ptx::mbarrier_init(&s.v_empty[i], T::kConsumerWarps);
     }
-    for (int i = 0; i < kTileSlots; ++i) {
-      ptx::mbarrier_init(&s.tile_full[i], 1);                   // the producer, after storing the index
-      ptx::mbarrier_init(&s.tile_empty[i], T::kConsumerWarps);  // lane 0 of every consumer warp, after reading it
-    }
+    init_tile_ring(s, T::kConsumerWarps);  // the tile-index hand-off (tile_handoff.cuh)
     ptx::fence_mbarrier_init();
   }
   __syncthreads();
@@ -65,16 +62,6 @@ __global__ void __launch_bounds__(FwdTraits<D>::kThreads, 1)
 }
 
 // ---- host ------------------------------------------------------------------------------------------------------
-
-// FLASHCORE_SM90_STATIC_SCHEDULE=1: the static round-robin (no counter, no hand-off: the v2 kernel's walk).
-// Read once per process: a launch must not pay for getenv.
-inline bool static_schedule_requested() {
-  static const bool requested = [] {
-    const char* v = std::getenv("FLASHCORE_SM90_STATIC_SCHEDULE");
-    return v != nullptr && std::strcmp(v, "1") == 0;
-  }();
-  return requested;
-}
 
 inline void check_encoded(const std::string& problem, const char* tensor) {
   TORCH_CHECK(problem.empty(), "flashcore fwd (sm_90a): cannot describe ", tensor, " to TMA: ", problem);

@@ -38,7 +38,7 @@ __device__ __forceinline__ void produce_tiles(SharedStorage<D>& s, const CUtenso
   // The next tile is claimed once this one's loads are issued: the consumers are then still about kStages key
   // tiles from its end, which hides the claim's round trip, and the claim comes as late as it can to balance best.
   for (int t = blockIdx.x; t != kNoTile; t = claim_next_tile<kDynamic>(a, t)) {
-    if constexpr (kDynamic) publish_tile<D>(s, handoff, t);
+    if constexpr (kDynamic) publish_tile(s, handoff, t);
     const WorkTile w = resolve_tile<D>(a, t);
     if (w.span.first == w.span.end) continue;  // consumers write zeros without loading anything
     bool q_issued = false;
@@ -63,7 +63,7 @@ __device__ __forceinline__ void produce_tiles(SharedStorage<D>& s, const CUtenso
       ++kv_loads;
     }
   }
-  if constexpr (kDynamic) publish_tile<D>(s, handoff, kNoTile);  // the consumers' end of work
+  if constexpr (kDynamic) publish_tile(s, handoff, kNoTile);  // the consumers' end of work
 }
 
 template <int D>

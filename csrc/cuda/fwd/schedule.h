@@ -10,11 +10,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define FLASHCORE_HD __host__ __device__ __forceinline__
-#else
-#define FLASHCORE_HD inline
-#endif
+#include "../tile_handoff.h"  // FLASHCORE_HD; the dynamic assignment of this order to CTAs
 
 namespace flashcore::sm90::fwd {
 
@@ -99,42 +95,14 @@ FLASHCORE_HD TileCoord tile_at(const TileOrder& o, int t) {
   return {in_group / pairs_here, first_pair + in_group % pairs_here};
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// Dynamic assignment of that order to CTAs (the default; the static round-robin above stays reachable). CTA c
-// runs tile c first; each further tile is claimed from a global counter, zeroed before the launch: claim k (the
-// counter's old value) is tile gridDim.x + k. Claims are made in time order, so tile t starts on whichever CTA
-// asks first once t - gridDim.x earlier claims are out: greedy list scheduling of the same longest-first order,
-// and a long tile after a group boundary no longer lands on a CTA already holding long ones.
-// Only the producer thread claims; it hands each tile index (and, at the end, kNoTile) to the two consumer
-// warpgroups through a ring of kTileSlots shared-memory slots, each with a full barrier (1 arrival: the producer,
-// after its store) and an empty barrier (one arrival per consumer warp, after the warp has read the slot). The
-// producer publishes every tile it gets, empty ones included (the consumers write their zeros), so all three roles
-// walk one sequence. Checked on the CPU by tests/cpp/fwd_sm90_schedule_check.cpp (a model of the hand-off under
-// arbitrary interleavings, with these functions and the PTX mbarrier's parity rule).
-constexpr int kTileSlots = 2;  // the producer can reach tile k + 1 while the consumers still finish tile k - 1
-                               // (tile k's loads wait only for Q's release after k - 1's last S GEMM): with one
-                               // slot, tile k + 1's loads would wait until the consumers start tile k
-constexpr int kNoTile = -1;    // the end-of-work sentinel: no tile left for this CTA
-
-// A position in the ring of hand-off slots: how many indices passed so far, from which the slot and the parity of
-// its lap (the phase a waiter names, as for the K/V ring) follow. One register: the producer runs in 24.
-struct HandoffCursor {
-  uint32_t passed = 0;
-  FLASHCORE_HD int slot() const { return static_cast<int>(passed % kTileSlots); }
-  FLASHCORE_HD uint32_t phase() const { return (passed / kTileSlots) & 1u; }
-  FLASHCORE_HD void advance() { ++passed; }
-};
-
-// The tile that the counter's old value `claimed` grants, or kNoTile once the order is used up. Written so that
-// it cannot overflow: claimed < num_tiles - grid is checked before grid + claimed is formed.
-FLASHCORE_HD int claimed_tile(int claimed, int grid, int num_tiles) {
-  return claimed < num_tiles - grid ? grid + claimed : kNoTile;
-}
-
-// Static round-robin successor of tile t, or kNoTile (overflow-free like claimed_tile).
-FLASHCORE_HD int static_next_tile(int t, int grid, int num_tiles) {
-  return t < num_tiles - grid ? t + grid : kNoTile;
-}
+// Dynamic assignment of that order to CTAs (the default; the static round-robin above stays reachable): shared with
+// the backward, tile_handoff.h. Checked on the CPU by tests/cpp/fwd_sm90_schedule_check.cpp (a model of the
+// hand-off under arbitrary interleavings, with these functions and the PTX mbarrier's parity rule).
+using sm90::claimed_tile;
+using sm90::HandoffCursor;
+using sm90::kNoTile;
+using sm90::kTileSlots;
+using sm90::static_next_tile;
 
 // Pairs per group: as many as keep K and V of the group within `l2_budget` bytes, at least 1. kv_bytes_per_pair is
 // the K+V bytes of one (sequence, K/V head) divided by the query heads sharing it.

@@ -7,6 +7,7 @@
 
 #include "../../tiles/sm90_fwd.h"
 #include "../ptx/ptx.cuh"
+#include "../tile_handoff.cuh"
 #include "schedule.h"
 
 namespace flashcore::sm90::fwd {
@@ -111,8 +112,8 @@ struct SharedStorage : OutStorage<D> {
   uint64_t q_empty;  // consumers -> producer: Q is dead (kQEmptyArrivals, below)
   uint64_t k_full[T::kStages], k_empty[T::kStages];  // K ring: full (1 + tx), empty (lane 0 of each consumer warp)
   uint64_t v_full[T::kStages], v_empty[T::kStages];  // V ring, same stage index as K
-  // Dynamic schedule (schedule.h): tile indices from the producer to the consumers. full: 1 arrival (the producer,
-  // after storing the index); empty: lane 0 of each consumer warp, once its warp has read it.
+  // Dynamic schedule: tile indices from the producer to the consumers (tile_handoff.cuh). full: 1 arrival (the
+  // producer, after storing the index); empty: lane 0 of each consumer warp, once its warp has read it.
   uint64_t tile_full[kTileSlots], tile_empty[kTileSlots];
   int tile[kTileSlots];
 };

@@ -55,38 +55,12 @@ __device__ __forceinline__ WorkTile resolve_tile(const KernelArgs& a, int t) {
   return w;
 }
 
-// ---- dynamic schedule hand-off (protocol and its CPU check: schedule.h)
+// ---- dynamic schedule hand-off (protocol: tile_handoff.h; ring and claims: tile_handoff.cuh)
 
-// Producer: the tile after t. Dynamic: a claim on the counter, a relaxed atomic (only the values' uniqueness
-// matters: the tiles' data moves through TMA and mbarriers). Static: the round-robin successor.
+// Producer: the tile after t, claimed (dynamic) or round-robin (static).
 template <bool kDynamic>
 __device__ __forceinline__ int claim_next_tile(const KernelArgs& a, int t) {
-  const int num_tiles = a.order.num_tiles();
-  if constexpr (kDynamic) return claimed_tile(atomicAdd(a.tile_counter, 1), static_cast<int>(gridDim.x), num_tiles);
-  return static_next_tile(t, static_cast<int>(gridDim.x), num_tiles);
-}
-
-// Producer: hand tile t (or kNoTile) to the consumers. The slot is free once every consumer warp read its previous
-// index (a fresh ring passes at once: parity of the "previous" phase); the full arrival releases the store.
-template <int D>
-__device__ __forceinline__ void publish_tile(SharedStorage<D>& s, HandoffCursor& c, int t) {
-  ptx::mbarrier_wait(&s.tile_empty[c.slot()], c.phase() ^ 1);
-  s.tile[c.slot()] = t;
-  ptx::mbarrier_arrive(&s.tile_full[c.slot()]);
-  c.advance();
-}
-
-// Consumer warp: the next tile index the producer published. Every lane reads it; __syncwarp orders all 32 reads
-// before lane 0's arrival frees the slot. The broadcast from lane 0 tells ptxas the value is warp-uniform (the
-// loops holding the wgmmas depend on it: a branch it thinks divergent serializes them, warning C7520).
-template <int D>
-__device__ __forceinline__ int take_tile(SharedStorage<D>& s, HandoffCursor& c, int lane) {
-  ptx::mbarrier_wait(&s.tile_full[c.slot()], c.phase());
-  const int t = s.tile[c.slot()];
-  __syncwarp();
-  if (lane == 0) ptx::mbarrier_arrive(&s.tile_empty[c.slot()]);
-  c.advance();
-  return __shfl_sync(frag::kFullWarpMask, t, 0);
+  return sm90::claim_next_tile<kDynamic>(a.tile_counter, t, a.order.num_tiles());
 }
 
 }  // namespace flashcore::sm90::fwd

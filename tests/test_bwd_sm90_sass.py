@@ -1,0 +1,58 @@
+"""What ptxas says about the sm_90a backward (csrc/cuda/bwd_sm90.cu, all 10 main-kernel instantiations); no GPU.
+
+tests/test_build_checks.py holds opcode counts and resources of the built binary (csrc/cuda/resources.json). This
+file compiles the backward itself to see what the binary cannot show:
+  * ptxas' warnings: C7508 (setmaxnreg dropped), C7510-C7520 (wgmmas serialized behind compiler-inserted
+    warpgroup waits: a silent 2x slowdown);
+  * spills and stack in every instantiation (the consumers' margin is thin: D = 128 spilled at 232 registers);
+  * one atomic, the dynamic scheduler's item claim (the dQ adds and semaphore releases are REDs, not ATOMs).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from test_build_checks import find_cuobjdump
+from test_fwd_sm90_sass import ROOT, _include_flags, parse_sass
+from test_ptx_probe import find_nvcc
+
+KERNELS = 10  # head dims 64 / 96 / 128 / 192 / 256 x fp16 / bf16
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    nvcc, cuobjdump = find_nvcc(), find_cuobjdump()
+    if nvcc is None or cuobjdump is None:
+        pytest.skip("nvcc or cuobjdump not found: the sm_90a backward cannot be compiled here")
+    obj = tmp_path_factory.mktemp("bwd_sass") / "bwd_sm90.o"
+    proc = subprocess.run([nvcc, "-std=c++20", "-O3", "--use_fast_math", "--expt-relaxed-constexpr",
+                           "-gencode=arch=compute_90a,code=sm_90a", "-DFLASHCORE_CUDA=1", *_include_flags(), "-c",
+                           str(ROOT / "csrc" / "cuda" / "bwd_sm90.cu"), "-o", str(obj), "-Xptxas", "-v"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    sass = subprocess.run([cuobjdump, "--dump-sass", str(obj)], capture_output=True, text=True, check=True).stdout
+    return proc.stderr, parse_sass(sass)
+
+
+def test_ptxas_keeps_the_pipeline_and_spills_nothing(compiled):
+    log, _ = compiled
+    bad = [line for line in log.splitlines() if re.search(r"\(C75(0[8-9]|1\d|20)\)", line)]
+    assert not bad, "ptxas serialized wgmmas or dropped setmaxnreg:\n" + "\n".join(bad)
+    frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    # Every function of the file (main kernels, dq convert): no stack, no spills.
+    assert len(frames) >= KERNELS and all(f == ("0", "0", "0") for f in frames), frames
+
+
+def test_one_item_claim(compiled):
+    """The dynamic scheduler's claim is the main kernel's only ATOM, issued by the producer alone (tile_handoff.h):
+    a second one would mean a consumer claims too, and the roles would no longer walk one sequence."""
+    _, kernels = compiled
+    main = {name: code for name, code in kernels.items() if "bwd_sm90_kernel" in name}
+    assert len(main) == KERNELS, list(kernels)
+    for name, code in main.items():
+        atomics = [i.split()[0] for i in code if i.split()[0].startswith("ATOM")]
+        assert atomics == ["ATOMG.E.ADD.STRONG.GPU"], (name, atomics)
+        assert not [i for i in code if i.split()[0].startswith(("LDL", "STL"))], name
