@@ -254,25 +254,29 @@ def test_sm90_causal_schedule_follows_the_kernel_order(with_sm90, no_results):
     assert k.longest_first_efficiency == pytest.approx(lpt) and lpt >= k.schedule_efficiency
 
 
-def test_sm90_fwd_order_is_the_kernels(tmp_path):
-    """sm90_fwd_order against schedule.h's tile_at itself (g++): for each linear tile index the kernel hands out,
-    the same (pair, query block), on shapes with a partial last group."""
+def _run_cpp(tmp_path, header: str, namespace: str, body: str) -> list:
+    """Compiles `int main() { body }` against csrc/<header> with g++; returns its output lines as int tuples."""
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.skip("no C++ compiler (g++) on PATH")
+    src, exe = tmp_path / "order.cpp", tmp_path / "order"
+    src.write_text(f'#include <cstdio>\n#include "{header}"\nusing namespace {namespace};\n'
+                   f"int main() {{\n{body}}}\n")
+    subprocess.run([cxx, "-std=c++20", f"-I{REPO / 'csrc'}", str(src), "-o", str(exe)], check=True)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    return [tuple(map(int, line.split())) for line in out.split("\n") if line]
+
+
+def test_sm90_fwd_order_is_the_kernels(tmp_path):
+    """sm90_fwd_order against schedule.h's tile_at itself (g++): for each linear tile index the kernel hands out,
+    the same (pair, query block), on shapes with a partial last group."""
     shapes = [(5, 7, 3), (4, 6, 6), (1, 3, 1), (9, 13, 4)]  # (query blocks, pairs, pairs per group)
-    src = tmp_path / "order.cpp"
     body = "".join(f"  {{ const TileOrder o{{{m}, {p}, {g}}};\n"
                    f"    for (int t = 0; t < o.num_tiles(); ++t) {{\n"
                    f"      const TileCoord c = tile_at(o, t);\n"
                    f"      std::printf(\"%d %d\\n\", c.pair, {m} - 1 - c.m_rev);\n"
                    f"    }}\n  }}\n" for m, p, g in shapes)
-    src.write_text('#include <cstdio>\n#include "cuda/fwd/schedule.h"\nusing namespace flashcore::sm90::fwd;\n'
-                   f"int main() {{\n{body}}}\n")
-    exe = tmp_path / "order"
-    subprocess.run([cxx, "-std=c++20", f"-I{REPO / 'csrc'}", str(src), "-o", str(exe)], check=True)
-    kernel = [tuple(map(int, line.split())) for line in subprocess.run([str(exe)], capture_output=True, text=True,
-                                                                         check=True).stdout.split("\n") if line]
+    kernel = _run_cpp(tmp_path, "cuda/fwd/schedule.h", "flashcore::sm90::fwd", body)
     modelled = []
     for m, p, g in shapes:  # items named by (pair, query block) instead of durations
         modelled += model.sm90_fwd_order([[(pair, block) for block in range(m)] for pair in range(p)], g)
@@ -297,22 +301,13 @@ def test_sm90_bwd_causal_schedule_is_dynamic(with_sm90, no_results):
 def test_sm90_bwd_order_is_the_kernels(tmp_path):
     """The "blocks" order against bwd_sm90_plan.h's decode_item itself (g++): for each linear item index the kernel
     hands out (statically or by claims), the same (sequence, K/V head, K/V block)."""
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no C++ compiler (g++) on PATH")
     shapes = [(5, 3, 2), (1, 1, 4), (7, 2, 1)]  # (K/V blocks, K/V heads, sequences)
-    src = tmp_path / "order.cpp"
     body = "".join(f"  {{ const WorkGrid w{{{n}, {h}, {b}}};\n"
                    f"    for (int32_t i = 0; i < int32_t(work_items(w)); ++i) {{\n"
                    f"      int32_t n, hk, b;\n      decode_item(w, i, n, hk, b);\n"
                    f"      std::printf(\"%d %d %d\\n\", b, hk, n);\n"
                    f"    }}\n  }}\n" for n, h, b in shapes)
-    src.write_text('#include <cstdio>\n#include "cuda/bwd_sm90_plan.h"\nusing namespace flashcore::sm90::bwd;\n'
-                   f"int main() {{\n{body}}}\n")
-    exe = tmp_path / "order"
-    subprocess.run([cxx, "-std=c++20", f"-I{REPO / 'csrc'}", str(src), "-o", str(exe)], check=True)
-    kernel = [tuple(map(int, line.split())) for line in subprocess.run([str(exe)], capture_output=True, text=True,
-                                                                         check=True).stdout.split("\n") if line]
+    kernel = _run_cpp(tmp_path, "cuda/bwd_sm90_plan.h", "flashcore::sm90::bwd", body)
     modelled = []
     for n, h, b in shapes:  # kernel_order's "blocks": pairs (sequence, K/V head) in launch order, blocks fastest
         pairs = [[(seq, head, block) for block in range(n)] for seq in range(b) for head in range(h)]

@@ -441,15 +441,23 @@ def test_bwd_runs_on_the_current_stream():
     check_bwd(got_side, ref, torch.bfloat16, "side stream")
 
 
-class _KernelBackwardAttention(torch.autograd.Function):
-    """flashcore.reference forward (what the CUDA forward will compute) + this kernel's backward."""
-
+class _ReferenceAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v):
         from flashcore import reference
         out, lse = reference.forward(q, k, v, softmax_scale=q.shape[-1] ** -0.5, window_right=0)
         ctx.save_for_backward(q, k, v, out, lse)
         return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        from flashcore import reference
+        q, k, v, out, lse = ctx.saved_tensors
+        return reference.backward(dout, q, k, v, out, lse, softmax_scale=q.shape[-1] ** -0.5, window_right=0)
+
+
+class _KernelBackwardAttention(_ReferenceAttention):
+    """flashcore.reference forward (what the CUDA forward will compute) + this kernel's backward."""
 
     @staticmethod
     def backward(ctx, dout):
@@ -467,21 +475,6 @@ class _KernelAttention(_KernelBackwardAttention):
                                                 False)
         ctx.save_for_backward(q, k, v, out, lse)
         return out
-
-
-class _ReferenceAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v):
-        from flashcore import reference
-        out, lse = reference.forward(q, k, v, softmax_scale=q.shape[-1] ** -0.5, window_right=0)
-        ctx.save_for_backward(q, k, v, out, lse)
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        from flashcore import reference
-        q, k, v, out, lse = ctx.saved_tensors
-        return reference.backward(dout, q, k, v, out, lse, softmax_scale=q.shape[-1] ** -0.5, window_right=0)
 
 
 def _train(attention_fn, steps=100, seed=0):
