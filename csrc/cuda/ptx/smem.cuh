@@ -17,12 +17,6 @@ __device__ __forceinline__ uint32_t smem_u32(const void* ptr) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
 }
 
-// The CTA's dynamic shared memory (the launch's third <<< >>> argument): its base is only 16-byte aligned.
-__device__ __forceinline__ uint8_t* dynamic_smem() {
-  extern __shared__ uint8_t smem_raw[];
-  return smem_raw;
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // 128-byte swizzle. A tile stored with it is a sequence of 128-byte rows; within each group of 8 rows (1024 bytes,
 // the "swizzle atom"), the 16-byte chunk c of row r is stored at chunk position c ^ (r % 8). Equivalently, with
