@@ -52,7 +52,7 @@ std::string run_preprocess(const FwdParams& f, const Strided& out, const Strided
   if (blocks == 0) return "";
   return h::launch_1d(
       static_cast<int>(blocks), kBwdPreprocessThreads, 0,
-      [&pp] { sm90::preprocess::bwd_preprocess_kernel<kType>(pp); }, run, nullptr);
+      [&pp] { sm90::preprocess::bwd_preprocess_kernel<kType>(pp); }, run, 0, nullptr);
 }
 
 }  // namespace
@@ -91,7 +91,7 @@ int FLASHCORE_EMU_SYMBOL(emu_sm90_bwd)(const void* const* tensors, const int64_t
           sm90::bwd::bwd_sm90_kernel<D, kType>(plan.tmap_q, plan.tmap_k, plan.tmap_v, plan.tmap_do, plan.tmap_lse,
                                                plan.tmap_delta, plan.args);
         },
-        *run, stats);
+        *run, run->registers, stats);
   }
   if (message.empty() && plan.convert_vecs > 0) {
     const float* acc = static_cast<const float*>(p.workspace);
@@ -99,7 +99,7 @@ int FLASHCORE_EMU_SYMBOL(emu_sm90_bwd)(const void* const* tensors, const int64_t
     const int64_t vecs = plan.convert_vecs;
     message = h::launch_1d(
         plan.convert_blocks, sm90::bwd::kConvertThreads, 0,
-        [acc, dq, vecs] { sm90::bwd::bwd_dq_convert_kernel<kType>(acc, dq, vecs); }, *run, nullptr);
+        [acc, dq, vecs] { sm90::bwd::bwd_dq_convert_kernel<kType>(acc, dq, vecs); }, *run, 0, nullptr);
   }
   return h::emu::to_c_status(message, error, error_bytes);
 }

@@ -27,14 +27,16 @@ struct EmuRun {
   int32_t max_async_delay;  // emu::LaunchOptions::max_async_delay
   uint64_t seed;            // the engine's interleaving
   int32_t static_schedule;  // 1: the kernels' static round-robin (FLASHCORE_SM90_STATIC_SCHEDULE=1), 0: dynamic
-  int32_t reserved;
+  int32_t registers;        // registers per thread ptxas gave the warp-specialized kernel (resources.json), for
+                            // the model's setmaxnreg pool check; 0: unknown (the check is skipped)
   double timeout_seconds;   // per launch
 };
 
 constexpr int kStats = 5;  // ctas, fiber_switches, collectives, barriers, async_ops (summed over a call's launches)
 
-inline emu::LaunchOptions launch_options(const EmuRun& run) {
+inline emu::LaunchOptions launch_options(const EmuRun& run, int registers) {
   emu::LaunchOptions o;
+  o.registers_per_thread = registers;
   o.schedule = static_cast<emu::Schedule>(run.schedule);
   o.seed = run.seed;
   o.max_async_delay = run.max_async_delay;
@@ -47,14 +49,16 @@ inline void add_stats(const emu::LaunchStats& s, uint64_t* out) {
   out[0] += s.ctas, out[1] += s.fiber_switches, out[2] += s.collectives, out[3] += s.barriers, out[4] += s.async_ops;
 }
 
-// A 1-D grid of `blocks` CTAs of `threads` threads running kernel(); statistics added into stats (kStats values).
+// A 1-D grid of `blocks` CTAs of `threads` threads running kernel(), `registers` per thread at entry (0: unknown);
+// statistics added into stats (kStats values) unless null.
 inline std::string launch_1d(int blocks, int threads, int smem_bytes, const std::function<void()>& kernel,
-                             const EmuRun& run, uint64_t* stats) {
+                             const EmuRun& run, int registers, uint64_t* stats) {
   emu::LaunchStats s;
   emu::Dim3 grid, block;
   grid.x = static_cast<unsigned>(blocks);
   block.x = static_cast<unsigned>(threads);
-  const std::string message = emu::launch(grid, block, static_cast<size_t>(smem_bytes), kernel, launch_options(run), &s);
+  const std::string message =
+      emu::launch(grid, block, static_cast<size_t>(smem_bytes), kernel, launch_options(run, registers), &s);
   add_stats(s, stats);
   return message;
 }

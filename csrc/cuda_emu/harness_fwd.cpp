@@ -48,7 +48,7 @@ int FLASHCORE_EMU_SYMBOL(emu_sm90_fwd)(const void* const* tensors, const int64_t
         [&plan] {
           sm90::fwd::fwd_kernel<D, kBf16>(plan.tmap_q, plan.tmap_k, plan.tmap_v, plan.tmap_o, plan.args);
         },
-        *run, stats);
+        *run, run->registers, stats);
   }
   return h::emu::to_c_status(message, error, error_bytes);
 }

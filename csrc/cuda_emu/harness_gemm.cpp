@@ -20,7 +20,8 @@ int emu_sm90_gemm(const void* a, const void* b, void* c, int64_t m, int64_t n, i
   if (message.empty() && plan.blocks > 0) {
     message = h::launch_1d(
         plan.blocks, plan.threads, plan.smem_bytes,
-        [&plan] { gemm_bf16_kernel(plan.tmap_a, plan.tmap_b, plan.tmap_c, plan.grid); }, *run, stats);
+        [&plan] { gemm_bf16_kernel(plan.tmap_a, plan.tmap_b, plan.tmap_c, plan.grid); }, *run,
+        run->registers, stats);
   }
   return h::emu::to_c_status(message, error, error_bytes);
 }
