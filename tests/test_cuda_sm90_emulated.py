@@ -282,9 +282,12 @@ def test_forward_causal_large_head_dims(emu, head_dim):
     check_fwd(emu, 1, 130, 161, 2, 1, head_dim, torch.float16, causal=True)
 
 
-@pytest.mark.parametrize("window", [(16, 8), (0, 0), (40, -1), (-1, 5), (200, 0), (2**31 - 1, 3)])
-def test_forward_window(emu, window):
-    check_fwd(emu, 1, 200, 140, 1, 1, 128, torch.bfloat16, window=window)
+@pytest.mark.parametrize("window", [(16, 8), (0, 0), (40, -1), (-1, 5), (200, 0), (2**31 - 1, 3), (3, 2**31 - 1),
+                                    (2**31 - 1, 2**31 - 1)])
+@pytest.mark.parametrize("seqlens", [(200, 140), (140, 200)])
+def test_forward_window(emu, window, seqlens):
+    """Windows near 2^31 (an int32 overflow in the kernel's band arithmetic, emu_findings.md) next to small ones."""
+    check_fwd(emu, 1, *seqlens, 1, 1, 128, torch.bfloat16, window=window)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -451,9 +454,10 @@ def test_backward_ragged_seqlens(emu, seqlens, causal):
     check_bwd(emu, 1, *seqlens, 2, 1, 64, torch.bfloat16, causal=causal)
 
 
-@pytest.mark.parametrize("window", [(16, 8), (0, 0), (40, -1), (-1, 5)])
-def test_backward_window(emu, window):
-    check_bwd(emu, 1, 130, 150, 1, 1, 128, torch.bfloat16, window=window)
+@pytest.mark.parametrize("window", [(16, 8), (0, 0), (40, -1), (-1, 5), (2**31 - 1, 3), (3, 2**31 - 1)])
+@pytest.mark.parametrize("seqlens", [(130, 150), (150, 130)])
+def test_backward_window(emu, window, seqlens):
+    check_bwd(emu, 1, *seqlens, 1, 1, 128, torch.bfloat16, window=window)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

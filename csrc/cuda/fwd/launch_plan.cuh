@@ -79,6 +79,11 @@ std::string plan_fwd(const FwdParams& p, int num_sms, int l2_bytes, bool static_
 
   KernelArgs& args = plan.args;
   args.p = p;
+  // The kernel's band arithmetic (schedule.h Band) is int32: row + offset - window_left and row + offset +
+  // window_right + 1 overflow for windows near 2^31. A side at least as long as the longest sequence (seqlen_*:
+  // max_seqlen_* for varlen) cuts nothing: it is the same as unbounded, which takes no arithmetic.
+  if (args.p.window_left >= p.seqlen_k) args.p.window_left = -1;
+  if (args.p.window_right >= p.seqlen_q) args.p.window_right = -1;
   const int64_t m_blocks = (static_cast<int64_t>(p.seqlen_q) + T::kBlockM - 1) / T::kBlockM;
   const int64_t pairs = static_cast<int64_t>(p.batch) * p.heads_q;
   const int64_t num_tiles = m_blocks * pairs;
