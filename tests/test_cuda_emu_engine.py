@@ -109,13 +109,14 @@ def expected_shuffles(v: list[int]) -> list[list[int]]:
     for lane in range(32):
         rows.append([idx(lane, (lane * 7 + 3) % 32), *(xor(lane, 1 << k) for k in range(5)), down(lane, 3),
                      up(lane, 5), idx(lane, 5, 8), xor(lane, 4, 4), down(lane, 1, 16),
-                     ctypes.c_int32(ballot).value, int(v[lane ^ 8] + 0.5)])
+                     ctypes.c_int32(ballot).value, int(v[lane ^ 8] + 0.5), v[lane ^ 2] % 256,
+                     down(lane, 2) % 1024])
     return rows
 
 
 @pytest.mark.parametrize("schedule", [0, 1])
 def test_shuffles_every_lane(lib, schedule):
-    ctas, threads, k = 2, 96, 13
+    ctas, threads, k = 2, 96, 15
     out = ints(ctas * threads * k, -1)
     assert call(lib.fc_shuffles, spec(seed=7, schedule=schedule), ctas, threads, out) == ""
     for c in range(ctas):
@@ -142,9 +143,11 @@ def test_syncwarp_orders_shared_memory(lib):
 
 
 def test_divergent_collectives_are_reported(lib):
-    err = call(lib.fc_divergent, spec())
+    err = call(lib.fc_divergent, spec(), 0)
     assert "divergent collectives" in err
     assert "shfl.sync.idx" in err and "__syncwarp" in err, err
+    err = call(lib.fc_divergent, spec(), 1)
+    assert "shfl.sync.idx with member mask 65535: the model runs whole warps only" in err, err
 
 
 # ---- named barriers --------------------------------------------------------------------------------------------
@@ -231,6 +234,13 @@ def test_same_seed_same_interleaving_different_seeds_differ(lib):
     assert run(5, 1) == run(6, 1)  # round robin ignores the seed
 
 
+def test_async_tickets_run_now_and_chained_work(lib):
+    for seed in (1, 2):
+        out = ints(12)
+        assert call(lib.fc_async_tickets, spec(seed=seed), out) == ""
+        assert list(out) == [1] * 4 + [100, 101, 102, 103] + [200, 201, 202, 203]
+
+
 def test_timeout_stops_a_launch_that_never_ends(lib):
     counter = ints(1)
     start = time.monotonic()
@@ -282,3 +292,16 @@ def test_fiber_stacks_of_eight_384_thread_ctas(lib):
     print(f"8 x 384 threads: deepest fiber stack {deepest} bytes, {r.stats[1]} switches in {elapsed:.2f} s")
     assert 0 < deepest <= FIBER_STACK_BYTES // 8
     assert all(x == x for x in out)  # every thread wrote a number
+
+
+@pytest.mark.parametrize("seed,schedule", [(1, 0), (2, 0), (1, 1)])
+def test_warp_specialized_pipeline(lib, seed, schedule):
+    ctas, rounds, tile = 4, 12, 256
+    src = (ctypes.c_int32 * (ctas * rounds * tile))(*range(ctas * rounds * tile))
+    out = ints(ctas * rounds, -1)
+    r = spec(seed=seed, schedule=schedule, registers=168)
+    start = time.monotonic()
+    assert call(lib.fc_pipeline, r, ctas, rounds, src, out) == ""
+    print(f"pipeline {ctas} x 384 threads, {rounds} rounds: {r.stats[1]} switches in {time.monotonic() - start:.2f} s")
+    assert list(out) == [sum(range(i * tile, (i + 1) * tile)) for i in range(ctas * rounds)]
+    assert r.stats[4] == 2 * ctas * rounds

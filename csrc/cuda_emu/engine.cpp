@@ -11,11 +11,24 @@
 #include <cstring>
 #include <exception>
 #include <map>
+#include <mutex>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "../emu_common/fiber.h"
+
+// The CUDA built-in variables, as the CUDA headers declare them to a host compiler (device_launch_parameters.h:
+// extern "C" const uint3 threadIdx, ...): defined here and written by the scheduler before it resumes a fiber, so
+// kernels read them as on the device, and member names like cudaLaunchConfig_t::gridDim stay untouched. A fiber's
+// own values never change while it runs: a compiler that caches them (they are const to the kernel) is right.
+struct BuiltinUint3 {  // uint3 / dim3 layout
+  unsigned x, y, z;
+};
+extern "C" {
+BuiltinUint3 threadIdx, blockIdx, blockDim, gridDim;
+int warpSize = 32;
+}
 
 namespace flashcore::cuda_emu {
 namespace {
@@ -479,6 +492,10 @@ void Launch::run() {
       break;
     }
     current = &fibers[pick()];
+    const unsigned t = static_cast<unsigned>(current->tid);
+    threadIdx = {t % block.x, t / block.x % block.y, t / (block.x * block.y)};
+    const Dim3& b = ctas[current->cta].idx;
+    blockIdx = {b.x, b.y, b.z};
     ++stats.fiber_switches;
     emu_common::fiber_switch(scheduler, current->context);
     current = nullptr;
@@ -700,6 +717,8 @@ std::string launch(Dim3 grid, Dim3 block, size_t dynamic_smem_bytes, const std::
            std::to_string(kMaxDynamicSmemBytes);
   }
   if (tl_launch != nullptr) return "launch() called from inside a kernel";
+  static std::mutex one_launch_at_a_time;  // the built-in variables are process-wide
+  const std::lock_guard<std::mutex> lock(one_launch_at_a_time);
   Launch l;
   l.kernel = &kernel;
   l.grid = grid;
@@ -740,6 +759,8 @@ std::string launch(Dim3 grid, Dim3 block, size_t dynamic_smem_bytes, const std::
     l.set_runnable(f, true);
   }
   l.live = static_cast<int>(l.fibers.size());
+  blockDim = {block.x, block.y, block.z};
+  gridDim = {grid.x, grid.y, grid.z};
   tl_launch = &l;
   l.run();
   for (Cta& c : l.ctas) {

@@ -2,6 +2,9 @@
 // models, with C entry points for tests/test_cuda_emu_engine.py. Built with -include csrc/cuda_emu/prelude.h
 // -DFLASHCORE_SM90_EMU, like the real kernels. Every entry point takes a RunSpec (schedule, seed, limits; the
 // launch's statistics come back in it) and returns 0, or -1 with the launch's error in `error`.
+#include <cuda_bf16.h>  // the CUDA headers' 16-bit types, compiled for the host under the prelude
+#include <cuda_fp16.h>
+
 #include <cstdint>
 #include <cstring>
 
@@ -42,7 +45,7 @@ int run(RunSpec* spec, emu::Dim3 grid, emu::Dim3 block, size_t smem, const std::
 
 int lane_id() { return static_cast<int>(threadIdx.x) % warpSize; }
 
-constexpr int kShuffleOutputs = 13;  // results per thread of fc_shuffles (the test's table lists them)
+constexpr int kShuffleOutputs = 15;  // results per thread of fc_shuffles (the test's table lists them)
 
 }  // namespace
 
@@ -63,6 +66,9 @@ int fc_shuffles(RunSpec* spec, int ctas, int threads, int32_t* out, char* error,
     o[10] = __shfl_down_sync(0xffffffffu, v, 1, 16);
     o[11] = static_cast<int32_t>(__ballot_sync(0xffffffffu, lane % 3 == 0));
     o[12] = static_cast<int32_t>(__shfl_xor_sync(0xffffffffu, static_cast<float>(v) + 0.5f, 8));
+    const __nv_bfloat162 b = __floats2bfloat162_rn(static_cast<float>(v % 256), 1.0f);  // exact in bf16
+    o[13] = static_cast<int32_t>(__low2float(__shfl_xor_sync(0xffffffffu, b, 2)));
+    o[14] = static_cast<int32_t>(__half2float(__shfl_down_sync(0xffffffffu, __float2half(v % 1024), 2)));
   }, error, error_bytes);
 }
 
@@ -199,9 +205,10 @@ int fc_deadlock(RunSpec* spec, char* error, int error_bytes) {
   }, error, error_bytes);
 }
 
-// Lanes 0-15 shuffle while lanes 16-31 reach __syncwarp.
-int fc_divergent(RunSpec* spec, char* error, int error_bytes) {
+// Lanes 0-15 shuffle while lanes 16-31 reach __syncwarp; kind 1: a shuffle with a partial member mask.
+int fc_divergent(RunSpec* spec, int kind, char* error, int error_bytes) {
   return run(spec, {1}, {32}, 0, [=] {
+    if (kind == 1) (void)__shfl_sync(0x0000ffffu, 1, 0);
     if (threadIdx.x < 16) {
       (void)__shfl_sync(0xffffffffu, 1, 0);
     } else {
@@ -217,6 +224,27 @@ int fc_ticket_order(RunSpec* spec, int ctas, int threads, int32_t* counter, int3
     const int g = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
     for (int i = 0; i < g % 3; ++i) emu::spin("warm-up");
     order[atomicAdd(counter, 1)] = g;
+  }, error, error_bytes);
+}
+
+// The asynchronous queue's ticket calls: lane 0 of each warp enqueues a copy, checks it has not run, forces it
+// (run_async_now, as cp.async.bulk.wait_group does) and the copy enqueues a second one from inside asynchronous
+// work, which the warp waits for with async_done. out[warp] = 1 when every check held, then the copied values.
+int fc_async_tickets(RunSpec* spec, int32_t* out, char* error, int error_bytes) {
+  return run(spec, {1}, {128}, 64, [=] {
+    const int warp = static_cast<int>(threadIdx.x) / 32;
+    if (threadIdx.x % 32 != 0) return;
+    int32_t* first = out + 4 + warp;
+    int32_t* second = out + 8 + warp;
+    const uint64_t ticket = emu::enqueue_async([=] {
+      *first = 100 + warp;
+      emu::enqueue_async([=] { *second = 200 + emu::linear_block() + warp; });
+    });
+    bool ok = !emu::async_done(ticket) && *first == 0;
+    emu::run_async_now(ticket);
+    ok = ok && emu::async_done(ticket) && *first == 100 + warp;
+    while (*second == 0) emu::spin("waiting for the chained copy");
+    out[warp] = ok;
   }, error, error_bytes);
 }
 
@@ -303,6 +331,68 @@ int fc_stack_depth(RunSpec* spec, int ctas, float* out, char* error, int error_b
     float s = 0;
     for (float a : acc) s += a;
     out[blockIdx.x * 384 + threadIdx.x] = s;
+  }, error, error_bytes);
+}
+
+}  // extern "C"
+
+extern "C" {
+
+// The attention kernels' shape on a small scale: 384 threads, warpgroup 0's thread 0 produces tiles of 256 int32
+// into a 2-stage ring with asynchronous copies (expect_tx / complete_tx), warpgroups 1-2 (setmaxnreg.inc) each wait
+// on the full barrier with all 128 threads, sum their half of the tile (shuffles), meet at named barrier 1, and
+// lane 0 of each consumer warp arrives at the empty barrier. out[cta * rounds + round] = the tile's sum.
+int fc_pipeline(RunSpec* spec, int ctas, int rounds, const int32_t* src, int32_t* out, char* error,
+                int error_bytes) {
+  constexpr int kStages = 2, kTile = 256, kConsumerWarps = 8;
+  constexpr uint32_t kTileBytes = kTile * sizeof(int32_t);
+  return run(spec, {static_cast<unsigned>(ctas)}, {384}, 4096, [=] {
+    uint8_t* smem = emu::dynamic_smem();
+    auto* full = reinterpret_cast<uint64_t*>(smem);
+    auto* empty = full + kStages;
+    auto* partial = reinterpret_cast<int32_t*>(smem + 64);  // one per consumer warp
+    auto* ring = reinterpret_cast<int32_t*>(smem + 1024);
+    const int t = static_cast<int>(threadIdx.x), cta = static_cast<int>(blockIdx.x), wg = t / 128;
+    if (t == 0) {
+      for (int s = 0; s < kStages; ++s) ptx::mbarrier_init(&full[s], 1), ptx::mbarrier_init(&empty[s], kConsumerWarps);
+      ptx::fence_mbarrier_init();
+    }
+    __syncthreads();
+    if (wg == 0) {
+      ptx::setmaxnreg_dec<40>();
+      if (t != 0) return;
+      for (int r = 0; r < rounds; ++r) {
+        const int s = r % kStages;
+        ptx::mbarrier_wait(&empty[s], ((r / kStages) & 1) ^ 1);
+        ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytes);
+        const int32_t* from = src + (cta * rounds + r) * kTile;
+        int32_t* to = ring + s * kTile;
+        uint64_t* bar = &full[s];
+        for (int half = 0; half < 2; ++half) {  // two copies per tile, like a TMA box per operand
+          emu::enqueue_async([=] {
+            std::memcpy(to + half * kTile / 2, from + half * kTile / 2, kTileBytes / 2);
+            emu::mbarrier_complete_tx(bar, kTileBytes / 2);
+          });
+        }
+      }
+      return;
+    }
+    ptx::setmaxnreg_inc<232>();
+    const int c = t - 128, warp = c / 32;
+    for (int r = 0; r < rounds; ++r) {
+      const int s = r % kStages;
+      ptx::mbarrier_wait(&full[s], (r / kStages) & 1);
+      int32_t v = ring[s * kTile + c];
+      for (int k = 16; k > 0; k /= 2) v += __shfl_xor_sync(0xffffffffu, v, k);
+      if (c % 32 == 0) partial[warp] = v, ptx::mbarrier_arrive(&empty[s]);
+      ptx::named_barrier_sync(1, 256);
+      if (c == 0) {
+        int32_t sum = 0;
+        for (int w = 0; w < kConsumerWarps; ++w) sum += partial[w];
+        out[cta * rounds + r] = sum;
+      }
+      ptx::named_barrier_sync(2, 256);  // partial[] is reused next round
+    }
   }, error, error_bytes);
 }
 

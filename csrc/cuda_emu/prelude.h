@@ -13,6 +13,7 @@
 #endif
 
 #include <cuda_runtime.h>
+#include <device_launch_parameters.h>  // extern "C" threadIdx, blockIdx, ... (defined by engine.cpp)
 #include <math.h>
 
 #include <atomic>
@@ -34,23 +35,6 @@ namespace flashcore::cuda_emu::lang {
 
 constexpr unsigned kFullWarpMask = 0xffffffffu;  // every lane: the only mask the model accepts
 
-inline uint3 thread_idx_u3() {
-  const Dim3 d = thread_idx();
-  return make_uint3(d.x, d.y, d.z);
-}
-inline uint3 block_idx_u3() {
-  const Dim3 d = block_idx();
-  return make_uint3(d.x, d.y, d.z);
-}
-inline dim3 block_dim_d3() {
-  const Dim3 d = block_dim();
-  return dim3(d.x, d.y, d.z);
-}
-inline dim3 grid_dim_d3() {
-  const Dim3 d = grid_dim();
-  return dim3(d.x, d.y, d.z);
-}
-
 inline void require_full_mask(unsigned mask, const char* op) {
   if (mask != kFullWarpMask) {
     fail(std::string(op) + " with member mask " + std::to_string(mask) +
@@ -69,7 +53,7 @@ inline void check_width(int width, const char* op) {
 // One shuffle: every lane names the lane it reads (computed before the rendezvous from its own operands).
 template <class T>
 T shuffle(const char* name, unsigned mask, T value, int source) {
-  static_assert(std::is_trivially_copyable_v<T>, "shuffles move bits: trivially copyable types only");
+  static_assert(std::is_default_constructible_v<T> && std::is_copy_assignable_v<T>, "shuffles copy values");
   require_full_mask(mask, name);
   struct In {
     T value;
@@ -100,11 +84,9 @@ T atomic_add(T* address, T value) {
 }  // namespace flashcore::cuda_emu::lang
 
 // ---- built-in variables -----------------------------------------------------------------------------------------
-#define threadIdx (::flashcore::cuda_emu::lang::thread_idx_u3())
-#define blockIdx (::flashcore::cuda_emu::lang::block_idx_u3())
-#define blockDim (::flashcore::cuda_emu::lang::block_dim_d3())
-#define gridDim (::flashcore::cuda_emu::lang::grid_dim_d3())
-#define warpSize (::flashcore::cuda_emu::kWarpSize)
+// threadIdx, blockIdx, blockDim, gridDim and warpSize are the CUDA headers' own extern "C" declarations, defined by
+// engine.cpp and set by its scheduler for the fiber it resumes.
+static_assert(sizeof(uint3) == 3 * sizeof(unsigned) && sizeof(dim3) == 3 * sizeof(unsigned));
 
 // ---- barriers and warp collectives ------------------------------------------------------------------------------
 inline void __syncthreads() { ::flashcore::cuda_emu::named_barrier_sync(0, 0); }
