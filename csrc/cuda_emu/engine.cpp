@@ -22,13 +22,16 @@
 // extern "C" const uint3 threadIdx, ...): defined here and written by the scheduler before it resumes a fiber, so
 // kernels read them as on the device, and member names like cudaLaunchConfig_t::gridDim stay untouched. A fiber's
 // own values never change while it runs: a compiler that caches them (they are const to the kernel) is right.
+// Defined under other C++ names with the symbols' assembler names, so that this file also compiles with the
+// prelude force-included (which declares them const, with the CUDA types).
 struct BuiltinUint3 {  // uint3 / dim3 layout
   unsigned x, y, z;
 };
-extern "C" {
-BuiltinUint3 threadIdx, blockIdx, blockDim, gridDim;
-int warpSize = 32;
-}
+BuiltinUint3 g_thread_idx asm("threadIdx");
+BuiltinUint3 g_block_idx asm("blockIdx");
+BuiltinUint3 g_block_dim asm("blockDim");
+BuiltinUint3 g_grid_dim asm("gridDim");
+int g_warp_size asm("warpSize") = 32;
 
 namespace flashcore::cuda_emu {
 namespace {
@@ -493,9 +496,9 @@ void Launch::run() {
     }
     current = &fibers[pick()];
     const unsigned t = static_cast<unsigned>(current->tid);
-    threadIdx = {t % block.x, t / block.x % block.y, t / (block.x * block.y)};
+    g_thread_idx = {t % block.x, t / block.x % block.y, t / (block.x * block.y)};
     const Dim3& b = ctas[current->cta].idx;
-    blockIdx = {b.x, b.y, b.z};
+    g_block_idx = {b.x, b.y, b.z};
     ++stats.fiber_switches;
     emu_common::fiber_switch(scheduler, current->context);
     current = nullptr;
@@ -759,8 +762,8 @@ std::string launch(Dim3 grid, Dim3 block, size_t dynamic_smem_bytes, const std::
     l.set_runnable(f, true);
   }
   l.live = static_cast<int>(l.fibers.size());
-  blockDim = {block.x, block.y, block.z};
-  gridDim = {grid.x, grid.y, grid.z};
+  g_block_dim = {block.x, block.y, block.z};
+  g_grid_dim = {grid.x, grid.y, grid.z};
   tl_launch = &l;
   l.run();
   for (Cta& c : l.ctas) {
