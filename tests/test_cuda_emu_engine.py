@@ -148,6 +148,10 @@ def test_divergent_collectives_are_reported(lib):
     assert "shfl.sync.idx" in err and "__syncwarp" in err, err
     err = call(lib.fc_divergent, spec(), 1)
     assert "shfl.sync.idx with member mask 65535: the model runs whole warps only" in err, err
+    for seed in (1, 2, 3):  # whichever comes first: the exit or the others' arrival
+        err = call(lib.fc_divergent, spec(seed=seed), 2)
+        assert ("exited while other threads of its warp wait for it in __syncwarp" in err
+                or "__syncwarp needs all 32 threads of the warp; " in err), err
 
 
 # ---- named barriers --------------------------------------------------------------------------------------------

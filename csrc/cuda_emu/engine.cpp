@@ -476,10 +476,12 @@ std::string Launch::report() const {  // one line per run of lanes of a warp in 
 
 void Launch::run() {
   const auto start = std::chrono::steady_clock::now();
+  uint64_t next_clock_check = kClockCheckPoints;
   while (live > 0 && error.empty()) {
     ++points;
-    if (points % kClockCheckPoints == 0 &&
-        std::chrono::steady_clock::now() - start > std::chrono::duration<double>(options.timeout_seconds)) {
+    if (points >= next_clock_check &&
+        (next_clock_check = points + kClockCheckPoints,
+         std::chrono::steady_clock::now() - start > std::chrono::duration<double>(options.timeout_seconds))) {
       error = "timeout: the launch ran longer than " + std::to_string(options.timeout_seconds) +
               " s; what every live warp was doing:" + report();
       break;

@@ -205,10 +205,12 @@ int fc_deadlock(RunSpec* spec, char* error, int error_bytes) {
   }, error, error_bytes);
 }
 
-// Lanes 0-15 shuffle while lanes 16-31 reach __syncwarp; kind 1: a shuffle with a partial member mask.
+// Lanes 0-15 shuffle while lanes 16-31 reach __syncwarp; kind 1: a shuffle with a partial member mask; kind 2:
+// lanes 0-15 exit first.
 int fc_divergent(RunSpec* spec, int kind, char* error, int error_bytes) {
   return run(spec, {1}, {32}, 0, [=] {
     if (kind == 1) (void)__shfl_sync(0x0000ffffu, 1, 0);
+    if (kind == 2 && threadIdx.x < 16) return;  // exits while the others shuffle
     if (threadIdx.x < 16) {
       (void)__shfl_sync(0xffffffffu, 1, 0);
     } else {
