@@ -108,6 +108,20 @@ T& cta_state(const void* key) {
       key, []() -> void* { return new T(); }, [](void* p) { delete static_cast<T*>(p); }));
 }
 
+// ---- without a current fiber (asynchronous work, the mbarrier model's complete_tx) ----------------------------
+// Asynchronous work runs on behalf of the CTA whose thread enqueued it: inside it linear_block(), dynamic_smem(),
+// smem_address(), smem_pointer(), cta_state() and enqueue_async() refer to that CTA; thread_idx() and the
+// collectives fail. The calls below need no current fiber at all. (Added by the engine; the mbarrier model's
+// flashcore::cuda_emu::mbarrier_complete_tx(bar, bytes), for the TMA model, is in ptx_mbarrier.h.)
+int smem_owner(const void* generic);  // the CTA whose shared window holds `generic`, or -1
+void* cta_state_raw_of(int cta, const void* key, void* (*make)(), void (*destroy)(void*));
+template <class T>
+T& cta_state_of(int cta, const void* key) {  // cta_state of CTA `cta` (its linear_block())
+  return *static_cast<T*>(cta_state_raw_of(
+      cta, key, []() -> void* { return new T(); }, [](void* p) { delete static_cast<T*>(p); }));
+}
+int registers_per_thread();  // LaunchOptions::registers_per_thread of the running launch (0: unknown)
+
 // ---- launching (host side of the harness) -----------------------------------------------------------------------
 enum class Schedule : int {
   kRandom = 0,      // seeded random choice among runnable fibers at every scheduling point (the default)
@@ -121,10 +135,15 @@ struct LaunchOptions {
   // once when nothing else can run. Larger delays expose reads that do not wait for their data.
   int max_async_delay = 64;
   double timeout_seconds = 120.0;  // wall-clock limit for the whole launch
+  // Registers per thread at kernel entry (what ptxas gave the kernel, e.g. 168 for __launch_bounds__(384, 1)):
+  // setmaxnreg checks that the CTA's pool (this x block threads) covers every warpgroup's request. 0 = unknown:
+  // the pool check is skipped (the warpgroup rendezvous and the range checks stay).
+  int registers_per_thread = 0;
 };
 
 struct LaunchStats {
   uint64_t ctas = 0, fiber_switches = 0, collectives = 0, barriers = 0, async_ops = 0;
+  uint64_t max_stack_bytes = 0;  // deepest fiber stack of the launch (resident pages): headroom for the reservation
 };
 
 // Runs `kernel` (the kernel body, called once per thread) over `grid` CTAs of `block` threads with
