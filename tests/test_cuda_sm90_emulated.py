@@ -132,8 +132,17 @@ def _registers(match: str) -> int:
     return next(row["registers"] for row in RESOURCES if row["match"] in match or match in row["match"])
 
 
-def _run(registers: int, num_sms=PRETEND_SMS, seed=1, schedule=0, static=False, l2_bytes=H100_L2_BYTES,
-         max_async_delay=64) -> EmuRun:
+# The engine's choice of the next fiber (csrc/cuda_emu/emu.h Schedule)
+RANDOM, ROUND_ROBIN, LOWEST_FIRST, HIGHEST_FIRST = 0, 1, 2, 3
+LAZY_ASYNC = 100_000  # max_async_delay: TMA copies land only when nothing else can run (exposes early reuse)
+# FLASHCORE_EMU_SCHEDULE / FLASHCORE_EMU_ASYNC_DELAY: the defaults of every call (to rerun the file under another
+# interleaving)
+DEFAULT_SCHEDULE = int(os.environ.get("FLASHCORE_EMU_SCHEDULE", RANDOM))
+DEFAULT_ASYNC_DELAY = int(os.environ.get("FLASHCORE_EMU_ASYNC_DELAY", 64))
+
+
+def _run(registers: int, num_sms=PRETEND_SMS, seed=1, schedule=DEFAULT_SCHEDULE, static=False,
+         l2_bytes=H100_L2_BYTES, max_async_delay=DEFAULT_ASYNC_DELAY) -> EmuRun:
     return EmuRun(num_sms=num_sms, l2_bytes=l2_bytes, schedule=schedule, max_async_delay=max_async_delay, seed=seed,
                   static_schedule=int(static), registers=registers, timeout_seconds=300.0)
 

@@ -126,6 +126,9 @@ int registers_per_thread();  // LaunchOptions::registers_per_thread of the runni
 enum class Schedule : int {
   kRandom = 0,      // seeded random choice among runnable fibers at every scheduling point (the default)
   kRoundRobin = 1,  // every fiber one step per round: warps advance nearly in lock step
+  kLowestFirst = 2,   // the lowest-numbered runnable fiber that is not spinning (random among spinners): each warp
+                      // runs as far ahead as synchronisation allows, CTA 0 / warp 0 first (missing barriers)
+  kHighestFirst = 3,  // the same from the highest-numbered fiber down
 };
 
 struct LaunchOptions {

@@ -4,6 +4,7 @@
 #include "emu.h"
 
 #include <algorithm>
+#include <bit>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -416,7 +417,22 @@ int Launch::pick() {
       if (word & 1) return rr_cursor = i;
     }
   }
-  return runnable[random() % runnable.size()];
+  if (options.schedule == Schedule::kLowestFirst || options.schedule == Schedule::kHighestFirst) {
+    // The first (last) runnable fiber that is not spinning: one warp runs as far ahead of the others as the
+    // kernel's synchronisation lets it, which exposes a missing barrier that a fair interleaving rarely hits.
+    const bool lowest = options.schedule == Schedule::kLowestFirst;
+    const int words = static_cast<int>(runnable_bits.size());
+    for (int w = 0; w < words; ++w) {
+      const int wi = lowest ? w : words - 1 - w;
+      for (uint64_t word = runnable_bits[wi]; word != 0;) {
+        const int bit = lowest ? std::countr_zero(word) : 63 - std::countl_zero(word);
+        const int i = wi * 64 + bit;
+        if (fibers[i].wait != Wait::kSpin) return i;
+        word &= ~(uint64_t(1) << bit);
+      }
+    }
+  }
+  return runnable[random() % runnable.size()];  // (all spinning under the greedy schedules: any of them)
 }
 
 std::string Launch::describe(const Fiber& f) const {
