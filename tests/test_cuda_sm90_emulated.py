@@ -141,6 +141,15 @@ DEFAULT_SCHEDULE = int(os.environ.get("FLASHCORE_EMU_SCHEDULE", RANDOM))
 DEFAULT_ASYNC_DELAY = int(os.environ.get("FLASHCORE_EMU_ASYNC_DELAY", 64))
 
 
+# Interleavings that expose races a fair random one rarely hits (each was needed to catch a mutation of the kernels,
+# emu_findings.md): one warp running as far ahead as the barriers allow (LOWEST_FIRST / HIGHEST_FIRST), TMA copies
+# and stores landing only when nothing else can run (LAZY_ASYNC: a buffer reused before its copy finished reads or
+# stores the wrong bytes).
+INTERLEAVINGS = {"random": dict(), "round_robin": dict(schedule=ROUND_ROBIN), "lowest_first": dict(schedule=LOWEST_FIRST),
+                 "highest_first": dict(schedule=HIGHEST_FIRST), "lazy_async": dict(max_async_delay=LAZY_ASYNC, seed=3),
+                 "lowest_lazy": dict(schedule=LOWEST_FIRST, max_async_delay=LAZY_ASYNC)}
+
+
 def _run(registers: int, num_sms=PRETEND_SMS, seed=1, schedule=DEFAULT_SCHEDULE, static=False,
          l2_bytes=H100_L2_BYTES, max_async_delay=DEFAULT_ASYNC_DELAY) -> EmuRun:
     return EmuRun(num_sms=num_sms, l2_bytes=l2_bytes, schedule=schedule, max_async_delay=max_async_delay, seed=seed,
@@ -188,13 +197,14 @@ def emu_gemm(emu, a, b, **run):
     return c[:, :n]
 
 
-@pytest.mark.parametrize("shape", [(130, 300, 72), (1, 8, 8), (257, 520, 200), (64, 256, 64)])
-def test_gemm_matches_float64(emu, shape):
+@pytest.mark.parametrize("interleaving", ["random", "lowest_first", "lazy_async"])
+@pytest.mark.parametrize("shape", [(130, 300, 72), (1, 8, 8), (257, 520, 400), (64, 256, 64)])
+def test_gemm_matches_float64(emu, shape, interleaving):
     """Ragged M / N / K (TMA zero-fill and clipped stores), several tiles per CTA on 2 pretend SMs."""
     m, n, k = shape
     a = torch.randn(m, k).to(torch.bfloat16)
     b = torch.randn(n, k).to(torch.bfloat16)
-    c = emu_gemm(emu, a, b, num_sms=2)
+    c = emu_gemm(emu, a, b, num_sms=2, **INTERLEAVINGS[interleaving])
     want = a.double() @ b.double().T
     assert not c.isnan().any(), f"{c.isnan().sum().item()} elements of C unwritten"
     err = (c.double() - want).abs().max().item()
@@ -372,6 +382,16 @@ def test_forward_nan_propagates(emu):
     assert out[0, :40].isfinite().all() and out[0, 40:].isnan().all()
 
 
+@pytest.mark.parametrize("interleaving", INTERLEAVINGS)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_forward_pipeline_interleavings(emu, head_dim, interleaving):
+    """Key walks several laps around the K/V ring; then many short tiles per CTA (2 pretend SMs: the output staging
+    buffer and Q are reused while the previous tile's stores may still read them), under each interleaving."""
+    run = dict(num_sms=2, **INTERLEAVINGS[interleaving])
+    check_fwd(emu, 1, 256, 700, 2, 1, head_dim, torch.bfloat16, run=run)
+    check_fwd(emu, 2, 512, 100, 2, 1, head_dim, torch.bfloat16, run=run)
+
+
 @pytest.mark.skipif(not FULL, reason="FLASHCORE_EMU_FULL=1: the larger forward sweep")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
@@ -547,6 +567,14 @@ def test_backward_deterministic_bit_identical(emu, head_dim):
         else:
             for name, a, b in zip(("dq", "dk", "dv"), first, (dq, dk, dv)):
                 assert torch.equal(a, b), f"{name} differs with {run}"
+
+
+@pytest.mark.parametrize("interleaving", INTERLEAVINGS)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_backward_pipeline_interleavings(emu, head_dim, interleaving):
+    """Query walks several laps around the Q / dO ring, several K/V blocks per CTA, under each interleaving."""
+    check_bwd(emu, 1, 400, 300, 2, 1, head_dim, torch.bfloat16, causal=True,
+              run=dict(num_sms=2, **INTERLEAVINGS[interleaving]))
 
 
 @pytest.mark.skipif(not FULL, reason="FLASHCORE_EMU_FULL=1: the larger backward sweep")
