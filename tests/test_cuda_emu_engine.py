@@ -15,6 +15,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 CUDA_HOME = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
 # (source, uses the CUDA prelude): the engine itself is plain C++, the harness is "CUDA" compiled for the host
-SOURCES = [("emu_common/fiber.cpp", False), ("cuda_emu/engine.cpp", False), ("cuda_emu/harness_engine.cpp", True)]
+SOURCES = [("emu_common/fiber.cpp", False), ("emu_common/watchdog.cpp", False), ("cuda_emu/engine.cpp", False),
+           ("cuda_emu/harness_engine.cpp", True)]
 CXX_FLAGS = ["-std=c++20", "-O2", "-fPIC", "-pthread", "-DFLASHCORE_SM90_EMU", f"-I{CSRC}", f"-I{CUDA_HOME / 'include'}"]
 FULL = 0xFFFFFFFF
 FIBER_STACK_BYTES = 1 << 20  # engine.cpp's kFiberStackBytes
@@ -252,6 +254,16 @@ def test_timeout_stops_a_launch_that_never_ends(lib):
     assert err.startswith("timeout"), err
     assert "spinning: busy loop" in err
     assert time.monotonic() - start < 5
+
+
+def test_watchdog_aborts_a_fiber_that_never_yields(lib):
+    script = (f"import ctypes, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+              "import test_cuda_emu_engine as t; "
+              f"lib = ctypes.CDLL({lib._name!r}); flag = t.ints(1); "
+              "t.call(lib.fc_endless, t.spec(timeout=0.5), flag)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "no scheduling point for" in result.stderr and "block 1 thread 5" in result.stderr, result.stderr
 
 
 def test_setmaxnreg_pool(lib):

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../emu_common/fiber.h"
+#include "../emu_common/watchdog.h"
 
 // The CUDA built-in variables, as the CUDA headers declare them to a host compiler (device_launch_parameters.h:
 // extern "C" const uint3 threadIdx, ...): defined here and written by the scheduler before it resumes a fiber, so
@@ -476,6 +477,7 @@ std::string Launch::report() const {  // one line per run of lanes of a warp in 
 
 void Launch::run() {
   const auto start = std::chrono::steady_clock::now();
+  emu_common::Watchdog watchdog("flashcore cuda_emu", options.timeout_seconds);
   uint64_t next_clock_check = kClockCheckPoints;
   while (live > 0 && error.empty()) {
     ++points;
@@ -501,6 +503,7 @@ void Launch::run() {
     g_thread_idx = {t % block.x, t / block.x % block.y, t / (block.x * block.y)};
     const Dim3& b = ctas[current->cta].idx;
     g_block_idx = {b.x, b.y, b.z};
+    watchdog.beat(current->cta, current->tid);
     ++stats.fiber_switches;
     emu_common::fiber_switch(scheduler, current->context);
     current = nullptr;

@@ -260,6 +260,16 @@ int fc_forever(RunSpec* spec, int32_t* counter, char* error, int error_bytes) {
   }, error, error_bytes);
 }
 
+// Thread 5 of CTA 1 loops forever without a scheduling point: only the watchdog can stop it (by aborting).
+int fc_endless(RunSpec* spec, volatile int32_t* flag, char* error, int error_bytes) {
+  return run(spec, {2}, {32}, 0, [=] {
+    if (blockIdx.x == 1 && threadIdx.x == 5) {
+      while (*flag == 0) {
+      }
+    }
+  }, error, error_bytes);
+}
+
 // setmaxnreg on a 384-thread CTA: warpgroup 0 dec<dec_regs>, warpgroups 1-2 inc<inc_regs> (the kernels' split);
 // split = 1 makes the two halves of warpgroup 0 ask for different counts.
 int fc_setmaxnreg(RunSpec* spec, int variant, char* error, int error_bytes) {
