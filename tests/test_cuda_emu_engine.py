@@ -28,6 +28,7 @@ CSRC = ROOT / "csrc"
 CUDA_HOME = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
 # (source, uses the CUDA prelude): the engine itself is plain C++, the harness is "CUDA" compiled for the host
 SOURCES = [("emu_common/fiber.cpp", False), ("emu_common/watchdog.cpp", False), ("cuda_emu/engine.cpp", False),
+           ("cuda_emu/engine_sync.cpp", False),
            ("cuda_emu/harness_engine.cpp", True)]
 CXX_FLAGS = ["-std=c++20", "-O2", "-fPIC", "-pthread", "-DFLASHCORE_SM90_EMU", f"-I{CSRC}", f"-I{CUDA_HOME / 'include'}"]
 FULL = 0xFFFFFFFF
