@@ -117,7 +117,7 @@ def expected_shuffles(v: list[int]) -> list[list[int]]:
     return rows
 
 
-@pytest.mark.parametrize("schedule", [0, 1])
+@pytest.mark.parametrize("schedule", [0, 1, 2])
 def test_shuffles_every_lane(lib, schedule):
     ctas, threads, k = 2, 96, 15
     out = ints(ctas * threads * k, -1)
@@ -158,7 +158,7 @@ def test_divergent_collectives_are_reported(lib):
 
 
 # ---- named barriers --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("seed,schedule", [(1, 0), (2, 0), (3, 0), (1, 1)])
+@pytest.mark.parametrize("seed,schedule", [(1, 0), (2, 0), (3, 0), (1, 1), (1, 2), (2, 2)])
 def test_named_barriers_with_arrive_only_producers(lib, seed, schedule):
     rounds = 5
     out = ints(2 * 128 * rounds, -1)
@@ -184,7 +184,7 @@ def ring_expected(ctas: int, rounds: int) -> list[int]:
     return [sum(range((c * rounds + r) * 32, (c * rounds + r + 1) * 32)) for c in range(ctas) for r in range(rounds)]
 
 
-@pytest.mark.parametrize("seed,schedule,delay", [(1, 0, 64), (2, 0, 1), (3, 0, 500), (4, 1, 64)])
+@pytest.mark.parametrize("seed,schedule,delay", [(1, 0, 64), (2, 0, 1), (3, 0, 500), (4, 1, 64), (5, 2, 64), (6, 2, 500)])
 def test_mbarrier_ring_with_async_copies(lib, seed, schedule, delay):
     ctas, rounds = 3, 9
     out = ints(ctas * rounds, -1)
@@ -246,6 +246,22 @@ def test_async_tickets_run_now_and_chained_work(lib):
         out = ints(12)
         assert call(lib.fc_async_tickets, spec(seed=seed), out) == ""
         assert list(out) == [1] * 4 + [100, 101, 102, 103] + [200, 201, 202, 203]
+
+
+def test_random_priority_lets_warps_run_far_ahead(lib):
+    """Schedule 2 (kRandomPriority) runs a warp until it waits on another; uniform choice keeps them in step."""
+    def mean_run(schedule, seed):
+        counter, order = ints(1), ints(4 * 128 * 8, -1)
+        r = spec(seed=seed, schedule=schedule)
+        assert call(lib.fc_warp_runs, r, 4, 8, counter, order) == ""
+        o = list(order)
+        assert sorted(o) == sorted(w for w in range(16) for _ in range(32 * 8))
+        return len(o) / (1 + sum(a != b for a, b in zip(o, o[1:]))), list(o)
+
+    for seed in (1, 2, 3):
+        assert mean_run(0, seed)[0] < 4
+        assert mean_run(2, seed)[0] > 64
+    assert mean_run(2, 7) == mean_run(2, 7) and mean_run(2, 7) != mean_run(2, 8)
 
 
 def test_timeout_stops_a_launch_that_never_ends(lib):
@@ -311,7 +327,7 @@ def test_fiber_stacks_of_eight_384_thread_ctas(lib):
     assert all(x == x for x in out)  # every thread wrote a number
 
 
-@pytest.mark.parametrize("seed,schedule", [(1, 0), (2, 0), (1, 1)])
+@pytest.mark.parametrize("seed,schedule", [(1, 0), (2, 0), (1, 1), (1, 2), (2, 2)])
 def test_warp_specialized_pipeline(lib, seed, schedule):
     ctas, rounds, tile = 4, 12, 256
     src = (ctypes.c_int32 * (ctas * rounds * tile))(*range(ctas * rounds * tile))

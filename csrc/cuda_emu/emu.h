@@ -126,6 +126,11 @@ int registers_per_thread();  // LaunchOptions::registers_per_thread of the runni
 enum class Schedule : int {
   kRandom = 0,      // seeded random choice among runnable fibers at every scheduling point (the default)
   kRoundRobin = 1,  // every fiber one step per round: warps advance nearly in lock step
+  // Added by the engine: seeded random priorities (as in PCT, Burckhardt et al. 2010): the runnable fiber with
+  // the highest runs, a spin drops the spinner below every fiber that is not spinning, and now and then one
+  // fiber's priority is redrawn. Threads run far ahead of each other: a producer laps a slow consumer, one warp
+  // finishes its loop before another starts (races that the near lock step of uniform choice rarely shows).
+  kRandomPriority = 2,
 };
 
 struct LaunchOptions {

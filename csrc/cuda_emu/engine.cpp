@@ -127,6 +127,16 @@ int Launch::pick() {
       if (word & 1) return rr_cursor = i;
     }
   }
+  if (options.schedule == Schedule::kRandomPriority) {
+    if (random() % kPriorityRedrawPoints == 0) {
+      set_warp_priority(fibers[runnable[random() % runnable.size()]], random() | kWorkingPriority);
+    }
+    int best = runnable[0];
+    for (int index : runnable) {
+      if (fibers[index].priority > fibers[best].priority) best = index;
+    }
+    return best;
+  }
   return runnable[random() % runnable.size()];
 }
 
@@ -378,6 +388,7 @@ std::string launch(Dim3 grid, Dim3 block, size_t dynamic_smem_bytes, const std::
     f.tid = static_cast<int>(i % threads);
     f.stack = FiberStack(kFiberStackBytes);
     emu_common::fiber_prepare(f.context, f.stack, &fiber_entry);
+    if (f.tid % kWarpSize == 0) l.set_warp_priority(f, l.random() | kWorkingPriority);
     l.set_runnable(f, true);
   }
   l.live = static_cast<int>(l.fibers.size());

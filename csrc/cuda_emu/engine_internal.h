@@ -3,6 +3,7 @@
 // everything outside the engine uses emu.h.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -24,6 +25,11 @@ using emu_common::FiberStack;
 // Spins without any progress after which a spinning fiber counts as stuck (a poll that succeeds spins once, a
 // poll loop spins on): when every runnable fiber is stuck and no asynchronous work is queued, nothing can change.
 constexpr int kStuckSpins = 3;
+// kRandomPriority: priorities belong to warps (a warp runs until all its lanes wait, then continues when its
+// collective completes), one warp's is redrawn at one scheduling point in this many, on average; fresh priorities
+// have the top bit set while a spinner's warp gets one with it clear: spinners yield to every warp with work.
+constexpr uint64_t kPriorityRedrawPoints = 64;
+constexpr uint64_t kWorkingPriority = uint64_t(1) << 63;
 constexpr size_t kWhatBytes = 160;             // a spin's description, kept for the deadlock report
 // splitmix64 (Steele, Lea, Flood 2014): a tiny seeded generator whose sequence is the same on every platform.
 constexpr uint64_t kSplitmixIncrement = 0x9e3779b97f4a7c15ull;
@@ -42,6 +48,7 @@ struct Fiber {
   int runnable_pos = -1; // index in Launch::runnable, -1 when not runnable
   uint64_t spin_epoch = ~uint64_t(0);
   int spins = 0;         // spins since progress epoch spin_epoch
+  uint64_t priority = 0; // kRandomPriority
   char what[kWhatBytes] = {};
 };
 
@@ -112,6 +119,12 @@ struct Launch {
   std::unordered_map<uint64_t, uint64_t> due_of;            // pending ticket -> due point
   uint64_t next_ticket = 1;
   std::string error;
+
+  void set_warp_priority(const Fiber& f, uint64_t priority) {  // kRandomPriority
+    Fiber* lane0 = &fibers[static_cast<size_t>(f.cta) * block_threads + f.tid / kWarpSize * kWarpSize];
+    const int lanes = std::min(kWarpSize, block_threads - f.tid / kWarpSize * kWarpSize);
+    for (int l = 0; l < lanes; ++l) lane0[l].priority = priority;
+  }
 
   uint64_t random() {
     uint64_t z = (rng += kSplitmixIncrement);

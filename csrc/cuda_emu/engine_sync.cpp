@@ -194,6 +194,7 @@ void spin(const char* what) {
     }
     ++l.stuck;
   }
+  if (l.options.schedule == Schedule::kRandomPriority) l.set_warp_priority(f, l.random() & ~kWorkingPriority);
   f.wait = Wait::kSpin;
   l.yield();
   f.wait = Wait::kRunning;

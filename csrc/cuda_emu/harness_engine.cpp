@@ -132,7 +132,8 @@ int fc_mbarrier_parity(RunSpec* spec, int32_t* out, char* error, int error_bytes
 
 // A TMA-like ring: one producer thread copies `rounds` tiles of 32 int32 from global into a 2-stage shared ring
 // with asynchronous work that signals complete_tx; one consumer warp per CTA sums each tile into out[cta][round].
-// wait = 0 leaves out the consumer's wait on the full barrier (the race the model must expose).
+// wait = 0 leaves out the consumer's wait on the full barrier, wait = 2 the producer's on the empty barrier (the
+// races the model must expose).
 int fc_mbarrier_ring(RunSpec* spec, int ctas, int rounds, const int32_t* src, int wait, int32_t* out, char* error,
                      int error_bytes) {
   constexpr int kStages = 2, kTile = 32;
@@ -152,7 +153,7 @@ int fc_mbarrier_ring(RunSpec* spec, int ctas, int rounds, const int32_t* src, in
       for (int r = 0; r < rounds; ++r) {
         const int s = r % kStages;
         const uint32_t phase = (r / kStages) & 1;
-        ptx::mbarrier_wait(&empty[s], phase ^ 1);
+        if (wait != 2) ptx::mbarrier_wait(&empty[s], phase ^ 1);
         ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytes);
         const int32_t* from = src + (cta * rounds + r) * kTile;
         int32_t* to = ring + s * kTile;
@@ -165,11 +166,11 @@ int fc_mbarrier_ring(RunSpec* spec, int ctas, int rounds, const int32_t* src, in
     } else if (t >= 32) {  // consumer warp
       for (int r = 0; r < rounds; ++r) {
         const int s = r % kStages;
-        if (wait) ptx::mbarrier_wait(&full[s], (r / kStages) & 1);
+        if (wait != 0) ptx::mbarrier_wait(&full[s], (r / kStages) & 1);
         int32_t v = ring[s * kTile + (t - 32)];
         for (int k = 16; k > 0; k /= 2) v += __shfl_xor_sync(0xffffffffu, v, k);
         if (t == 32) out[cta * rounds + r] = v;
-        if (!wait) ptx::mbarrier_wait(&full[s], (r / kStages) & 1);  // too late for the read: keeps phases in step
+        if (wait == 0) ptx::mbarrier_wait(&full[s], (r / kStages) & 1);  // too late for the read: keeps phases in step
         __syncwarp();
         if (t == 32) ptx::mbarrier_arrive(&empty[s]);
       }
@@ -247,6 +248,19 @@ int fc_async_tickets(RunSpec* spec, int32_t* out, char* error, int error_bytes) 
     ok = ok && emu::async_done(ticket) && *first == 100 + warp;
     while (*second == 0) emu::spin("waiting for the chained copy");
     out[warp] = ok;
+  }, error, error_bytes);
+}
+
+// Every thread takes `iterations` tickets, one per __syncwarp'd step: order[ticket] = the thread's global warp.
+// How far warps run ahead of each other shows in the lengths of runs of one warp in `order`.
+int fc_warp_runs(RunSpec* spec, int ctas, int iterations, int32_t* counter, int32_t* order, char* error,
+                 int error_bytes) {
+  return run(spec, {static_cast<unsigned>(ctas)}, {128}, 0, [=] {
+    const int warp = static_cast<int>(blockIdx.x * 4 + threadIdx.x / 32);
+    for (int i = 0; i < iterations; ++i) {
+      __syncwarp();
+      order[atomicAdd(counter, 1)] = warp;
+    }
   }, error, error_bytes);
 }
 
