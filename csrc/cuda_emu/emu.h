@@ -16,10 +16,12 @@
 // - Deadlock (no fiber runnable, no asynchronous work pending, no spinning fiber that saw a change for a whole
 //   round) stops the launch with an error listing what every live warp waits on.
 //
-// Layers: this header is the engine's interface (csrc/cuda_emu/engine.cpp implements it); prelude.h maps the CUDA
-// language (threadIdx, __syncthreads, __shfl_sync, atomicAdd, ...) onto it for a host compiler; the ptx_*.h
-// headers model the instructions behind csrc/cuda/ptx/*.cuh (included there under FLASHCORE_SM90_EMU);
-// harness_*.cpp are the C entry points tests/test_cuda_sm90_emulated.py loads with ctypes.
+// Layers: this header is the engine's interface (engine.cpp: scheduler, launch, queue, per-CTA state; engine_sync.cpp:
+// rendezvous, barriers, spins; both on csrc/emu_common's fibers and watchdog, shared with the gfx942 model);
+// prelude.h maps the CUDA language (threadIdx, __syncthreads, __shfl_sync, atomicAdd, ...) onto it for a host
+// compiler; the ptx_*.h headers model the instructions behind csrc/cuda/ptx/*.cuh (included there under
+// FLASHCORE_SM90_EMU); harness_*.cpp are the C entry points tests/test_cuda_sm90_emulated.py (the kernels) and
+// tests/test_cuda_emu_engine.py (the engine itself) load with ctypes.
 #pragma once
 
 #include <cstddef>
