@@ -30,7 +30,8 @@ CUDA_HOME = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
 SOURCES = [("emu_common/fiber.cpp", False), ("emu_common/watchdog.cpp", False), ("cuda_emu/engine.cpp", False),
            ("cuda_emu/engine_sync.cpp", False),
            ("cuda_emu/harness_engine.cpp", True)]
-CXX_FLAGS = ["-std=c++20", "-O2", "-fPIC", "-pthread", "-DFLASHCORE_SM90_EMU", f"-I{CSRC}", f"-I{CUDA_HOME / 'include'}"]
+CXX_FLAGS = ["-std=c++20", "-O2", "-fPIC", "-pthread", "-DFLASHCORE_SM90_EMU", f"-I{CSRC}",
+             f"-I{CUDA_HOME / 'include'}"]
 FULL = 0xFFFFFFFF
 FIBER_STACK_BYTES = 1 << 20  # engine.cpp's kFiberStackBytes
 
@@ -184,7 +185,8 @@ def ring_expected(ctas: int, rounds: int) -> list[int]:
     return [sum(range((c * rounds + r) * 32, (c * rounds + r + 1) * 32)) for c in range(ctas) for r in range(rounds)]
 
 
-@pytest.mark.parametrize("seed,schedule,delay", [(1, 0, 64), (2, 0, 1), (3, 0, 500), (4, 1, 64), (5, 2, 64), (6, 2, 500)])
+@pytest.mark.parametrize("seed,schedule,delay",
+                         [(1, 0, 64), (2, 0, 1), (3, 0, 500), (4, 1, 64), (5, 2, 64), (6, 2, 500)])
 def test_mbarrier_ring_with_async_copies(lib, seed, schedule, delay):
     ctas, rounds = 3, 9
     out = ints(ctas * rounds, -1)
@@ -287,7 +289,8 @@ def test_setmaxnreg_pool(lib):
     assert call(lib.fc_setmaxnreg, spec(registers=168), 0) == ""
     assert call(lib.fc_setmaxnreg, spec(registers=0), 1) == ""  # registers at entry unknown: no pool check
     err = call(lib.fc_setmaxnreg, spec(registers=168), 1)
-    assert err.startswith("deadlock") and "setmaxnreg.inc 240: the pool has 7168 registers free, needs 9216" in err  # one inc got its 9216
+    # one warpgroup got its 9216, the other waits for 9216 of the 7168 left
+    assert err.startswith("deadlock") and "setmaxnreg.inc 240: the pool has 7168 registers free, needs 9216" in err
     err = call(lib.fc_setmaxnreg, spec(registers=168), 2)
     assert "threads of one warpgroup ask for" in err, err
 

@@ -127,15 +127,17 @@ int Launch::pick() {
       if (word & 1) return rr_cursor = i;
     }
   }
-  if (options.schedule == Schedule::kRandomPriority) {
+  if (by_priority) {
     if (random() % kPriorityRedrawPoints == 0) {
       set_warp_priority(fibers[runnable[random() % runnable.size()]], random() | kWorkingPriority);
     }
-    int best = runnable[0];
-    for (int index : runnable) {
-      if (fibers[index].priority > fibers[best].priority) best = index;
+    const int w = ready_warps.rbegin()->second;  // the highest warp with runnable lanes: one of them at random
+    const int first = w / warps_per_cta * block_threads + w % warps_per_cta * kWarpSize;
+    const int lanes = std::min(kWarpSize, block_threads - w % warps_per_cta * kWarpSize);
+    int pick = static_cast<int>(random() % warp_runnable[w]);
+    for (int l = 0; l < lanes; ++l) {
+      if (fibers[first + l].runnable_pos >= 0 && pick-- == 0) return first + l;
     }
-    return best;
   }
   return runnable[random() % runnable.size()];
 }
@@ -335,7 +337,9 @@ int registers_per_thread() { return current_launch().options.registers_per_threa
 
 int to_c_status(const std::string& message, char* error, int error_bytes) {
   if (message.empty()) return 0;
-  if (error != nullptr && error_bytes > 0) std::snprintf(error, static_cast<size_t>(error_bytes), "%s", message.c_str());
+  if (error != nullptr && error_bytes > 0) {
+    std::snprintf(error, static_cast<size_t>(error_bytes), "%s", message.c_str());
+  }
   return -1;
 }
 
@@ -364,6 +368,10 @@ std::string launch(Dim3 grid, Dim3 block, size_t dynamic_smem_bytes, const std::
   l.ctas.resize(num_ctas);
   l.fibers.resize(num_ctas * threads);
   l.runnable_bits.assign((l.fibers.size() + 63) / 64, 0);
+  l.by_priority = options.schedule == Schedule::kRandomPriority;
+  l.warps_per_cta = warps;
+  l.warp_priority.assign(num_ctas * warps, 0);
+  l.warp_runnable.assign(num_ctas * warps, 0);
   for (uint64_t i = 0; i < num_ctas; ++i) {
     Cta& c = l.ctas[i];
     c.idx = Dim3{static_cast<unsigned>(i % grid.x), static_cast<unsigned>(i / grid.x % grid.y),
@@ -377,9 +385,8 @@ std::string launch(Dim3 grid, Dim3 block, size_t dynamic_smem_bytes, const std::
     for (int t = 0; t < l.block_threads; ++t) ++c.warp_live[t / kWarpSize], ++c.warpgroup_live[t / kWarpgroupSize];
     c.warps.resize(warps);
     c.warpgroups.resize(warpgroups);
-    for (Group& g : c.warps) g.in.assign(kWarpSize, nullptr), g.out.assign(kWarpSize, nullptr), g.present.assign(kWarpSize, 0);
-    for (Group& g : c.warpgroups) {
-      g.in.assign(kWarpgroupSize, nullptr), g.out.assign(kWarpgroupSize, nullptr), g.present.assign(kWarpgroupSize, 0);
+    for (auto [groups, size] : {std::pair{&c.warps, kWarpSize}, std::pair{&c.warpgroups, kWarpgroupSize}}) {
+      for (Group& g : *groups) g.in.assign(size, nullptr), g.out.assign(size, nullptr), g.present.assign(size, 0);
     }
   }
   for (size_t i = 0; i < l.fibers.size(); ++i) {
@@ -402,7 +409,9 @@ std::string launch(Dim3 grid, Dim3 block, size_t dynamic_smem_bytes, const std::
   }
   tl_launch = nullptr;
   l.stats.ctas = num_ctas;
-  for (const Fiber& f : l.fibers) l.stats.max_stack_bytes = std::max<uint64_t>(l.stats.max_stack_bytes, f.stack.resident_bytes());
+  for (const Fiber& f : l.fibers) {
+    l.stats.max_stack_bytes = std::max<uint64_t>(l.stats.max_stack_bytes, f.stack.resident_bytes());
+  }
   for (Cta& c : l.ctas) std::free(c.window);
   if (stats != nullptr) *stats = l.stats;
   return l.error;

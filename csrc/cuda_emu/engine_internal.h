@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -48,7 +49,6 @@ struct Fiber {
   int runnable_pos = -1; // index in Launch::runnable, -1 when not runnable
   uint64_t spin_epoch = ~uint64_t(0);
   int spins = 0;         // spins since progress epoch spin_epoch
-  uint64_t priority = 0; // kRandomPriority
   char what[kWhatBytes] = {};
 };
 
@@ -112,6 +112,13 @@ struct Launch {
   Fiber* inline_owner = nullptr; // the fiber whose stack runs asynchronous work in run_async_now
   std::vector<int> runnable;
   std::vector<uint64_t> runnable_bits;
+  // kRandomPriority: per warp of the grid (cta * warps_per_cta + warp), its priority and runnable lanes; the warps
+  // with runnable lanes ordered by priority.
+  bool by_priority = false;
+  int warps_per_cta = 0;
+  std::vector<uint64_t> warp_priority;
+  std::vector<int> warp_runnable;
+  std::set<std::pair<uint64_t, int>> ready_warps;
   int live = 0;
   uint64_t rng = 0, points = 0, epoch = 0, stuck_epoch = ~uint64_t(0);
   int stuck = 0, rr_cursor = -1;
@@ -120,10 +127,15 @@ struct Launch {
   uint64_t next_ticket = 1;
   std::string error;
 
+  int grid_warp(const Fiber& f) const { return f.cta * warps_per_cta + f.tid / kWarpSize; }
+
   void set_warp_priority(const Fiber& f, uint64_t priority) {  // kRandomPriority
-    Fiber* lane0 = &fibers[static_cast<size_t>(f.cta) * block_threads + f.tid / kWarpSize * kWarpSize];
-    const int lanes = std::min(kWarpSize, block_threads - f.tid / kWarpSize * kWarpSize);
-    for (int l = 0; l < lanes; ++l) lane0[l].priority = priority;
+    const int w = grid_warp(f);
+    if (warp_runnable[w] > 0) {
+      ready_warps.erase({warp_priority[w], w});
+      ready_warps.insert({priority, w});
+    }
+    warp_priority[w] = priority;
   }
 
   uint64_t random() {
@@ -140,6 +152,8 @@ struct Launch {
       f.runnable_pos = static_cast<int>(runnable.size());
       runnable.push_back(index);
       runnable_bits[index / 64] |= uint64_t(1) << (index % 64);
+      const int w = grid_warp(f);
+      if (by_priority && warp_runnable[w]++ == 0) ready_warps.insert({warp_priority[w], w});
     } else {
       const int last = runnable.back();
       runnable[f.runnable_pos] = last;
@@ -147,6 +161,8 @@ struct Launch {
       runnable.pop_back();
       f.runnable_pos = -1;
       runnable_bits[index / 64] &= ~(uint64_t(1) << (index % 64));
+      const int w = grid_warp(f);
+      if (by_priority && --warp_runnable[w] == 0) ready_warps.erase({warp_priority[w], w});
     }
   }
 
