@@ -128,9 +128,9 @@ int registers_per_thread();  // LaunchOptions::registers_per_thread of the runni
 enum class Schedule : int {
   kRandom = 0,      // seeded random choice among runnable fibers at every scheduling point (the default)
   kRoundRobin = 1,  // every fiber one step per round: warps advance nearly in lock step
-  // Added by the engine: seeded random priorities (as in PCT, Burckhardt et al. 2010): the runnable fiber with
-  // the highest runs, a spin drops the spinner below every fiber that is not spinning, and now and then one
-  // fiber's priority is redrawn. Threads run far ahead of each other: a producer laps a slow consumer, one warp
+  // Added by the engine: seeded random warp priorities (as in PCT, Burckhardt et al. 2010): a runnable lane of the
+  // highest warp runs, a spin drops the spinner's warp below every warp that is not spinning, and now and then one
+  // warp's priority is redrawn. Warps run far ahead of each other: a producer laps a slow consumer, one warp
   // finishes its loop before another starts (races that the near lock step of uniform choice rarely shows).
   kRandomPriority = 2,
 };
@@ -141,7 +141,10 @@ struct LaunchOptions {
   // Asynchronous work runs after a random number of scheduling points in [1, max_async_delay] (seeded), or at
   // once when nothing else can run. Larger delays expose reads that do not wait for their data.
   int max_async_delay = 64;
-  double timeout_seconds = 120.0;  // wall-clock limit for the whole launch
+  // Wall-clock limit for the whole launch. A fiber that never reaches a scheduling point (an endless loop with no
+  // collective, barrier or spin) cannot be stopped by the engine: a watchdog aborts the process after this long
+  // without one, naming the running thread on stderr.
+  double timeout_seconds = 120.0;
   // Registers per thread at kernel entry (what ptxas gave the kernel, e.g. 168 for __launch_bounds__(384, 1)):
   // setmaxnreg checks that the CTA's pool (this x block threads) covers every warpgroup's request. 0 = unknown:
   // the pool check is skipped (the warpgroup rendezvous and the range checks stay).
