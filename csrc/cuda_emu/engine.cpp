@@ -89,18 +89,23 @@ void Launch::run_item(AsyncItem& item) {
   ++epoch;
 }
 
+bool Launch::run_queued(std::map<std::pair<uint64_t, uint64_t>, AsyncItem>::iterator it) {  // false on failure
+  AsyncItem item = std::move(it->second);
+  queue.erase(it);
+  due_of.erase(item.ticket);
+  try {
+    run_item(item);
+  } catch (const Failure&) {
+    current = nullptr;
+    async_cta = -1;
+    return false;
+  }
+  return error.empty();
+}
+
 bool Launch::run_due() {  // false after a failure
   while (!queue.empty() && queue.begin()->first.first <= points) {
-    AsyncItem item = std::move(queue.begin()->second);
-    queue.erase(queue.begin());
-    due_of.erase(item.ticket);
-    try {
-      run_item(item);
-    } catch (const Failure&) {
-      current = nullptr;
-      async_cta = -1;
-      return false;
-    }
+    if (!run_queued(queue.begin())) return false;
   }
   return error.empty();
 }
@@ -212,8 +217,12 @@ void Launch::run() {
     }
     if (!run_due()) break;
     if (runnable.empty() || all_stuck()) {
-      if (!queue.empty()) {  // nothing can run before the copy engine delivers: it does so now
-        points = std::max(points, queue.begin()->first.first);
+      if (!queue.empty()) {
+        // Nothing can run before the copy engine delivers: it does so now, any pending operation (they are not
+        // ordered), not the one due first: a reader that should have waited for another one still reads stale data.
+        auto it = queue.begin();
+        std::advance(it, static_cast<long>(random() % queue.size()));
+        if (!run_queued(it)) break;
         continue;
       }
       error = "deadlock: no thread can make progress and no asynchronous work is pending; every live warp waits:" +

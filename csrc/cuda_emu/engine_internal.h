@@ -216,6 +216,7 @@ struct Launch {
   }
 
   void run_item(AsyncItem& item);
+  bool run_queued(std::map<std::pair<uint64_t, uint64_t>, AsyncItem>::iterator it);
   bool run_due();
   void exit_current();
   void finish_barrier_warp(Cta& c, int warp, Fiber* self_fiber);
