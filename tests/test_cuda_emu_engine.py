@@ -34,6 +34,7 @@ CXX_FLAGS = ["-std=c++20", "-O2", "-fPIC", "-pthread", "-DFLASHCORE_SM90_EMU", f
              f"-I{CUDA_HOME / 'include'}"]
 FULL = 0xFFFFFFFF
 FIBER_STACK_BYTES = 1 << 20  # engine.cpp's kFiberStackBytes
+LAZY = 1 << 30  # max_async_delay that leaves asynchronous work until nothing else can run
 
 
 class RunSpec(ctypes.Structure):  # csrc/cuda_emu/harness_engine.cpp RunSpec
@@ -186,7 +187,8 @@ def ring_expected(ctas: int, rounds: int) -> list[int]:
 
 
 @pytest.mark.parametrize("seed,schedule,delay",
-                         [(1, 0, 64), (2, 0, 1), (3, 0, 500), (4, 1, 64), (5, 2, 64), (6, 2, 500)])
+                         [(1, 0, 64), (2, 0, 1), (3, 0, 500), (4, 1, 64), (5, 2, 64), (6, 2, 500),
+                          (7, 0, LAZY), (8, 2, LAZY)])
 def test_mbarrier_ring_with_async_copies(lib, seed, schedule, delay):
     ctas, rounds = 3, 9
     out = ints(ctas * rounds, -1)
@@ -196,12 +198,14 @@ def test_mbarrier_ring_with_async_copies(lib, seed, schedule, delay):
     assert run.stats[4] == ctas * rounds  # one asynchronous copy per tile
 
 
-def test_missing_mbarrier_wait_reads_stale_shared_memory(lib):
+@pytest.mark.parametrize("schedule,delay", [(0, 64), (2, 64), (0, LAZY)])
+def test_missing_mbarrier_wait_reads_stale_shared_memory(lib, schedule, delay):
     ctas, rounds = 2, 6
     stale_seeds = 0
     for seed in range(1, 9):
         out = ints(ctas * rounds, 0)
-        assert call(lib.fc_mbarrier_ring, spec(seed=seed), ctas, rounds, ring_source(ctas, rounds), 0, out) == ""
+        run = spec(seed=seed, schedule=schedule, max_async_delay=delay)
+        assert call(lib.fc_mbarrier_ring, run, ctas, rounds, ring_source(ctas, rounds), 0, out) == ""
         stale_seeds += list(out) != ring_expected(ctas, rounds)
     assert stale_seeds >= 4, "the random schedule should expose the missing wait on most seeds"
 

@@ -139,7 +139,9 @@ struct LaunchOptions {
   Schedule schedule = Schedule::kRandom;
   uint64_t seed = 1;
   // Asynchronous work runs after a random number of scheduling points in [1, max_async_delay] (seeded), or at
-  // once when nothing else can run. Larger delays expose reads that do not wait for their data.
+  // once when nothing else can run (then a random pending operation, not the earliest). Larger delays expose
+  // reads that do not wait for their data; a huge one (1 << 30) makes the copy engine lazy: work runs only when
+  // every thread waits (or run_async_now asks for it), the setting that shows a missing wait best.
   int max_async_delay = 64;
   // Wall-clock limit for the whole launch. A fiber that never reaches a scheduling point (an endless loop with no
   // collective, barrier or spin) cannot be stopped by the engine: a watchdog aborts the process after this long
