@@ -4,9 +4,10 @@ kernels (csrc/cuda_emu/harness_engine.cpp) compiled for the host and loaded with
 What is checked: every shuffle kind on every lane against this file's own copy of CUDA's lane rules; __syncwarp;
 named barriers with arrive-only producers and exited warps; mbarrier phases, parity and transaction counts with
 asynchronous copies; a missing mbarrier wait that the random schedule exposes (stale 0xff shared memory) next to
-the same kernel with the wait; misuse errors; deadlock and divergence reports; setmaxnreg's register pool;
-acquire / release semaphores between CTAs; seeds (same seed = same interleaving, different seeds differ); the
-timeout; failures naming CTA, warp and lane; fiber stack depth of 384-thread CTAs.
+the same kernel with the wait (uniform, priority and lazy-copy schedules); misuse errors; deadlock and divergence
+reports; setmaxnreg's register pool; acquire / release semaphores between CTAs; a warp-specialized pipeline;
+seeds (same seed = same interleaving, different seeds differ); warps running far ahead under the priority schedule;
+the timeout and the watchdog; failures naming CTA, warp and lane; fiber stack depth of 384-thread CTAs.
 """
 
 from __future__ import annotations
