@@ -4,9 +4,10 @@ kernels (csrc/cuda_emu/harness_engine.cpp) compiled for the host and loaded with
 What is checked: every shuffle kind on every lane against this file's own copy of CUDA's lane rules; __syncwarp;
 named barriers with arrive-only producers and exited warps; mbarrier phases, parity and transaction counts with
 asynchronous copies; a missing mbarrier wait that the random schedule exposes (stale 0xff shared memory) next to
-the same kernel with the wait; misuse errors; deadlock and divergence reports; setmaxnreg's register pool;
-acquire / release semaphores between CTAs; seeds (same seed = same interleaving, different seeds differ); the
-timeout; failures naming CTA, warp and lane; fiber stack depth of 384-thread CTAs.
+the same kernel with the wait (uniform, priority and lazy-copy schedules); misuse errors; deadlock and divergence
+reports; setmaxnreg's register pool; acquire / release semaphores between CTAs; a warp-specialized pipeline;
+seeds (same seed = same interleaving, different seeds differ); warps running far ahead under the priority schedule;
+the timeout and the watchdog; failures naming CTA, warp and lane; fiber stack depth of 384-thread CTAs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,10 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 CUDA_HOME = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
 # (source, uses the CUDA prelude): the engine itself is plain C++, the harness is "CUDA" compiled for the host
-SOURCES = [("emu_common/fiber.cpp", False), ("cuda_emu/engine.cpp", False), ("cuda_emu/harness_engine.cpp", True)]
-CXX_FLAGS = ["-std=c++20", "-O2", "-fPIC", "-pthread", "-DFLASHCORE_SM90_EMU", f"-I{CSRC}", f"-I{CUDA_HOME / 'include'}"]
+SOURCES = [("emu_common/fiber.cpp", False), ("emu_common/watchdog.cpp", False), ("cuda_emu/engine.cpp", False),
+           ("cuda_emu/engine_sync.cpp", False),
+           ("cuda_emu/harness_engine.cpp", True)]
+CXX_FLAGS = ["-std=c++20", "-O2", "-fPIC", "-pthread", "-DFLASHCORE_SM90_EMU", f"-I{CSRC}",
+             f"-I{CUDA_HOME / 'include'}"]
 FULL = 0xFFFFFFFF
 FIBER_STACK_BYTES = 1 << 20  # engine.cpp's kFiberStackBytes
+LAZY = 1 << 30  # max_async_delay that leaves asynchronous work until nothing else can run
 
 
 class RunSpec(ctypes.Structure):  # csrc/cuda_emu/harness_engine.cpp RunSpec
@@ -114,7 +120,7 @@ def expected_shuffles(v: list[int]) -> list[list[int]]:
     return rows
 
 
-@pytest.mark.parametrize("schedule", [0, 1])
+@pytest.mark.parametrize("schedule", [0, 1, 2])
 def test_shuffles_every_lane(lib, schedule):
     ctas, threads, k = 2, 96, 15
     out = ints(ctas * threads * k, -1)
@@ -155,7 +161,7 @@ def test_divergent_collectives_are_reported(lib):
 
 
 # ---- named barriers --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("seed,schedule", [(1, 0), (2, 0), (3, 0), (1, 1)])
+@pytest.mark.parametrize("seed,schedule", [(1, 0), (2, 0), (3, 0), (1, 1), (1, 2), (2, 2)])
 def test_named_barriers_with_arrive_only_producers(lib, seed, schedule):
     rounds = 5
     out = ints(2 * 128 * rounds, -1)
@@ -181,7 +187,9 @@ def ring_expected(ctas: int, rounds: int) -> list[int]:
     return [sum(range((c * rounds + r) * 32, (c * rounds + r + 1) * 32)) for c in range(ctas) for r in range(rounds)]
 
 
-@pytest.mark.parametrize("seed,schedule,delay", [(1, 0, 64), (2, 0, 1), (3, 0, 500), (4, 1, 64)])
+@pytest.mark.parametrize("seed,schedule,delay",
+                         [(1, 0, 64), (2, 0, 1), (3, 0, 500), (4, 1, 64), (5, 2, 64), (6, 2, 500),
+                          (7, 0, LAZY), (8, 2, LAZY)])
 def test_mbarrier_ring_with_async_copies(lib, seed, schedule, delay):
     ctas, rounds = 3, 9
     out = ints(ctas * rounds, -1)
@@ -191,12 +199,14 @@ def test_mbarrier_ring_with_async_copies(lib, seed, schedule, delay):
     assert run.stats[4] == ctas * rounds  # one asynchronous copy per tile
 
 
-def test_missing_mbarrier_wait_reads_stale_shared_memory(lib):
+@pytest.mark.parametrize("schedule,delay", [(0, 64), (2, 64), (0, LAZY)])
+def test_missing_mbarrier_wait_reads_stale_shared_memory(lib, schedule, delay):
     ctas, rounds = 2, 6
     stale_seeds = 0
     for seed in range(1, 9):
         out = ints(ctas * rounds, 0)
-        assert call(lib.fc_mbarrier_ring, spec(seed=seed), ctas, rounds, ring_source(ctas, rounds), 0, out) == ""
+        run = spec(seed=seed, schedule=schedule, max_async_delay=delay)
+        assert call(lib.fc_mbarrier_ring, run, ctas, rounds, ring_source(ctas, rounds), 0, out) == ""
         stale_seeds += list(out) != ring_expected(ctas, rounds)
     assert stale_seeds >= 4, "the random schedule should expose the missing wait on most seeds"
 
@@ -245,6 +255,22 @@ def test_async_tickets_run_now_and_chained_work(lib):
         assert list(out) == [1] * 4 + [100, 101, 102, 103] + [200, 201, 202, 203]
 
 
+def test_random_priority_lets_warps_run_far_ahead(lib):
+    """Schedule 2 (kRandomPriority) runs a warp until it waits on another; uniform choice keeps them in step."""
+    def mean_run(schedule, seed):
+        counter, order = ints(1), ints(4 * 128 * 8, -1)
+        r = spec(seed=seed, schedule=schedule)
+        assert call(lib.fc_warp_runs, r, 4, 8, counter, order) == ""
+        o = list(order)
+        assert sorted(o) == sorted(w for w in range(16) for _ in range(32 * 8))
+        return len(o) / (1 + sum(a != b for a, b in zip(o, o[1:]))), list(o)
+
+    for seed in (1, 2, 3):
+        assert mean_run(0, seed)[0] < 4
+        assert mean_run(2, seed)[0] > 64
+    assert mean_run(2, 7) == mean_run(2, 7) and mean_run(2, 7) != mean_run(2, 8)
+
+
 def test_timeout_stops_a_launch_that_never_ends(lib):
     counter = ints(1)
     start = time.monotonic()
@@ -254,11 +280,22 @@ def test_timeout_stops_a_launch_that_never_ends(lib):
     assert time.monotonic() - start < 5
 
 
+def test_watchdog_aborts_a_fiber_that_never_yields(lib):
+    script = (f"import ctypes, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+              "import test_cuda_emu_engine as t; "
+              f"lib = ctypes.CDLL({lib._name!r}); flag = t.ints(1); "
+              "t.call(lib.fc_endless, t.spec(timeout=0.5), flag)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "no scheduling point for" in result.stderr and "block 1 thread 5" in result.stderr, result.stderr
+
+
 def test_setmaxnreg_pool(lib):
     assert call(lib.fc_setmaxnreg, spec(registers=168), 0) == ""
     assert call(lib.fc_setmaxnreg, spec(registers=0), 1) == ""  # registers at entry unknown: no pool check
     err = call(lib.fc_setmaxnreg, spec(registers=168), 1)
-    assert err.startswith("deadlock") and "setmaxnreg.inc 240: the pool has 7168 registers free, needs 9216" in err  # one inc got its 9216
+    # one warpgroup got its 9216, the other waits for 9216 of the 7168 left
+    assert err.startswith("deadlock") and "setmaxnreg.inc 240: the pool has 7168 registers free, needs 9216" in err
     err = call(lib.fc_setmaxnreg, spec(registers=168), 2)
     assert "threads of one warpgroup ask for" in err, err
 
@@ -298,7 +335,7 @@ def test_fiber_stacks_of_eight_384_thread_ctas(lib):
     assert all(x == x for x in out)  # every thread wrote a number
 
 
-@pytest.mark.parametrize("seed,schedule", [(1, 0), (2, 0), (1, 1)])
+@pytest.mark.parametrize("seed,schedule", [(1, 0), (2, 0), (1, 1), (1, 2), (2, 2)])
 def test_warp_specialized_pipeline(lib, seed, schedule):
     ctas, rounds, tile = 4, 12, 256
     src = (ctypes.c_int32 * (ctas * rounds * tile))(*range(ctas * rounds * tile))

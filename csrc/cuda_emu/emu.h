@@ -16,10 +16,12 @@
 // - Deadlock (no fiber runnable, no asynchronous work pending, no spinning fiber that saw a change for a whole
 //   round) stops the launch with an error listing what every live warp waits on.
 //
-// Layers: this header is the engine's interface (csrc/cuda_emu/engine.cpp implements it); prelude.h maps the CUDA
-// language (threadIdx, __syncthreads, __shfl_sync, atomicAdd, ...) onto it for a host compiler; the ptx_*.h
-// headers model the instructions behind csrc/cuda/ptx/*.cuh (included there under FLASHCORE_SM90_EMU);
-// harness_*.cpp are the C entry points tests/test_cuda_sm90_emulated.py loads with ctypes.
+// Layers: this header is the engine's interface (engine.cpp: scheduler, launch, queue, per-CTA state; engine_sync.cpp:
+// rendezvous, barriers, spins; both on csrc/emu_common's fibers and watchdog, shared with the gfx942 model);
+// prelude.h maps the CUDA language (threadIdx, __syncthreads, __shfl_sync, atomicAdd, ...) onto it for a host
+// compiler; the ptx_*.h headers model the instructions behind csrc/cuda/ptx/*.cuh (included there under
+// FLASHCORE_SM90_EMU); harness_*.cpp are the C entry points tests/test_cuda_sm90_emulated.py (the kernels) and
+// tests/test_cuda_emu_engine.py (the engine itself) load with ctypes.
 #pragma once
 
 #include <cstddef>
@@ -126,18 +128,25 @@ int registers_per_thread();  // LaunchOptions::registers_per_thread of the runni
 enum class Schedule : int {
   kRandom = 0,      // seeded random choice among runnable fibers at every scheduling point (the default)
   kRoundRobin = 1,  // every fiber one step per round: warps advance nearly in lock step
-  kLowestFirst = 2,   // the lowest-numbered runnable fiber that is not spinning (random among spinners): each warp
-                      // runs as far ahead as synchronisation allows, CTA 0 / warp 0 first (missing barriers)
-  kHighestFirst = 3,  // the same from the highest-numbered fiber down
+  // Added by the engine: seeded random warp priorities (as in PCT, Burckhardt et al. 2010): a runnable lane of the
+  // highest warp runs, a spin drops the spinner's warp below every warp that is not spinning, and now and then one
+  // warp's priority is redrawn. Warps run far ahead of each other: a producer laps a slow consumer, one warp
+  // finishes its loop before another starts (races that the near lock step of uniform choice rarely shows).
+  kRandomPriority = 2,
 };
 
 struct LaunchOptions {
   Schedule schedule = Schedule::kRandom;
   uint64_t seed = 1;
   // Asynchronous work runs after a random number of scheduling points in [1, max_async_delay] (seeded), or at
-  // once when nothing else can run. Larger delays expose reads that do not wait for their data.
+  // once when nothing else can run (then a random pending operation, not the earliest). Larger delays expose
+  // reads that do not wait for their data; a huge one (1 << 30) makes the copy engine lazy: work runs only when
+  // every thread waits (or run_async_now asks for it), the setting that shows a missing wait best.
   int max_async_delay = 64;
-  double timeout_seconds = 120.0;  // wall-clock limit for the whole launch
+  // Wall-clock limit for the whole launch. A fiber that never reaches a scheduling point (an endless loop with no
+  // collective, barrier or spin) cannot be stopped by the engine: a watchdog aborts the process after this long
+  // without one, naming the running thread on stderr.
+  double timeout_seconds = 120.0;
   // Registers per thread at kernel entry (what ptxas gave the kernel, e.g. 168 for __launch_bounds__(384, 1)):
   // setmaxnreg checks that the CTA's pool (this x block threads) covers every warpgroup's request. 0 = unknown:
   // the pool check is skipped (the warpgroup rendezvous and the range checks stay).

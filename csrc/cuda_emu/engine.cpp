@@ -4,7 +4,6 @@
 #include "emu.h"
 
 #include <algorithm>
-#include <bit>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -18,6 +17,8 @@
 #include <vector>
 
 #include "../emu_common/fiber.h"
+#include "../emu_common/watchdog.h"
+#include "engine_internal.h"
 
 // The CUDA built-in variables, as the CUDA headers declare them to a host compiler (device_launch_parameters.h:
 // extern "C" const uint3 threadIdx, ...): defined here and written by the scheduler before it resumes a fiber, so
@@ -35,218 +36,19 @@ BuiltinUint3 g_grid_dim asm("gridDim");
 int g_warp_size asm("warpSize") = 32;
 
 namespace flashcore::cuda_emu {
-namespace {
+namespace detail {
 
-using emu_common::FiberContext;
-using emu_common::FiberStack;
+thread_local Launch* tl_launch = nullptr;
+
+namespace {
 
 // Reserved per thread; only touched pages become memory (fiber.h). Kernel frames (~200 fp32 accumulators plus
 // locals) take tens of KiB, and the last arriver of a wgmma computes the whole warpgroup's product on its stack.
 constexpr size_t kFiberStackBytes = 1024 * 1024;
-// Spins without any progress after which a spinning fiber counts as stuck (a poll that succeeds spins once, a
-// poll loop spins on): when every runnable fiber is stuck and no asynchronous work is queued, nothing can change.
-constexpr int kStuckSpins = 3;
 constexpr uint64_t kClockCheckPoints = 1024;   // scheduling points between two reads of the wall clock (timeout)
-constexpr size_t kWhatBytes = 160;             // a spin's description, kept for the deadlock report
 constexpr size_t kReportLines = 160;           // the report lists at most this many lane groups
 constexpr size_t kWindowAlign = 4096;          // windows page-aligned: a generic address and its shared-window
                                                // address agree modulo any tile alignment (1024 for the swizzle)
-// splitmix64 (Steele, Lea, Flood 2014): a tiny seeded generator whose sequence is the same on every platform.
-constexpr uint64_t kSplitmixIncrement = 0x9e3779b97f4a7c15ull;
-constexpr uint64_t kSplitmixMul1 = 0xbf58476d1ce4e5b9ull;
-constexpr uint64_t kSplitmixMul2 = 0x94d049bb133111ebull;
-
-enum class Wait : uint8_t { kRunning, kSpin, kGroup, kBarrier, kExited, kAbandoned };
-
-struct Fiber {
-  FiberContext context;
-  FiberStack stack;
-  int cta = 0, tid = 0;  // tid: linear thread index in the CTA
-  Wait wait = Wait::kRunning;
-  int group_size = 0;    // kGroup: 32 or 128
-  int barrier = -1;      // kBarrier: the id
-  int runnable_pos = -1; // index in Launch::runnable, -1 when not runnable
-  uint64_t spin_epoch = ~uint64_t(0);
-  int spins = 0;         // spins since progress epoch spin_epoch
-  char what[kWhatBytes] = {};
-};
-
-struct Group {  // one warp's or warpgroup's rendezvous
-  const char* name = nullptr;
-  int arrived = 0;
-  bool live_only = false;  // bar.sync / bar.arrive: lanes that exited do not count
-  std::vector<const void*> in;
-  std::vector<void*> out;
-  std::vector<uint8_t> present;  // member arrived
-  std::vector<int> waiting;      // fibers blocked in it
-};
-
-struct Barrier {  // a named barrier's current phase
-  int arrived = 0;          // threads, counted per warp
-  int expected = 0;         // explicit thread count of the phase (whole_cta: live warps x 32, read when checked)
-  bool whole_cta = false;
-  std::vector<int> waiting;  // bar.sync lanes
-};
-
-struct BarrierArg {
-  int id, threads;
-};
-
-struct StateEntry {
-  const void* key;
-  void* object;
-  void (*destroy)(void*);
-};
-
-struct Cta {
-  Dim3 idx;
-  uint8_t* window = nullptr;
-  int live = 0, live_warps = 0;
-  std::vector<int> warp_live, warpgroup_live;
-  std::vector<Group> warps, warpgroups;
-  Barrier barriers[kNamedBarriers];
-  std::vector<StateEntry> state;
-};
-
-struct AsyncItem {
-  uint64_t ticket;
-  int cta;
-  std::function<void()> work;
-};
-
-struct Failure {};  // thrown by fail() in asynchronous work that the scheduler runs (no fiber to abandon)
-
-struct Launch {
-  const std::function<void()>* kernel = nullptr;
-  Dim3 grid, block;
-  int block_threads = 0;
-  size_t dynamic_bytes = 0;
-  LaunchOptions options;
-  LaunchStats stats;
-  std::vector<Cta> ctas;
-  std::vector<Fiber> fibers;
-  FiberContext scheduler;
-  Fiber* current = nullptr;
-  int async_cta = -1;            // the CTA asynchronous work runs on behalf of
-  Fiber* inline_owner = nullptr; // the fiber whose stack runs asynchronous work in run_async_now
-  std::vector<int> runnable;
-  std::vector<uint64_t> runnable_bits;
-  int live = 0;
-  uint64_t rng = 0, points = 0, epoch = 0, stuck_epoch = ~uint64_t(0);
-  int stuck = 0, rr_cursor = -1;
-  std::map<std::pair<uint64_t, uint64_t>, AsyncItem> queue;  // (due point, ticket)
-  std::unordered_map<uint64_t, uint64_t> due_of;            // pending ticket -> due point
-  uint64_t next_ticket = 1;
-  std::string error;
-
-  uint64_t random() {
-    uint64_t z = (rng += kSplitmixIncrement);
-    z = (z ^ (z >> 30)) * kSplitmixMul1;
-    z = (z ^ (z >> 27)) * kSplitmixMul2;
-    return z ^ (z >> 31);
-  }
-
-  void set_runnable(Fiber& f, bool on) {
-    const int index = static_cast<int>(&f - fibers.data());
-    if (on == (f.runnable_pos >= 0)) return;
-    if (on) {
-      f.runnable_pos = static_cast<int>(runnable.size());
-      runnable.push_back(index);
-      runnable_bits[index / 64] |= uint64_t(1) << (index % 64);
-    } else {
-      const int last = runnable.back();
-      runnable[f.runnable_pos] = last;
-      fibers[last].runnable_pos = f.runnable_pos;
-      runnable.pop_back();
-      f.runnable_pos = -1;
-      runnable_bits[index / 64] &= ~(uint64_t(1) << (index % 64));
-    }
-  }
-
-  void wake(int index) {
-    fibers[index].wait = Wait::kRunning;
-    set_runnable(fibers[index], true);
-  }
-
-  void yield() { emu_common::fiber_switch(current->context, scheduler); }  // back to the scheduler loop
-
-  std::string cta_name(int cta) const {
-    const Dim3& b = ctas[cta].idx;
-    return "CTA (" + std::to_string(b.x) + ", " + std::to_string(b.y) + ", " + std::to_string(b.z) + ")";
-  }
-
-  std::string where() const {
-    if (current != nullptr) {
-      return cta_name(current->cta) + " warp " + std::to_string(current->tid / kWarpSize) + " lane " +
-             std::to_string(current->tid % kWarpSize) + " (thread " + std::to_string(current->tid) + "): ";
-    }
-    if (async_cta >= 0) return "asynchronous work of " + cta_name(async_cta) + ": ";
-    return "";
-  }
-
-  [[noreturn]] void abandon_current() {
-    current->wait = Wait::kAbandoned;
-    set_runnable(*current, false);
-    yield();  // never resumed: the scheduler stops at the first error
-    std::abort();
-  }
-
-  [[noreturn]] void fail_here(const std::string& message) {
-    if (error.empty()) error = where() + message;
-    if (current == nullptr && inline_owner != nullptr) {  // async work on a fiber's stack: abandon that fiber
-      current = std::exchange(inline_owner, nullptr);
-      async_cta = -1;
-    }
-    if (current != nullptr) abandon_current();
-    throw Failure{};
-  }
-
-  Fiber& self(const char* op) {
-    if (current == nullptr) fail_here(std::string(op) + " needs a kernel thread (called from asynchronous work)");
-    return *current;
-  }
-
-  int cta_index(const char* op) {
-    if (current != nullptr) return current->cta;
-    if (async_cta >= 0) return async_cta;
-    fail_here(std::string(op) + " called with no CTA current");
-  }
-
-  void run_item(AsyncItem& item);
-  bool run_due();
-  void exit_current();
-  void finish_barrier_warp(Cta& c, int warp, Fiber* self_fiber);
-  void complete_barrier(Cta& c, int id);
-  void check_whole_cta_barriers(Cta& c);
-  bool all_stuck();
-  int pick();
-  std::string describe(const Fiber& f) const;
-  std::string report() const;
-  void run();
-};
-
-thread_local Launch* tl_launch = nullptr;
-
-Launch& current_launch() {
-  if (tl_launch == nullptr) {
-    std::fprintf(stderr, "flashcore cuda_emu: a kernel builtin was called outside a launch\n");
-    std::abort();
-  }
-  return *tl_launch;
-}
-
-std::string lane_ranges(const std::vector<int>& lanes) {  // "0-4, 6, 9-31"
-  std::string s;
-  for (size_t i = 0; i < lanes.size();) {
-    size_t j = i;
-    while (j + 1 < lanes.size() && lanes[j + 1] == lanes[j] + 1) ++j;
-    if (!s.empty()) s += ", ";
-    s += std::to_string(lanes[i]);
-    if (j > i) s += "-" + std::to_string(lanes[j]);
-    i = j + 1;
-  }
-  return s;
-}
 
 void fiber_entry() {  // first code every fiber runs
   Launch& l = *tl_launch;
@@ -262,99 +64,7 @@ void fiber_entry() {  // first code every fiber runs
   l.exit_current();
 }
 
-void Launch::exit_current() {
-  Fiber& f = *current;
-  Cta& c = ctas[f.cta];
-  f.wait = Wait::kExited;
-  set_runnable(f, false);
-  --live;
-  --c.live;
-  ++epoch;
-  const int warp = f.tid / kWarpSize, warpgroup = f.tid / kWarpgroupSize;
-  --c.warp_live[warp];
-  --c.warpgroup_live[warpgroup];
-  for (Group* g : {&c.warps[warp], &c.warpgroups[warpgroup]}) {
-    if (g->arrived == 0) continue;
-    if (!g->live_only) {
-      fail_here(std::string("exited while other threads of its ") + (g == &c.warps[warp] ? "warp" : "warpgroup") +
-                " wait for it in " + g->name);
-    }
-    if (g->arrived == c.warp_live[warp]) finish_barrier_warp(c, warp, nullptr);
-  }
-  if (c.warp_live[warp] == 0) {
-    --c.live_warps;
-    check_whole_cta_barriers(c);
-  }
-  yield();
-  std::abort();  // an exited fiber is never resumed
-}
-
-// The last live lane of a warp reached bar.sync / bar.arrive: the warp's arrival counts (32 threads).
-void Launch::finish_barrier_warp(Cta& c, int warp, Fiber* self_fiber) {
-  Group& g = c.warps[warp];
-  const BarrierArg* first = nullptr;
-  for (const void* p : g.in) {
-    const auto* a = static_cast<const BarrierArg*>(p);
-    if (a == nullptr) continue;
-    if (first == nullptr) first = a;
-    if (a->id != first->id || a->threads != first->threads) {
-      fail_here("lanes of one warp reached different barriers: " + std::string(g.name) + " " +
-                std::to_string(first->id) + " (" + std::to_string(first->threads) + " threads) and " +
-                std::to_string(a->id) + " (" + std::to_string(a->threads) + " threads)");
-    }
-  }
-  const int id = first->id, threads = first->threads;
-  const bool sync = std::strcmp(g.name, "bar.sync") == 0;
-  Barrier& b = c.barriers[id];
-  if (b.arrived == 0) {
-    b.whole_cta = threads == 0;
-    b.expected = threads;
-  } else if (b.whole_cta != (threads == 0) || b.expected != threads) {
-    fail_here("barrier " + std::to_string(id) + ": warps disagree on its thread count (" + std::to_string(threads) +
-              " here, " + std::to_string(b.expected) + " from warps that arrived earlier; 0 = the whole CTA)");
-  }
-  b.arrived += kWarpSize;
-  for (int index : g.waiting) {
-    if (sync) {
-      fibers[index].wait = Wait::kBarrier;
-      fibers[index].barrier = id;
-      b.waiting.push_back(index);
-    } else {
-      wake(index);
-    }
-  }
-  if (sync && self_fiber != nullptr) {
-    self_fiber->wait = Wait::kBarrier;
-    self_fiber->barrier = id;
-    set_runnable(*self_fiber, false);
-    b.waiting.push_back(static_cast<int>(self_fiber - fibers.data()));
-  }
-  g.waiting.clear();
-  std::fill(g.in.begin(), g.in.end(), nullptr);
-  std::fill(g.present.begin(), g.present.end(), 0);
-  g.arrived = 0;
-  g.name = nullptr;
-  const int expected = b.whole_cta ? kWarpSize * c.live_warps : b.expected;
-  if (b.arrived >= expected) complete_barrier(c, id);
-}
-
-void Launch::complete_barrier(Cta& c, int id) {
-  Barrier& b = c.barriers[id];
-  ++stats.barriers;
-  ++epoch;
-  for (int index : b.waiting) wake(index);
-  b.waiting.clear();
-  b.arrived = 0;
-}
-
-void Launch::check_whole_cta_barriers(Cta& c) {  // a warp exited: CTA-wide barriers now need one warp fewer
-  for (int id = 0; id < kNamedBarriers; ++id) {
-    if (c.barriers[id].whole_cta && c.barriers[id].arrived > 0 &&
-        c.barriers[id].arrived >= kWarpSize * c.live_warps) {
-      complete_barrier(c, id);
-    }
-  }
-}
+}  // namespace
 
 void Launch::run_item(AsyncItem& item) {
   Fiber* const saved_current = current;
@@ -379,18 +89,23 @@ void Launch::run_item(AsyncItem& item) {
   ++epoch;
 }
 
+bool Launch::run_queued(std::map<std::pair<uint64_t, uint64_t>, AsyncItem>::iterator it) {  // false on failure
+  AsyncItem item = std::move(it->second);
+  queue.erase(it);
+  due_of.erase(item.ticket);
+  try {
+    run_item(item);
+  } catch (const Failure&) {
+    current = nullptr;
+    async_cta = -1;
+    return false;
+  }
+  return error.empty();
+}
+
 bool Launch::run_due() {  // false after a failure
   while (!queue.empty() && queue.begin()->first.first <= points) {
-    AsyncItem item = std::move(queue.begin()->second);
-    queue.erase(queue.begin());
-    due_of.erase(item.ticket);
-    try {
-      run_item(item);
-    } catch (const Failure&) {
-      current = nullptr;
-      async_cta = -1;
-      return false;
-    }
+    if (!run_queued(queue.begin())) return false;
   }
   return error.empty();
 }
@@ -417,22 +132,19 @@ int Launch::pick() {
       if (word & 1) return rr_cursor = i;
     }
   }
-  if (options.schedule == Schedule::kLowestFirst || options.schedule == Schedule::kHighestFirst) {
-    // The first (last) runnable fiber that is not spinning: one warp runs as far ahead of the others as the
-    // kernel's synchronisation lets it, which exposes a missing barrier that a fair interleaving rarely hits.
-    const bool lowest = options.schedule == Schedule::kLowestFirst;
-    const int words = static_cast<int>(runnable_bits.size());
-    for (int w = 0; w < words; ++w) {
-      const int wi = lowest ? w : words - 1 - w;
-      for (uint64_t word = runnable_bits[wi]; word != 0;) {
-        const int bit = lowest ? std::countr_zero(word) : 63 - std::countl_zero(word);
-        const int i = wi * 64 + bit;
-        if (fibers[i].wait != Wait::kSpin) return i;
-        word &= ~(uint64_t(1) << bit);
-      }
+  if (by_priority) {
+    if (random() % kPriorityRedrawPoints == 0) {
+      set_warp_priority(fibers[runnable[random() % runnable.size()]], random() | kWorkingPriority);
+    }
+    const int w = ready_warps.rbegin()->second;  // the highest warp with runnable lanes: one of them at random
+    const int first = w / warps_per_cta * block_threads + w % warps_per_cta * kWarpSize;
+    const int lanes = std::min(kWarpSize, block_threads - w % warps_per_cta * kWarpSize);
+    int pick = static_cast<int>(random() % warp_runnable[w]);
+    for (int l = 0; l < lanes; ++l) {
+      if (fibers[first + l].runnable_pos >= 0 && pick-- == 0) return first + l;
     }
   }
-  return runnable[random() % runnable.size()];  // (all spinning under the greedy schedules: any of them)
+  return runnable[random() % runnable.size()];
 }
 
 std::string Launch::describe(const Fiber& f) const {
@@ -492,6 +204,7 @@ std::string Launch::report() const {  // one line per run of lanes of a warp in 
 
 void Launch::run() {
   const auto start = std::chrono::steady_clock::now();
+  emu_common::Watchdog watchdog("flashcore cuda_emu", options.timeout_seconds);
   uint64_t next_clock_check = kClockCheckPoints;
   while (live > 0 && error.empty()) {
     ++points;
@@ -504,8 +217,12 @@ void Launch::run() {
     }
     if (!run_due()) break;
     if (runnable.empty() || all_stuck()) {
-      if (!queue.empty()) {  // nothing can run before the copy engine delivers: it does so now
-        points = std::max(points, queue.begin()->first.first);
+      if (!queue.empty()) {
+        // Nothing can run before the copy engine delivers: it does so now, any pending operation (they are not
+        // ordered), not the one due first: a reader that should have waited for another one still reads stale data.
+        auto it = queue.begin();
+        std::advance(it, static_cast<long>(random() % queue.size()));
+        if (!run_queued(it)) break;
         continue;
       }
       error = "deadlock: no thread can make progress and no asynchronous work is pending; every live warp waits:" +
@@ -517,70 +234,17 @@ void Launch::run() {
     g_thread_idx = {t % block.x, t / block.x % block.y, t / (block.x * block.y)};
     const Dim3& b = ctas[current->cta].idx;
     g_block_idx = {b.x, b.y, b.z};
+    watchdog.beat(current->cta, current->tid);
     ++stats.fiber_switches;
     emu_common::fiber_switch(scheduler, current->context);
     current = nullptr;
   }
 }
 
-// The rendezvous of group_sync and of the barriers' warp step. Returns true in the last arriver (which completes
-// the group); the others return false after the group completed (or, for bar.sync, after the barrier did).
-bool join_group(Launch& l, Fiber& f, int group_size, const char* name, const void* in, void* out, bool live_only) {
-  Cta& c = l.ctas[f.cta];
-  if (group_size != kWarpSize && group_size != kWarpgroupSize) {
-    l.fail_here(std::string(name) + ": group size " + std::to_string(group_size) + " (only 32 and 128 exist)");
-  }
-  const int index = f.tid / group_size, first = index * group_size;
-  const int members = std::min(group_size, l.block_threads - first), member = f.tid - first;
-  Group& g = group_size == kWarpSize ? c.warps[index] : c.warpgroups[index];
-  const int live = group_size == kWarpSize ? c.warp_live[index] : c.warpgroup_live[index];
-  const char* unit = group_size == kWarpSize ? "warp" : "warpgroup";
-  if (!live_only && live < members) {
-    l.fail_here(std::string(name) + " needs all " + std::to_string(members) + " threads of the " + unit + "; " +
-                std::to_string(members - live) + " have exited");
-  }
-  if (g.arrived == 0) {
-    g.name = name;
-    g.live_only = live_only;
-  } else if (std::strcmp(g.name, name) != 0) {
-    std::vector<int> waiting;
-    for (int m = 0; m < members; ++m) {
-      if (g.present[m]) waiting.push_back(m);
-    }
-    l.fail_here(std::string("divergent collectives: this thread reached ") + name + " while threads " +
-                lane_ranges(waiting) + " of its " + unit + " (numbered within it) wait in " + g.name);
-  }
-  g.in[member] = in;
-  g.out[member] = out;
-  g.present[member] = 1;
-  ++g.arrived;
-  ++l.epoch;
-  if (g.arrived == (live_only ? live : members)) return true;
-  f.wait = Wait::kGroup;
-  f.group_size = group_size;
-  g.waiting.push_back(static_cast<int>(&f - l.fibers.data()));
-  l.set_runnable(f, false);
-  l.yield();
-  return false;
-}
+}  // namespace detail
 
-void barrier_op(int id, int threads, bool sync) {
-  Launch& l = current_launch();
-  Fiber& f = l.self(sync ? "bar.sync" : "bar.arrive");
-  const int rounded = (l.block_threads + kWarpSize - 1) / kWarpSize * kWarpSize;
-  if (id < 0 || id >= kNamedBarriers) l.fail_here("barrier id " + std::to_string(id) + " (ids are 0..15)");
-  if (threads < 0 || threads % kWarpSize != 0 || threads > rounded) {
-    l.fail_here("barrier " + std::to_string(id) + " with a count of " + std::to_string(threads) +
-                " threads (needs a multiple of 32, at most the block's " + std::to_string(rounded) + ")");
-  }
-  const BarrierArg arg{id, threads};
-  if (join_group(l, f, kWarpSize, sync ? "bar.sync" : "bar.arrive", &arg, nullptr, true)) {
-    l.finish_barrier_warp(l.ctas[f.cta], f.tid / kWarpSize, &f);
-    if (f.wait == Wait::kBarrier) l.yield();  // resumed when the barrier completes
-  }
-}
+using namespace detail;
 
-}  // namespace
 
 // ---- inside a kernel ----------------------------------------------------------------------------------------
 Dim3 thread_idx() {
@@ -629,48 +293,6 @@ uint8_t* smem_pointer(uint32_t address, size_t bytes) {
 }
 
 void fail(const std::string& message) { current_launch().fail_here(message); }
-
-void spin(const char* what) {
-  Launch& l = current_launch();
-  Fiber& f = l.self("spin");
-  std::snprintf(f.what, kWhatBytes, "%s", what);
-  if (f.spin_epoch != l.epoch) {
-    f.spin_epoch = l.epoch;
-    f.spins = 0;
-  }
-  if (++f.spins == kStuckSpins) {
-    if (l.stuck_epoch != l.epoch) {
-      l.stuck_epoch = l.epoch;
-      l.stuck = 0;
-    }
-    ++l.stuck;
-  }
-  f.wait = Wait::kSpin;
-  l.yield();
-  f.wait = Wait::kRunning;
-}
-
-void progress() { ++current_launch().epoch; }
-
-void group_sync(int group_size, const char* name, const void* in, void* out, Compute compute, const void* ctx) {
-  Launch& l = current_launch();
-  Fiber& f = l.self(name);
-  if (!join_group(l, f, group_size, name, in, out, false)) return;
-  Cta& c = l.ctas[f.cta];
-  Group& g = group_size == kWarpSize ? c.warps[f.tid / kWarpSize] : c.warpgroups[f.tid / kWarpgroupSize];
-  ++l.stats.collectives;
-  compute(ctx, g.in.data(), g.out.data());
-  for (int index : g.waiting) l.wake(index);
-  g.waiting.clear();
-  std::fill(g.in.begin(), g.in.end(), nullptr);
-  std::fill(g.out.begin(), g.out.end(), nullptr);
-  std::fill(g.present.begin(), g.present.end(), 0);
-  g.arrived = 0;
-  g.name = nullptr;
-}
-
-void named_barrier_sync(int id, int threads) { barrier_op(id, threads, true); }
-void named_barrier_arrive(int id, int threads) { barrier_op(id, threads, false); }
 
 uint64_t enqueue_async(std::function<void()> work) {
   Launch& l = current_launch();
@@ -724,7 +346,9 @@ int registers_per_thread() { return current_launch().options.registers_per_threa
 
 int to_c_status(const std::string& message, char* error, int error_bytes) {
   if (message.empty()) return 0;
-  if (error != nullptr && error_bytes > 0) std::snprintf(error, static_cast<size_t>(error_bytes), "%s", message.c_str());
+  if (error != nullptr && error_bytes > 0) {
+    std::snprintf(error, static_cast<size_t>(error_bytes), "%s", message.c_str());
+  }
   return -1;
 }
 
@@ -753,6 +377,10 @@ std::string launch(Dim3 grid, Dim3 block, size_t dynamic_smem_bytes, const std::
   l.ctas.resize(num_ctas);
   l.fibers.resize(num_ctas * threads);
   l.runnable_bits.assign((l.fibers.size() + 63) / 64, 0);
+  l.by_priority = options.schedule == Schedule::kRandomPriority;
+  l.warps_per_cta = warps;
+  l.warp_priority.assign(num_ctas * warps, 0);
+  l.warp_runnable.assign(num_ctas * warps, 0);
   for (uint64_t i = 0; i < num_ctas; ++i) {
     Cta& c = l.ctas[i];
     c.idx = Dim3{static_cast<unsigned>(i % grid.x), static_cast<unsigned>(i / grid.x % grid.y),
@@ -766,9 +394,8 @@ std::string launch(Dim3 grid, Dim3 block, size_t dynamic_smem_bytes, const std::
     for (int t = 0; t < l.block_threads; ++t) ++c.warp_live[t / kWarpSize], ++c.warpgroup_live[t / kWarpgroupSize];
     c.warps.resize(warps);
     c.warpgroups.resize(warpgroups);
-    for (Group& g : c.warps) g.in.assign(kWarpSize, nullptr), g.out.assign(kWarpSize, nullptr), g.present.assign(kWarpSize, 0);
-    for (Group& g : c.warpgroups) {
-      g.in.assign(kWarpgroupSize, nullptr), g.out.assign(kWarpgroupSize, nullptr), g.present.assign(kWarpgroupSize, 0);
+    for (auto [groups, size] : {std::pair{&c.warps, kWarpSize}, std::pair{&c.warpgroups, kWarpgroupSize}}) {
+      for (Group& g : *groups) g.in.assign(size, nullptr), g.out.assign(size, nullptr), g.present.assign(size, 0);
     }
   }
   for (size_t i = 0; i < l.fibers.size(); ++i) {
@@ -777,6 +404,7 @@ std::string launch(Dim3 grid, Dim3 block, size_t dynamic_smem_bytes, const std::
     f.tid = static_cast<int>(i % threads);
     f.stack = FiberStack(kFiberStackBytes);
     emu_common::fiber_prepare(f.context, f.stack, &fiber_entry);
+    if (f.tid % kWarpSize == 0) l.set_warp_priority(f, l.random() | kWorkingPriority);
     l.set_runnable(f, true);
   }
   l.live = static_cast<int>(l.fibers.size());
@@ -790,7 +418,9 @@ std::string launch(Dim3 grid, Dim3 block, size_t dynamic_smem_bytes, const std::
   }
   tl_launch = nullptr;
   l.stats.ctas = num_ctas;
-  for (const Fiber& f : l.fibers) l.stats.max_stack_bytes = std::max<uint64_t>(l.stats.max_stack_bytes, f.stack.resident_bytes());
+  for (const Fiber& f : l.fibers) {
+    l.stats.max_stack_bytes = std::max<uint64_t>(l.stats.max_stack_bytes, f.stack.resident_bytes());
+  }
   for (Cta& c : l.ctas) std::free(c.window);
   if (stats != nullptr) *stats = l.stats;
   return l.error;

@@ -132,7 +132,8 @@ int fc_mbarrier_parity(RunSpec* spec, int32_t* out, char* error, int error_bytes
 
 // A TMA-like ring: one producer thread copies `rounds` tiles of 32 int32 from global into a 2-stage shared ring
 // with asynchronous work that signals complete_tx; one consumer warp per CTA sums each tile into out[cta][round].
-// wait = 0 leaves out the consumer's wait on the full barrier (the race the model must expose).
+// wait = 0 leaves out the consumer's wait on the full barrier, wait = 2 the producer's on the empty barrier (the
+// races the model must expose).
 int fc_mbarrier_ring(RunSpec* spec, int ctas, int rounds, const int32_t* src, int wait, int32_t* out, char* error,
                      int error_bytes) {
   constexpr int kStages = 2, kTile = 32;
@@ -152,7 +153,7 @@ int fc_mbarrier_ring(RunSpec* spec, int ctas, int rounds, const int32_t* src, in
       for (int r = 0; r < rounds; ++r) {
         const int s = r % kStages;
         const uint32_t phase = (r / kStages) & 1;
-        ptx::mbarrier_wait(&empty[s], phase ^ 1);
+        if (wait != 2) ptx::mbarrier_wait(&empty[s], phase ^ 1);
         ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytes);
         const int32_t* from = src + (cta * rounds + r) * kTile;
         int32_t* to = ring + s * kTile;
@@ -165,11 +166,11 @@ int fc_mbarrier_ring(RunSpec* spec, int ctas, int rounds, const int32_t* src, in
     } else if (t >= 32) {  // consumer warp
       for (int r = 0; r < rounds; ++r) {
         const int s = r % kStages;
-        if (wait) ptx::mbarrier_wait(&full[s], (r / kStages) & 1);
+        if (wait != 0) ptx::mbarrier_wait(&full[s], (r / kStages) & 1);
         int32_t v = ring[s * kTile + (t - 32)];
         for (int k = 16; k > 0; k /= 2) v += __shfl_xor_sync(0xffffffffu, v, k);
         if (t == 32) out[cta * rounds + r] = v;
-        if (!wait) ptx::mbarrier_wait(&full[s], (r / kStages) & 1);  // too late for the read: keeps phases in step
+        if (wait == 0) ptx::mbarrier_wait(&full[s], (r / kStages) & 1);  // too late for the read: keeps phases in step
         __syncwarp();
         if (t == 32) ptx::mbarrier_arrive(&empty[s]);
       }
@@ -250,12 +251,35 @@ int fc_async_tickets(RunSpec* spec, int32_t* out, char* error, int error_bytes) 
   }, error, error_bytes);
 }
 
+// Every thread takes `iterations` tickets, one per __syncwarp'd step: order[ticket] = the thread's global warp.
+// How far warps run ahead of each other shows in the lengths of runs of one warp in `order`.
+int fc_warp_runs(RunSpec* spec, int ctas, int iterations, int32_t* counter, int32_t* order, char* error,
+                 int error_bytes) {
+  return run(spec, {static_cast<unsigned>(ctas)}, {128}, 0, [=] {
+    const int warp = static_cast<int>(blockIdx.x * 4 + threadIdx.x / 32);
+    for (int i = 0; i < iterations; ++i) {
+      __syncwarp();
+      order[atomicAdd(counter, 1)] = warp;
+    }
+  }, error, error_bytes);
+}
+
 // Never finishes but keeps making progress (an atomic per iteration): only the timeout stops it.
 int fc_forever(RunSpec* spec, int32_t* counter, char* error, int error_bytes) {
   return run(spec, {1}, {32}, 0, [=] {
     for (;;) {
       atomicAdd(counter, 1);
       emu::spin("busy loop");
+    }
+  }, error, error_bytes);
+}
+
+// Thread 5 of CTA 1 loops forever without a scheduling point: only the watchdog can stop it (by aborting).
+int fc_endless(RunSpec* spec, volatile int32_t* flag, char* error, int error_bytes) {
+  return run(spec, {2}, {32}, 0, [=] {
+    if (blockIdx.x == 1 && threadIdx.x == 5) {
+      while (*flag == 0) {
+      }
     }
   }, error, error_bytes);
 }

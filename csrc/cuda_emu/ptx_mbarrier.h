@@ -269,7 +269,7 @@ void run(uint32_t regs) {
   if constexpr (kInc) {
     Pool& p = pool();
     while (!try_grant(p, group)) {  // inc blocks until other warpgroups' dec freed enough
-      char what[96];
+      char what[cuda_emu::mbarrier_model::kMessageBytes];
       std::snprintf(what, sizeof what, "setmaxnreg.inc %u: the pool has %lld registers free, needs %lld", regs,
                     static_cast<long long>(p.free),
                     static_cast<long long>(int64_t(p.requested[group] - p.held[group]) * cuda_emu::kWarpgroupSize));

@@ -4,11 +4,16 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <string>
 
 #include "emu.h"
+
+namespace flashcore::cuda_emu {
+constexpr size_t kPollWhatBytes = 96;  // a poll's description: one line of the deadlock report
+}  // namespace flashcore::cuda_emu
 
 namespace flashcore::sm90::ptx {
 
@@ -16,7 +21,7 @@ namespace flashcore::sm90::ptx {
 // named for the deadlock report.
 inline int32_t ld_acquire_gpu(const int32_t* ptr) {
   std::atomic_ref<int32_t> word(*const_cast<int32_t*>(ptr));  // only loaded
-  char what[96];
+  char what[cuda_emu::kPollWhatBytes];
   std::snprintf(what, sizeof what, "ld.acquire.gpu polling the int32 at %p (last read %d)",
                 static_cast<const void*>(ptr), word.load(std::memory_order_relaxed));
   cuda_emu::spin(what);

@@ -27,7 +27,8 @@ FiberStack::FiberStack(size_t bytes) {
   mapping_bytes_ = usable_bytes_ + page;  // one guard page below the stack
   mapping_ = mmap(nullptr, mapping_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (mapping_ == MAP_FAILED || mprotect(mapping_, page, PROT_NONE) != 0) {
-    std::fprintf(stderr, "flashcore emu: cannot map a %zu-byte fiber stack: %s\n", mapping_bytes_, std::strerror(errno));
+    std::fprintf(stderr, "flashcore emu: cannot map a %zu-byte fiber stack: %s\n", mapping_bytes_,
+                 std::strerror(errno));
     std::abort();
   }
   usable_ = static_cast<uint8_t*>(mapping_) + page;
