@@ -223,6 +223,12 @@ inline std::string encode_tensor_map(CUtensorMap* map, TmaElem elem, int rank, c
     return "the box's inner extent (" + std::to_string(inner_bytes) + " bytes) exceeds the swizzle span (" +
            std::to_string(span) + " bytes)";
   }
+  uint64_t total = inner_bytes;
+  for (int d = 1; d < rank; ++d) total *= box[d];
+  if (span != 0 && total % span != 0) {  // a partial swizzle group would scatter bytes past the box: unknown
+    return "the box (" + std::to_string(total) + " bytes) does not fill whole " + std::to_string(span) +
+           "-byte swizzle groups: not modelled by the emulator";
+  }
   TensorMapModel m{};
   m.magic = cuda_emu::kTensorMapMagic;
   m.rank = static_cast<uint32_t>(rank);
