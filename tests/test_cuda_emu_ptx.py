@@ -320,6 +320,60 @@ def test_wgmma_forward_consumer_gemms(emu, ns, d, dtype):
     torch.testing.assert_close(regs_to_matrix(o_regs, d), chained_matmul(p, v), rtol=1e-6, atol=1e-5)
 
 
+def _canonical_offset(major: str, span: int, lbo: int, sbo: int, mn: int, k: int) -> int:
+    """PTX ISA "Canonical Layouts" (CuTe, elements; T = 8 16-bit values = 16 bytes), as byte offsets:
+    K-major  none ((8,m),(T,2k)):((1T,SBO),(1,LBO))     swizzled ((8,m),(T,2k)):((S/16 T,SBO),(1,T))
+    MN-major none ((T,1,m),(8,k)):((1,T,SBO),(1T,LBO))  swizzled ((T,S/16,m),(8,k)):((1,T,LBO),(S/16 T,SBO))"""
+    if major == "K":
+        if span == 0:
+            return (mn % 8) * 16 + (mn // 8) * sbo + (k % 8) * 2 + (k // 8) * lbo
+        return (mn % 8) * span + (mn // 8) * sbo + k * 2
+    if span == 0:
+        return (mn % 8) * 2 + (mn // 8) * sbo + (k % 8) * 16 + (k // 8) * lbo
+    per_row = span // 2
+    return (mn % per_row) * 2 + (mn // per_row) * lbo + (k % 8) * span + (k // 8) * sbo
+
+
+def _descriptor(addr: int, lbo: int, sbo: int, span: int) -> int:
+    """PTX ISA "Matrix Descriptor Format": bits 0-13 addr >> 4, 16-29 LBO >> 4, 32-45 SBO >> 4, 62-63 swizzle."""
+    mode = {0: 0, 128: 1, 64: 2, 32: 3}[span]
+    return (addr >> 4) | (lbo >> 4) << 16 | (sbo >> 4) << 32 | mode << 62
+
+
+def _strides(major: str, span: int, rows: int) -> tuple[int, int]:
+    """An (LBO, SBO) that packs a rows x 16 operand densely in its canonical layout."""
+    if major == "K":
+        return (128, 256) if span == 0 else (16, 8 * span)          # LBO: the second core matrix along K
+    if span == 0:
+        return (rows // 8) * 128, 128                                 # LBO: K groups; SBO: 8-value MN groups
+    return 2 * 8 * span, 8 * span                                     # LBO: next S/2 MN values; SBO: next 8 K rows
+
+
+@pytest.mark.parametrize("span", [0, 32, 64, 128])
+@pytest.mark.parametrize("majors", ["KK", "KM", "MK", "MM"])
+@pytest.mark.parametrize("n", [32, 64])
+def test_wgmma_every_swizzle_mode_and_major(emu, span, majors, n):
+    """One wgmma on an image built here from the ISA's canonical layouts: the modes the kernels do not use
+    (none, 32B, 64B, and the (MN, K) pair) are modelled, not just rejected."""
+    gen = torch.Generator().manual_seed(span + n + ord(majors[0]) + 2 * ord(majors[1]))
+    a, b = _random((64, 16), torch.bfloat16, gen), _random((n, 16), torch.bfloat16, gen)  # logical A (M x K), B^T
+    image = np.zeros(16384, np.uint8)
+    descs = []
+    for operand, major, base in ((a, majors[0], 0), (b, majors[1], 8192)):
+        major = "K" if major == "K" else "MN"
+        lbo, sbo = _strides(major, span, operand.shape[0])
+        bits = operand.view(torch.int16).numpy().astype(np.uint16)
+        for mn in range(operand.shape[0]):
+            for k in range(16):
+                addr = swizzle(TILE_ADDR + base + _canonical_offset(major, span, lbo, sbo, mn, k), span)
+                image[addr - TILE_ADDR:addr - TILE_ADDR + 2] = np.frombuffer(bits[mn, k].tobytes(), np.uint8)
+        descs.append(_descriptor(TILE_ADDR + base, lbo, sbo, span))
+    regs = torch.zeros(128, n // 2)
+    _call(emu.emu_wgmma_raw, n, 1, int(majors[0] == "M"), int(majors[1] == "M"), _ptr(image), image.size,
+          ctypes.c_uint64(descs[0]), ctypes.c_uint64(descs[1]), _ptr(regs), ctypes.c_uint64(span))
+    torch.testing.assert_close(regs_to_matrix(regs, n), chained_matmul(a, b.T), rtol=1e-6, atol=1e-5)
+
+
 def test_wgmma_wait_group_order_and_late_shared_reads(emu):
     gen = torch.Generator().manual_seed(11)
     a, b = _random((64, 64), torch.bfloat16, gen), _random((64, 64), torch.bfloat16, gen)
@@ -395,7 +449,7 @@ def test_pack_rounds_to_nearest_even(emu, dtype):
     emu.emu_pack(_ptr(lo), _ptr(hi), values.numel(), int(dtype == torch.bfloat16), _ptr(out))
     np.testing.assert_array_equal((out & 0xFFFF).astype(np.uint16), _bits(lo.to(dtype)))
     np.testing.assert_array_equal((out >> 16).astype(np.uint16), _bits(hi.to(dtype)))
-    nan = torch.tensor([float("nan"), -float("nan")])
-    emu.emu_pack(_ptr(nan), _ptr(nan.flip(0).contiguous()), 2, int(dtype == torch.bfloat16), _ptr(out))
+    nan, nan_flipped = torch.tensor([float("nan"), -float("nan")]), torch.tensor([-float("nan"), float("nan")])
+    emu.emu_pack(_ptr(nan), _ptr(nan_flipped), 2, int(dtype == torch.bfloat16), _ptr(out))
     halves = torch.from_numpy(np.stack([out[:2] & 0xFFFF, out[:2] >> 16]).astype(np.uint16).view(np.int16))
     assert torch.isnan(halves.view(dtype)).all()

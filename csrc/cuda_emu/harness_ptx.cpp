@@ -9,6 +9,7 @@
 //                        kernels' descriptors, K / 16 wgmmas into one accumulator; returns every thread's registers
 //   emu_wgmma_fwd        the forward's consumer GEMMs: S = Q K^T (SS), P = bf16/f16(S) by a_frag_from_acc,
 //                        O = P V (RS, V MN-major across panels)
+//   emu_wgmma_raw        one wgmma on a shared-memory image and descriptors the test builds (all swizzle modes)
 //   emu_wgmma_semantics  wait_group ordering and the late read of shared memory
 //   emu_wgmma_bad        descriptors the model must reject
 //   emu_stmatrix         the epilogue's packs + stmatrix of a 64 x 64 accumulator into a 128B-swizzled tile
@@ -258,6 +259,44 @@ TwoTiles load_two_tiles(const CUtensorMap* map_a, const CUtensorMap* map_b) {
 
 constexpr size_t kTwoTilesSmem = kTileBase + 2 * 64 * kRowBytes;
 
+// ---- wgmma on a shared-memory image and descriptors built by the test (every swizzle mode, both majors) --------
+struct RawArgs {
+  const uint8_t* image;
+  uint32_t bytes;
+  uint64_t desc_a, desc_b;
+  float* d_out;
+};
+
+template <int N, MmaType kType, int kTransA, int kTransB>
+int run_raw(const RawArgs& g, uint64_t seed, char* error, int error_bytes) {
+  auto body = [&] {
+    uint8_t* tile = dynamic_smem() + kTileBase;
+    const int tid = emu::linear_thread();
+    if (tid == 0) {
+      if (smem_u32(tile) != 2 * kTileBase) emu::fail("the test's image assumes its tile at window address 2048");
+      std::memcpy(tile, g.image, g.bytes);
+    }
+    emu::named_barrier_sync(0, 0);
+    float d[N / 2];
+    wgmma_fence();
+    wgmma_ss_n<N, kType, kTransA, kTransB>(d, g.desc_a, g.desc_b, false);
+    wgmma_commit();
+    wgmma_wait<0>();
+    std::memcpy(g.d_out + tid * (N / 2), d, sizeof d);
+  };
+  return launch_block(128, kTileBase + g.bytes, body, seed, error, error_bytes);
+}
+
+template <int N, MmaType kType>
+int dispatch_raw(const RawArgs& g, int form, uint64_t seed, char* error, int error_bytes) {
+  switch (form) {
+    case 0: return run_raw<N, kType, 0, 0>(g, seed, error, error_bytes);
+    case 1: return run_raw<N, kType, 0, 1>(g, seed, error, error_bytes);
+    case 2: return run_raw<N, kType, 1, 0>(g, seed, error, error_bytes);
+    default: return run_raw<N, kType, 1, 1>(g, seed, error, error_bytes);
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -355,6 +394,22 @@ int emu_wgmma_fwd(int ns, int d, int bf16, const void* q, const void* k, const v
 #undef FC_FWD_CASE
   return fail_status("no harness instance for (NS, D) = (" + std::to_string(ns) + ", " + std::to_string(d) + ")",
                      error, error_bytes);
+}
+
+// One SS wgmma (scale-d = 0) on `image` placed at window address 2048, with the test's descriptors.
+int emu_wgmma_raw(int n, int bf16, int trans_a, int trans_b, const uint8_t* image, uint32_t bytes, uint64_t desc_a,
+                  uint64_t desc_b, float* d_out, uint64_t seed, char* error, int error_bytes) {
+  const RawArgs g{image, bytes, desc_a, desc_b, d_out};
+  const int form = trans_a * 2 + trans_b;
+  if (n == 32) {
+    return bf16 ? dispatch_raw<32, MmaType::kBf16>(g, form, seed, error, error_bytes)
+                : dispatch_raw<32, MmaType::kF16>(g, form, seed, error, error_bytes);
+  }
+  if (n == 64) {
+    return bf16 ? dispatch_raw<64, MmaType::kBf16>(g, form, seed, error, error_bytes)
+                : dispatch_raw<64, MmaType::kF16>(g, form, seed, error, error_bytes);
+  }
+  return fail_status("emu_wgmma_raw: N is 32 or 64", error, error_bytes);
 }
 
 // wait_group ordering and late reads, on A (64 x 64) and B (64 x 64, K-major): out gets four 128 x 32 register
