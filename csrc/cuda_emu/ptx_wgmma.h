@@ -129,6 +129,7 @@ struct WgmmaOp {
   std::vector<uint32_t> a_addr, b_addr;   // SS: 64 x 16 addresses of A; always N x 16 of B
   std::vector<uint32_t> a_regs;           // RS: 128 threads x 4 registers, taken at issue
   std::vector<float*> d;                  // each thread's accumulator array (N / 2 floats)
+  std::vector<float> expected;            // what the accumulators must still hold when the op executes
 };
 
 struct WgmmaState {
@@ -150,7 +151,31 @@ inline double load_16bit(uint32_t addr, bool bf16) {
   return bf16 ? bf16_to_double(h) : f16_to_double(h);
 }
 
+// The accumulators belong to the tensor core from mma_async to wait_group: a kernel that writes one in between
+// (rescaling O before the P V wgmma completed, say) gets undefined results on the GPU. The model remembers the
+// values at issue (or the values an earlier in-flight wgmma on the same registers will leave) and fails if the
+// registers differ when the operation executes.
+inline void check_untouched(const WgmmaOp& op) {
+  if (!op.scale_d) return;  // D is not read: the kernel may have left anything there
+  const int regs = op.n / 2;
+  for (int t = 0; t < kWarpgroupSize; ++t) {
+    if (std::memcmp(op.d[t], &op.expected[static_cast<size_t>(t) * regs], sizeof(float) * regs) != 0) {
+      fail("wgmma: thread " + std::to_string(t) + " of the warpgroup changed its accumulator registers between "
+           "wgmma.mma_async and the wgmma.wait_group that completes it");
+    }
+  }
+}
+
+inline void remember_accumulators(WgmmaOp& op) {
+  const int regs = op.n / 2;
+  op.expected.resize(static_cast<size_t>(kWarpgroupSize) * regs);
+  for (int t = 0; t < kWarpgroupSize; ++t) {
+    std::memcpy(&op.expected[static_cast<size_t>(t) * regs], op.d[t], sizeof(float) * regs);
+  }
+}
+
 inline void execute(const WgmmaOp& op) {
+  check_untouched(op);
   const int n = op.n;
   std::vector<double> a(kWgmmaM * kWgmmaK), b(static_cast<size_t>(kWgmmaK) * n);  // a[m][k], b[k][n]
   for (int k = 0; k < kWgmmaK; ++k) {
@@ -225,6 +250,7 @@ inline void wgmma_record(const WgmmaIssue& in) {
           op.d[t] = ins[t]->d;
           for (int r = 0; r < 4 && op.a_in_regs; ++r) op.a_regs[t * 4 + r] = ins[t]->a[r];
         }
+        remember_accumulators(op);
         my_warpgroup_state().open.push_back(std::move(op));
       });
 }
@@ -238,6 +264,22 @@ inline void wgmma_commit_model() {
                                      });
 }
 
+// After `done` executed: the later in-flight operations on the same accumulators expect its results.
+inline void handed_on(WgmmaState::Warpgroup& wg, const WgmmaOp& done) {
+  auto update = [&](WgmmaOp& later) {
+    if (&later == &done || later.n != done.n || later.d[0] != done.d[0]) return;
+    remember_accumulators(later);
+  };
+  bool after = false;
+  for (auto& group : wg.committed) {
+    for (WgmmaOp& op : group) {
+      if (after) update(op);
+      after = after || &op == &done;
+    }
+  }
+  for (WgmmaOp& op : wg.open) update(op);
+}
+
 inline void wgmma_wait_model(int pending) {
   group_collective<int, Nothing>(kWarpgroupSize, "wgmma.wait_group.sync.aligned", pending,
                                  [](const int* const* ins, Nothing* const*) {
@@ -246,7 +288,10 @@ inline void wgmma_wait_model(int pending) {
                                    }
                                    WgmmaState::Warpgroup& wg = my_warpgroup_state();
                                    while (static_cast<int>(wg.committed.size()) > *ins[0]) {
-                                     for (const WgmmaOp& op : wg.committed.front()) execute(op);
+                                     for (const WgmmaOp& op : wg.committed.front()) {
+                                       execute(op);
+                                       handed_on(wg, op);
+                                     }
                                      wg.committed.pop_front();
                                    }
                                  });
