@@ -47,6 +47,7 @@ constexpr uint64_t kDescUsedBits = kDescField | (kDescField << kDescLbo) | (kDes
 constexpr uint32_t kDescUnit = 16;   // addresses and offsets are encoded >> 4
 constexpr uint32_t kElemBytes = 2;   // the 16-bit types (bf16, f16) are the only ones modelled
 constexpr uint32_t kCoreRowBytes = 16;  // one row of an 8 x 16-byte core matrix
+constexpr uint32_t kSwizzleLineBytes = 128;  // the swizzle XORs chunk bits with the index of this line
 
 struct SmemOperand {
   uint32_t start, lbo, sbo, span;  // bytes; span: 0 (no swizzle), 32, 64, 128
@@ -88,8 +89,8 @@ inline uint32_t operand_address(const SmemOperand& o, bool mn_major, int mn, int
   }
   const uint32_t addr = o.start + offset;
   if (o.span == 0) return addr;
-  const uint32_t mask = o.span / kCoreRowBytes - 1;  // swizzle_address of ptx_tma.h, written again to stay standalone
-  return addr ^ (((addr / 128u) & mask) * kCoreRowBytes);
+  const uint32_t mask = o.span / kCoreRowBytes - 1;  // log2(S / 16) chunk bits; as ptx_tma.h's swizzle_address
+  return addr ^ (((addr / kSwizzleLineBytes) & mask) * kCoreRowBytes);
 }
 
 // The addresses of an operand's rows x 16 elements, checked: inside the launch's shared memory, and (swizzled) not
@@ -97,11 +98,10 @@ inline uint32_t operand_address(const SmemOperand& o, bool mn_major, int mn, int
 inline std::vector<uint32_t> operand_addresses(uint64_t desc, bool mn_major, int rows, const char* which) {
   const SmemOperand o = decode_descriptor(desc, which);
   if (o.span != 0) {
-    const uint32_t used = mn_major ? static_cast<uint32_t>(rows < static_cast<int>(o.span / kElemBytes)
-                                                               ? rows
-                                                               : static_cast<int>(o.span / kElemBytes)) *
-                                         kElemBytes
-                                   : kWgmmaK * kElemBytes;
+    // Bytes read along one swizzled row: the K slice (K-major), or the MN values up to a row's worth (MN-major).
+    const uint32_t row_values = o.span / kElemBytes;
+    const uint32_t along = mn_major ? (static_cast<uint32_t>(rows) < row_values ? rows : row_values) : kWgmmaK;
+    const uint32_t used = along * kElemBytes;
     if (o.start % o.span + used > o.span) {
       fail(std::string("wgmma: ") + which + " starts " + std::to_string(o.start % o.span) + " bytes into a " +
            std::to_string(o.span) + "-byte swizzled row but reads " + std::to_string(used) +
