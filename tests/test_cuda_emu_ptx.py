@@ -391,7 +391,7 @@ def test_wgmma_wait_group_order_and_late_shared_reads(emu):
 
 @pytest.mark.parametrize("which, expected", [
     (0, ""), (1, "base offset"), (2, "wrap"), (3, "outside its fields"), (4, "different"), (5, "wrap"),
-    (6, "not encoded"), (7, "changed its accumulator registers"),
+    (6, "not encoded"), (7, "changed its accumulator registers"), (8, "line 4 of its 1024-byte swizzle pattern"),
 ])
 def test_bad_operands_fail_the_launch(emu, which, expected):
     message = _call_fails(emu.emu_wgmma_bad, which, ctypes.c_uint64(1))

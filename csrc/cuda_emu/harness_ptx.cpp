@@ -453,7 +453,7 @@ int emu_wgmma_semantics(const void* a, const void* b, float* out, int* pending, 
 // A wgmma the model must reject (the launch's error comes back): 0 B past the launch's shared memory, 1 non-zero
 // base offset, 2 a K slice wrapping past its swizzled row, 3 a start address carried into the reserved bits,
 // 4 a thread with a different descriptor, 5 an MN-major piece wrapping past its row, 6 a TMA load through a map
-// nobody encoded, 7 an accumulator written between mma_async and wait_group.
+// nobody encoded, 7 an accumulator written between mma_async and wait_group, 8 a start in a pattern's line 4.
 int emu_wgmma_bad(int which, uint64_t seed, char* error, int error_bytes) {
   static std::vector<uint16_t> host(64 * 64, 0x3f80);  // bf16 ones
   alignas(64) CUtensorMap map_a, map_b, unencoded;
@@ -472,6 +472,7 @@ int emu_wgmma_bad(int which, uint64_t seed, char* error, int error_bytes) {
     if (which == 1) da |= 1ull << 49;
     if (which == 2) da = desc_advance(da, 112);
     if (which == 3) da = kmajor_sw128_desc(0x3fff0) + 0x10;  // 0x3fff + 1 units: the carry lands in bit 14
+    if (which == 8) da = kmajor_sw128_desc(smem_u32(t.a) + 4 * kRowBytes);  // row 4 of an 8-row pattern
     if (which == 4 && emu::linear_thread() == 5) db = desc_advance(db, 32);
     float d[32] = {};
     if (which == 5) {

@@ -102,6 +102,16 @@ inline std::vector<uint32_t> operand_addresses(uint64_t desc, bool mn_major, int
     const uint32_t row_values = o.span / kElemBytes;
     const uint32_t along = mn_major ? (static_cast<uint32_t>(rows) < row_values ? rows : row_values) : kWgmmaK;
     const uint32_t used = along * kElemBytes;
+    // A start inside a pattern's later lines is where "swizzle the absolute address" (this model) and "swizzle
+    // relative to a pattern that starts at the operand, corrected by the base offset" differ; the ISA does not
+    // settle which the hardware does, so the model refuses rather than guess. (Starts inside the first line --
+    // K slices, MN pieces -- and on whole patterns agree under both readings.)
+    const uint32_t line = (o.start / kSwizzleLineBytes) % (o.span / kCoreRowBytes);
+    if (line != 0) {
+      fail(std::string("wgmma: ") + which + " starts at line " + std::to_string(line) + " of its " +
+           std::to_string(o.span / kCoreRowBytes * kSwizzleLineBytes) + "-byte swizzle pattern (window address " +
+           std::to_string(o.start) + "): not modelled; start operands on a line-0 address");
+    }
     if (o.start % o.span + used > o.span) {
       fail(std::string("wgmma: ") + which + " starts " + std::to_string(o.start % o.span) + " bytes into a " +
            std::to_string(o.span) + "-byte swizzled row but reads " + std::to_string(used) +
