@@ -106,14 +106,27 @@ inline void tma_copy_box(const TensorMapModel& m, const int32_t* coords, uint8_t
   auto* global = reinterpret_cast<uint8_t*>(m.base);
   for_each_box_row(m, coords, [&](uint32_t row, bool inside, int64_t offset, int64_t lo, int64_t hi) {
     const uint32_t row_addr = smem_addr + row * row_bytes;
-    for (uint32_t b = 0; b < row_bytes; ++b) {  // byte by byte: chunks may straddle the tensor's edge
-      const int64_t element = b / m.elem_bytes;
-      uint8_t* smem = window + swizzle_address(row_addr + b, m.swizzle_span);
-      const bool in_bounds = inside && element >= lo && element < hi;
-      if (to_shared) {
-        *smem = in_bounds ? global[offset + b] : 0;  // out-of-bounds elements read as zero
-      } else if (in_bounds) {
-        global[offset + b] = *smem;  // stores skip out-of-bounds elements
+    // 16-byte chunks stay whole under every swizzle (rows start 16-byte aligned): one move per chunk, element by
+    // element only where the tensor's edge cuts a chunk.
+    for (uint32_t c = 0; c < row_bytes; c += kSwizzleUnit) {
+      uint8_t* smem = window + swizzle_address(row_addr + c, m.swizzle_span);
+      const int64_t first = c / m.elem_bytes, last = (c + kSwizzleUnit) / m.elem_bytes;  // elements [first, last)
+      if (inside && first >= lo && last <= hi) {
+        if (to_shared) {
+          std::memcpy(smem, global + offset + c, kSwizzleUnit);
+        } else {
+          std::memcpy(global + offset + c, smem, kSwizzleUnit);
+        }
+        continue;
+      }
+      for (uint32_t b = 0; b < kSwizzleUnit; ++b) {
+        const int64_t element = (c + b) / m.elem_bytes;
+        const bool in_bounds = inside && element >= lo && element < hi;
+        if (to_shared) {
+          smem[b] = in_bounds ? global[offset + c + b] : 0;  // out-of-bounds elements read as zero
+        } else if (in_bounds) {
+          global[offset + c + b] = smem[b];  // stores skip out-of-bounds elements
+        }
       }
     }
   });

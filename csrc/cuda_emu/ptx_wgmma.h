@@ -94,8 +94,9 @@ inline uint32_t operand_address(const SmemOperand& o, bool mn_major, int mn, int
 }
 
 // The addresses of an operand's rows x 16 elements, checked: inside the launch's shared memory, and (swizzled) not
-// running past the end of the swizzled row the start address points into.
-inline std::vector<uint32_t> operand_addresses(uint64_t desc, bool mn_major, int rows, const char* which) {
+// running past the end of the swizzled row the start address points into. *window: the pointer of window address 0.
+inline std::vector<uint32_t> operand_addresses(uint64_t desc, bool mn_major, int rows, const char* which,
+                                               uint8_t** window) {
   const SmemOperand o = decode_descriptor(desc, which);
   if (o.span != 0) {
     // Bytes read along one swizzled row: the K slice (K-major), or the MN values up to a row's worth (MN-major).
@@ -128,7 +129,7 @@ inline std::vector<uint32_t> operand_addresses(uint64_t desc, bool mn_major, int
       hi = a > hi ? a : hi;
     }
   }
-  smem_pointer(lo, hi + kElemBytes - lo);  // fails past the window / the launch's shared memory
+  *window = smem_pointer(lo, hi + kElemBytes - lo) - lo;  // fails past the window / the launch's shared memory
   return addrs;
 }
 
@@ -140,6 +141,7 @@ struct WgmmaOp {
   std::vector<uint32_t> a_regs;           // RS: 128 threads x 4 registers, taken at issue
   std::vector<float*> d;                  // each thread's accumulator array (N / 2 floats)
   std::vector<float> expected;            // what the accumulators must still hold when the op executes
+  uint8_t* window = nullptr;              // pointer of window address 0 (resolved and range-checked at issue)
 };
 
 struct WgmmaState {
@@ -155,9 +157,9 @@ inline WgmmaState::Warpgroup& my_warpgroup_state() {
   return cta_state<WgmmaState>(&kWgmmaStateKey).warpgroups[linear_thread() / kWarpgroupSize];
 }
 
-inline double load_16bit(uint32_t addr, bool bf16) {
+inline double load_16bit(const uint8_t* window, uint32_t addr, bool bf16) {
   uint16_t h;
-  std::memcpy(&h, smem_pointer(addr, kElemBytes), kElemBytes);
+  std::memcpy(&h, window + addr, kElemBytes);
   return bf16 ? bf16_to_double(h) : f16_to_double(h);
 }
 
@@ -189,7 +191,7 @@ inline void execute(const WgmmaOp& op) {
   const int n = op.n;
   std::vector<double> a(kWgmmaM * kWgmmaK), b(static_cast<size_t>(kWgmmaK) * n);  // a[m][k], b[k][n]
   for (int k = 0; k < kWgmmaK; ++k) {
-    for (int c = 0; c < n; ++c) b[static_cast<size_t>(k) * n + c] = load_16bit(op.b_addr[c * kWgmmaK + k], op.bf16);
+    for (int c = 0; c < n; ++c) b[static_cast<size_t>(k) * n + c] = load_16bit(op.window, op.b_addr[c * kWgmmaK + k], op.bf16);
   }
   if (op.a_in_regs) {
     for (int t = 0; t < kWarpgroupSize; ++t) {
@@ -204,7 +206,7 @@ inline void execute(const WgmmaOp& op) {
     }
   } else {
     for (int m = 0; m < kWgmmaM; ++m) {
-      for (int k = 0; k < kWgmmaK; ++k) a[m * kWgmmaK + k] = load_16bit(op.a_addr[m * kWgmmaK + k], op.bf16);
+      for (int k = 0; k < kWgmmaK; ++k) a[m * kWgmmaK + k] = load_16bit(op.window, op.a_addr[m * kWgmmaK + k], op.bf16);
     }
   }
   const double scale = static_cast<double>(op.scale_a * op.scale_b);
@@ -252,8 +254,10 @@ inline void wgmma_record(const WgmmaIssue& in) {
         op.scale_d = first.scale_d != 0;
         op.scale_a = first.scale_a;
         op.scale_b = first.scale_b;
-        if (!op.a_in_regs) op.a_addr = operand_addresses(first.desc_a, first.trans_a != 0, kWgmmaM, "operand A");
-        op.b_addr = operand_addresses(first.desc_b, first.trans_b != 0, op.n, "operand B");
+        if (!op.a_in_regs) {
+          op.a_addr = operand_addresses(first.desc_a, first.trans_a != 0, kWgmmaM, "operand A", &op.window);
+        }
+        op.b_addr = operand_addresses(first.desc_b, first.trans_b != 0, op.n, "operand B", &op.window);
         op.d.resize(kWarpgroupSize);
         if (op.a_in_regs) op.a_regs.resize(kWarpgroupSize * 4);
         for (int t = 0; t < kWarpgroupSize; ++t) {
