@@ -107,8 +107,8 @@ def acc_coord(t: int, i: int) -> tuple[int, int]:
 
 
 def a_coord(t: int, r: int, h: int) -> tuple[int, int]:
-    """Figure "... register fragment layout for matrix A" (16-bit): a0..a7 in 4 registers, a0,a1 row l/4 cols 2(l%4)+{0,1};
-    a2,a3 row +8; a4,a5 cols +8; a6,a7 row +8, cols +8."""
+    """Figure "... register fragment layout for matrix A" (16-bit): a0..a7 in 4 registers; a0,a1: row l/4, cols
+    2(l%4)+{0,1}; a2,a3: row +8; a4,a5: cols +8; a6,a7: row +8, cols +8."""
     w, l = divmod(t, 32)
     return 16 * w + l // 4 + 8 * (r % 2), 8 * (r // 2) + 2 * (l % 4) + h
 

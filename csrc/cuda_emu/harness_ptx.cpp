@@ -158,7 +158,9 @@ int run_ss(const SsArgs& g, uint64_t seed, char* error, int error_bytes) {
   const size_t smem = kTileBase + tx;
   return launch_block(
       128, smem,
-      [&] { ss_body<N, kType, kTransA, kTransB>(g, &map_a, &map_b, tx, a_panel_bytes, b_panel_bytes, a_panels, b_panels); },
+      [&] {
+        ss_body<N, kType, kTransA, kTransB>(g, &map_a, &map_b, tx, a_panel_bytes, b_panel_bytes, a_panels, b_panels);
+      },
       seed, error, error_bytes);
 }
 

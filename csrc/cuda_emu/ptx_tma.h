@@ -34,7 +34,7 @@
 namespace flashcore::cuda_emu {
 
 constexpr uint32_t kTensorMapMagic = 0x464d4150u;  // "FMAP": a map encoded by this model
-constexpr uint32_t kTensorMapAlign = 64;            // cuTensorMapEncodeTiled: "tensorMap address must be aligned to 64 bytes"
+constexpr uint32_t kTensorMapAlign = 64;            // cuTensorMapEncodeTiled: "tensorMap address ... 64 bytes"
 constexpr uint32_t kTmaSmemAlign = 128;             // programming guide: TMA shared memory address 128-byte aligned
 constexpr uint32_t kSwizzleUnit = 16;               // swizzling permutes 16-byte chunks
 constexpr uint32_t kSwizzleLine = 128;              // ... within each 128-byte shared-memory line
@@ -68,8 +68,9 @@ inline const TensorMapModel& tensor_map_model(const CUtensorMap* map, const char
   return *m;
 }
 
-// Calls fn(outer_index[1..rank-1] linearised as box row, global byte offset of the row's first element or -1 when
-// the row is outside the tensor, first and last+1 in-bounds inner element) for every row of the box at `coords`.
+// Calls fn(row, inside, offset, lo, hi) for every row of the box at `coords` (rows: the outer box indices 1..rank-1
+// linearised, dimension 1 fastest): inside = the row lies in the tensor, offset = global byte offset of the row's
+// inner element 0 (coords[0] may be negative), [lo, hi) = its in-bounds inner elements.
 template <class Fn>
 void for_each_box_row(const TensorMapModel& m, const int32_t* coords, Fn&& fn) {
   uint32_t rows = 1;
@@ -187,7 +188,8 @@ inline void tma_store(int rank, const CUtensorMap* map, const void* src, const i
   for (int d = 0; d < rank; ++d) c[d] = coords[d];
   // Shared memory is read when the work runs, not at issue: a kernel that reuses the buffer before
   // bulk_wait_group_read stores what it wrote later.
-  my_bulk_groups().open.push_back(enqueue_async([copy, window, addr, c] { tma_copy_box(copy, c, window, addr, false); }));
+  const uint64_t ticket = enqueue_async([copy, window, addr, c] { tma_copy_box(copy, c, window, addr, false); });
+  my_bulk_groups().open.push_back(ticket);
 }
 
 // Completes all but the newest `pending` committed groups of the calling thread (the model's store reads shared

@@ -191,7 +191,9 @@ inline void execute(const WgmmaOp& op) {
   const int n = op.n;
   std::vector<double> a(kWgmmaM * kWgmmaK), b(static_cast<size_t>(kWgmmaK) * n);  // a[m][k], b[k][n]
   for (int k = 0; k < kWgmmaK; ++k) {
-    for (int c = 0; c < n; ++c) b[static_cast<size_t>(k) * n + c] = load_16bit(op.window, op.b_addr[c * kWgmmaK + k], op.bf16);
+    for (int c = 0; c < n; ++c) {
+      b[static_cast<size_t>(k) * n + c] = load_16bit(op.window, op.b_addr[c * kWgmmaK + k], op.bf16);
+    }
   }
   if (op.a_in_regs) {
     for (int t = 0; t < kWarpgroupSize; ++t) {
@@ -298,7 +300,7 @@ inline void wgmma_wait_model(int pending) {
   group_collective<int, Nothing>(kWarpgroupSize, "wgmma.wait_group.sync.aligned", pending,
                                  [](const int* const* ins, Nothing* const*) {
                                    for (int t = 1; t < kWarpgroupSize; ++t) {
-                                     if (*ins[t] != *ins[0]) fail("wgmma.wait_group: threads wait for different counts");
+                                     if (*ins[t] != *ins[0]) fail("wgmma.wait_group: threads differ in the count");
                                    }
                                    WgmmaState::Warpgroup& wg = my_warpgroup_state();
                                    while (static_cast<int>(wg.committed.size()) > *ins[0]) {
