@@ -243,9 +243,12 @@ def test_tma_load_rejects_a_misaligned_destination(emu):
     assert "128-byte aligned" in message
 
 
+@pytest.mark.parametrize("early_overwrite", [0, 1], ids=["after-read-wait", "before-commit"])
 @pytest.mark.parametrize("span", [0, 64, 128])
 @pytest.mark.parametrize("dims, box, coords", TMA_CASES)
-def test_tma_store_writes_only_in_bounds_elements(emu, dims, box, coords, span):
+def test_tma_store_writes_only_in_bounds_elements(emu, dims, box, coords, span, early_overwrite):
+    """Only in-bounds elements are written. The store reads shared memory when the copy runs: a tile overwritten
+    after bulk_wait_group_read is not stored; one overwritten before any scheduling point is (0x5a5a values)."""
     gen = torch.Generator().manual_seed(3 * sum(dims) + span)
     dtype, elem = torch.bfloat16, 2
     box = list(box)
@@ -257,7 +260,9 @@ def test_tma_store_writes_only_in_bounds_elements(emu, dims, box, coords, span):
     smem = _swizzled_image(dense, TILE_ADDR, span)
     _call(emu.emu_tma_store, ELEM[dtype], len(dims), _ptr(flat), _arr(ctypes.c_uint64, dims),
           _arr(ctypes.c_uint64, strides), _arr(ctypes.c_uint32, box), span, _arr(ctypes.c_int32, coords),
-          _ptr(smem), smem.size, ctypes.c_uint64(5))
+          _ptr(smem), smem.size, early_overwrite, ctypes.c_uint64(5))
+    if early_overwrite:
+        tile = torch.full_like(tile.view(torch.int16), 0x5a5a).view(dtype)
     expected_flat = before.clone()
     expected_view = torch.as_strided(expected_flat, view.shape, view.stride())
     region = _expected_box(expected_view, coords, box)  # zeros where the box leaves the tensor
@@ -417,6 +422,21 @@ def test_layout_tables_match_the_isa_figures(emu, n):
         for c in range(4):
             row, chunk = lane % 8 + 8 * ((lane // 8) % 2), 2 * c + lane // 16
             assert stm[lane * 4 + c] == swizzle(row * 128 + chunk * 16, 128), (lane, c)
+
+
+def test_descriptor_builders_encode_the_isa_fields(emu):
+    """wgmma.cuh's kmajor_sw128_desc / mnmajor_sw128_desc and smem.cuh's swizzle128_offset against the ISA: K-major
+    128B: LBO "not used, assumed to be 1" (16 bytes), SBO = 8 rows x 128 B; MN-major 128B: LBO = the next 64 MN
+    values (the panel), SBO = the next 8 K rows (1024 B); swizzle: chunk c of line r at c ^ (r % 8)."""
+    kmajor, mnmajor = ctypes.c_uint64(), ctypes.c_uint64()
+    offsets = np.zeros(16 * 8, np.uint32)
+    for addr, panel in ((TILE_ADDR, 8192), (TILE_ADDR + 96, 16384), (0x3fc00, 64 * 128)):
+        emu.emu_descriptors(addr, panel, ctypes.byref(kmajor), ctypes.byref(mnmajor), _ptr(offsets))
+        assert kmajor.value == _descriptor(addr, 16, 1024, 128)
+        assert mnmajor.value == _descriptor(addr, panel, 1024, 128)
+    for row in range(16):
+        for chunk in range(8):
+            assert offsets[row * 8 + chunk] == swizzle(row * 128 + chunk * 16, 128)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -14,6 +14,7 @@
 //   emu_wgmma_bad        descriptors the model must reject
 //   emu_stmatrix         the epilogue's packs + stmatrix of a 64 x 64 accumulator into a 128B-swizzled tile
 //   emu_layout           layout.cuh's (thread, register) -> (row, col) tables, for the Python copy of the ISA
+//   emu_descriptors      smem.cuh / wgmma.cuh's swizzle offset and descriptor builders
 //   emu_pack             pack_bf16x2 / pack_f16x2
 // Each launching entry returns 0, or -1 with the launch's error message in `error`.
 #include <cstring>
@@ -335,11 +336,13 @@ int emu_tma_load(int elem, int rank, const void* base, const uint64_t* dims, con
   return launch_block(32, kTileBase + dst_offset + out_bytes, body, seed, error, error_bytes);
 }
 
-// `smem` (box bytes, already in the swizzled order the store reads) is stored as one box at `coords`; the thread
-// then waits for the read (bulk_wait_group_read) and overwrites the tile, which must not reach global memory.
+// `smem` (box bytes, already in the swizzled order the store reads) is stored as one box at `coords`. The thread
+// overwrites the tile with 0x5a bytes either after bulk_wait_group_read (early_overwrite = 0: must not reach global
+// memory) or right after issuing the store, with no scheduling point in between (1: the copy has not run yet, so
+// the model stores the overwritten bytes -- how it exposes a buffer reused before the read-wait).
 int emu_tma_store(int elem, int rank, void* base, const uint64_t* dims, const uint64_t* strides, const uint32_t* box,
-                  int swizzle, const int32_t* coords, const uint8_t* smem, uint32_t bytes, uint64_t seed, char* error,
-                  int error_bytes) {
+                  int swizzle, const int32_t* coords, const uint8_t* smem, uint32_t bytes, int early_overwrite,
+                  uint64_t seed, char* error, int error_bytes) {
   alignas(64) CUtensorMap map;
   const std::string problem =
       encode_tensor_map(&map, static_cast<TmaElem>(elem), rank, base, dims, strides, box, swizzle_mode(swizzle));
@@ -350,9 +353,10 @@ int emu_tma_store(int elem, int rank, void* base, const uint64_t* dims, const ui
       std::memcpy(tile, smem, bytes);
       fence_proxy_async_shared();
       tma_store_rank(rank, &map, tile, coords);
+      if (early_overwrite) std::memset(tile, 0x5a, bytes);
       bulk_commit_group();
       bulk_wait_group_read<0>();
-      std::memset(tile, 0x5a, bytes);  // after the read: must not be stored
+      if (!early_overwrite) std::memset(tile, 0x5a, bytes);  // after the read: must not be stored
       bulk_wait_group<0>();
     }
   };
@@ -531,6 +535,15 @@ void emu_layout(int n, int* acc_row, int* acc_col, int* a_row, int* a_col, uint3
   }
   for (int lane = 0; lane < 32; ++lane) {
     for (int c = 0; c < 4; ++c) stm[lane * 4 + c] = frag::stmatrix_sw128_offset(lane, 0, 2 * c);
+  }
+}
+
+// The kernel-side descriptor builders and swizzle offset, for the test's copy of the ISA's encodings.
+void emu_descriptors(uint32_t addr, uint32_t panel_bytes, uint64_t* kmajor, uint64_t* mnmajor, uint32_t* swizzle128) {
+  *kmajor = kmajor_sw128_desc(addr);
+  *mnmajor = mnmajor_sw128_desc(addr, panel_bytes);
+  for (uint32_t row = 0; row < 16; ++row) {
+    for (uint32_t chunk = 0; chunk < 8; ++chunk) swizzle128[row * 8 + chunk] = swizzle128_offset(row, chunk);
   }
 }
 
