@@ -48,7 +48,8 @@ def emu(tmp_path_factory):
         pytest.skip("no C++ compiler (g++) to build the CPU harness")
     if not (CUDA_HOME / "include" / "cuda.h").exists():
         pytest.skip(f"CUDA headers missing under {CUDA_HOME} (set CUDA_HOME): the model compiles against cuda.h")
-    sources = [CSRC / "cuda_emu" / "engine.cpp", CSRC / "cuda_emu" / "harness_ptx.cpp",
+    # The engine (engine*.cpp, the shared fiber layer in emu_common/) and this harness.
+    sources = [*sorted((CSRC / "cuda_emu").glob("engine*.cpp")), CSRC / "cuda_emu" / "harness_ptx.cpp",
                *sorted((CSRC / "emu_common").glob("*.cpp"))]
     out = tmp_path_factory.mktemp("cuda_emu_ptx")
 
