@@ -93,10 +93,23 @@ inline uint32_t operand_address(const SmemOperand& o, bool mn_major, int mn, int
   return addr ^ (((addr / kSwizzleLineBytes) & mask) * kCoreRowBytes);
 }
 
-// The addresses of an operand's rows x 16 elements, checked: inside the launch's shared memory, and (swizzled) not
-// running past the end of the swizzled row the start address points into. *window: the pointer of window address 0.
-inline std::vector<uint32_t> operand_addresses(uint64_t desc, bool mn_major, int rows, const char* which,
-                                               uint8_t** window) {
+// An operand in shared memory: the window address of each of its rows x 16 elements, and the memory they span
+// (resolved and range-checked at issue; read at the wait).
+struct OperandView {
+  std::vector<uint32_t> addr;  // [row][k]
+  uint32_t lo = 0;             // lowest address
+  const uint8_t* mem = nullptr;  // pointer of address lo
+
+  double load(size_t i, bool bf16) const {
+    uint16_t h;
+    std::memcpy(&h, mem + (addr[i] - lo), kElemBytes);
+    return bf16 ? bf16_to_double(h) : f16_to_double(h);
+  }
+};
+
+// An operand's addresses, checked: inside the launch's shared memory, and (swizzled) starting on line 0 of a
+// pattern and not running past the end of the swizzled row the start address points into.
+inline OperandView operand_view(uint64_t desc, bool mn_major, int rows, const char* which) {
   const SmemOperand o = decode_descriptor(desc, which);
   if (o.span != 0) {
     // Bytes read along one swizzled row: the K slice (K-major), or the MN values up to a row's worth (MN-major).
@@ -119,29 +132,30 @@ inline std::vector<uint32_t> operand_addresses(uint64_t desc, bool mn_major, int
            " bytes along it: the operand would wrap into the next row");
     }
   }
-  std::vector<uint32_t> addrs(static_cast<size_t>(rows) * kWgmmaK);
+  OperandView v;
+  v.addr.resize(static_cast<size_t>(rows) * kWgmmaK);
   uint32_t lo = UINT32_MAX, hi = 0;
   for (int r = 0; r < rows; ++r) {
     for (int k = 0; k < kWgmmaK; ++k) {
       const uint32_t a = operand_address(o, mn_major, r, k);
-      addrs[static_cast<size_t>(r) * kWgmmaK + k] = a;
+      v.addr[static_cast<size_t>(r) * kWgmmaK + k] = a;
       lo = a < lo ? a : lo;
       hi = a > hi ? a : hi;
     }
   }
-  *window = smem_pointer(lo, hi + kElemBytes - lo) - lo;  // fails past the window / the launch's shared memory
-  return addrs;
+  v.lo = lo;
+  v.mem = smem_pointer(lo, hi + kElemBytes - lo);  // fails past the window / the launch's shared memory
+  return v;
 }
 
 struct WgmmaOp {
   int n = 0;
   bool bf16 = true, a_in_regs = false, scale_d = false;
   int scale_a = 1, scale_b = 1;
-  std::vector<uint32_t> a_addr, b_addr;   // SS: 64 x 16 addresses of A; always N x 16 of B
+  OperandView a, b;                       // SS: A's 64 x 16 elements; always B's N x 16
   std::vector<uint32_t> a_regs;           // RS: 128 threads x 4 registers, taken at issue
   std::vector<float*> d;                  // each thread's accumulator array (N / 2 floats)
   std::vector<float> expected;            // what the accumulators must still hold when the op executes
-  uint8_t* window = nullptr;              // pointer of window address 0 (resolved and range-checked at issue)
 };
 
 struct WgmmaState {
@@ -155,12 +169,6 @@ inline const char kWgmmaStateKey = 0;
 
 inline WgmmaState::Warpgroup& my_warpgroup_state() {
   return cta_state<WgmmaState>(&kWgmmaStateKey).warpgroups[linear_thread() / kWarpgroupSize];
-}
-
-inline double load_16bit(const uint8_t* window, uint32_t addr, bool bf16) {
-  uint16_t h;
-  std::memcpy(&h, window + addr, kElemBytes);
-  return bf16 ? bf16_to_double(h) : f16_to_double(h);
 }
 
 // The accumulators belong to the tensor core from mma_async to wait_group: a kernel that writes one in between
@@ -189,10 +197,10 @@ inline void remember_accumulators(WgmmaOp& op) {
 inline void execute(const WgmmaOp& op) {
   check_untouched(op);
   const int n = op.n;
-  std::vector<double> a(kWgmmaM * kWgmmaK), b(static_cast<size_t>(kWgmmaK) * n);  // a[m][k], b[k][n]
+  std::vector<double> a(kWgmmaM * kWgmmaK), b(static_cast<size_t>(kWgmmaK) * n);  // A[m][k], B[k][n]
   for (int k = 0; k < kWgmmaK; ++k) {
     for (int c = 0; c < n; ++c) {
-      b[static_cast<size_t>(k) * n + c] = load_16bit(op.window, op.b_addr[c * kWgmmaK + k], op.bf16);
+      b[static_cast<size_t>(k) * n + c] = op.b.load(static_cast<size_t>(c) * kWgmmaK + k, op.bf16);
     }
   }
   if (op.a_in_regs) {
@@ -208,7 +216,7 @@ inline void execute(const WgmmaOp& op) {
     }
   } else {
     for (int m = 0; m < kWgmmaM; ++m) {
-      for (int k = 0; k < kWgmmaK; ++k) a[m * kWgmmaK + k] = load_16bit(op.window, op.a_addr[m * kWgmmaK + k], op.bf16);
+      for (int k = 0; k < kWgmmaK; ++k) a[m * kWgmmaK + k] = op.a.load(static_cast<size_t>(m) * kWgmmaK + k, op.bf16);
     }
   }
   const double scale = static_cast<double>(op.scale_a * op.scale_b);
@@ -256,10 +264,8 @@ inline void wgmma_record(const WgmmaIssue& in) {
         op.scale_d = first.scale_d != 0;
         op.scale_a = first.scale_a;
         op.scale_b = first.scale_b;
-        if (!op.a_in_regs) {
-          op.a_addr = operand_addresses(first.desc_a, first.trans_a != 0, kWgmmaM, "operand A", &op.window);
-        }
-        op.b_addr = operand_addresses(first.desc_b, first.trans_b != 0, op.n, "operand B", &op.window);
+        if (!op.a_in_regs) op.a = operand_view(first.desc_a, first.trans_a != 0, kWgmmaM, "operand A");
+        op.b = operand_view(first.desc_b, first.trans_b != 0, op.n, "operand B");
         op.d.resize(kWarpgroupSize);
         if (op.a_in_regs) op.a_regs.resize(kWarpgroupSize * 4);
         for (int t = 0; t < kWarpgroupSize; ++t) {
