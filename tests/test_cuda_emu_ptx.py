@@ -249,7 +249,8 @@ def test_tma_load_rejects_a_misaligned_destination(emu):
 @pytest.mark.parametrize("dims, box, coords", TMA_CASES)
 def test_tma_store_writes_only_in_bounds_elements(emu, dims, box, coords, span, early_overwrite):
     """Only in-bounds elements are written. The store reads shared memory when the copy runs: a tile overwritten
-    after bulk_wait_group_read is not stored; one overwritten before any scheduling point is (0x5a5a values)."""
+    after bulk_wait_group_read is not stored; one overwritten before any scheduling point is (0x5a5a values).
+    wait_group.read does not make the global write visible (only wait_group does)."""
     gen = torch.Generator().manual_seed(3 * sum(dims) + span)
     dtype, elem = torch.bfloat16, 2
     box = list(box)
@@ -259,9 +260,12 @@ def test_tma_store_writes_only_in_bounds_elements(emu, dims, box, coords, span, 
     tile = _random(tuple(reversed(box)), dtype, gen)
     dense = tile.contiguous().view(torch.uint8).numpy().reshape(-1)
     smem = _swizzled_image(dense, TILE_ADDR, span)
+    after_read = torch.empty_like(flat)
     _call(emu.emu_tma_store, ELEM[dtype], len(dims), _ptr(flat), _arr(ctypes.c_uint64, dims),
           _arr(ctypes.c_uint64, strides), _arr(ctypes.c_uint32, box), span, _arr(ctypes.c_int32, coords),
-          _ptr(smem), smem.size, early_overwrite, ctypes.c_uint64(5))
+          _ptr(smem), smem.size, early_overwrite, _ptr(after_read), ctypes.c_size_t(flat.numel() * elem),
+          ctypes.c_uint64(5))
+    assert torch.equal(after_read.view(torch.int16), before.view(torch.int16))
     if early_overwrite:
         tile = torch.full_like(tile.view(torch.int16), 0x5a5a).view(dtype)
     expected_flat = before.clone()

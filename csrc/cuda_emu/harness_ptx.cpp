@@ -339,10 +339,11 @@ int emu_tma_load(int elem, int rank, const void* base, const uint64_t* dims, con
 // `smem` (box bytes, already in the swizzled order the store reads) is stored as one box at `coords`. The thread
 // overwrites the tile with 0x5a bytes either after bulk_wait_group_read (early_overwrite = 0: must not reach global
 // memory) or right after issuing the store, with no scheduling point in between (1: the copy has not run yet, so
-// the model stores the overwritten bytes -- how it exposes a buffer reused before the read-wait).
+// the model stores the overwritten bytes -- how it exposes a buffer reused before the read-wait). `after_read`
+// gets the `global_bytes` at `base` as they are right after the read-wait (the global write has not run yet).
 int emu_tma_store(int elem, int rank, void* base, const uint64_t* dims, const uint64_t* strides, const uint32_t* box,
                   int swizzle, const int32_t* coords, const uint8_t* smem, uint32_t bytes, int early_overwrite,
-                  uint64_t seed, char* error, int error_bytes) {
+                  uint8_t* after_read, size_t global_bytes, uint64_t seed, char* error, int error_bytes) {
   alignas(64) CUtensorMap map;
   const std::string problem =
       encode_tensor_map(&map, static_cast<TmaElem>(elem), rank, base, dims, strides, box, swizzle_mode(swizzle));
@@ -356,6 +357,7 @@ int emu_tma_store(int elem, int rank, void* base, const uint64_t* dims, const ui
       if (early_overwrite) std::memset(tile, 0x5a, bytes);
       bulk_commit_group();
       bulk_wait_group_read<0>();
+      std::memcpy(after_read, base, global_bytes);
       if (!early_overwrite) std::memset(tile, 0x5a, bytes);  // after the read: must not be stored
       bulk_wait_group<0>();
     }
