@@ -33,8 +33,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 CUDA_HOME = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
-CXX_FLAGS = ["-std=c++20", "-O2", "-fPIC", "-pthread", "-DFLASHCORE_SM90_EMU", "-include",
-             str(CSRC / "cuda_emu" / "prelude.h"), "-I", str(CSRC), "-I", str(CUDA_HOME / "include")]
+CXX_FLAGS = ["-std=c++20", "-O2", "-fPIC", "-pthread", "-DFLASHCORE_SM90_EMU", "-I", str(CSRC), "-I",
+             str(CUDA_HOME / "include")]
+SCHEDULES = {"random": 0, "round-robin": 1, "random-priority": 2}  # emu.h Schedule
 TILE_ADDR = 2048  # window address of the harness's tiles: dynamic smem (1024 in) + 1024, a swizzle-atom boundary
 ELEM = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}  # TmaElem
 WGMMA_NS = [32, 64, 80, 96, 112, 128, 176, 192, 256]  # wgmma.cuh's Wgmma<N> and wgmma_mn.cuh's N = 32
@@ -48,15 +49,16 @@ def emu(tmp_path_factory):
         pytest.skip("no C++ compiler (g++) to build the CPU harness")
     if not (CUDA_HOME / "include" / "cuda.h").exists():
         pytest.skip(f"CUDA headers missing under {CUDA_HOME} (set CUDA_HOME): the model compiles against cuda.h")
-    # The engine (engine*.cpp, the shared fiber layer in emu_common/) and this harness.
-    sources = [*sorted((CSRC / "cuda_emu").glob("engine*.cpp")), CSRC / "cuda_emu" / "harness_ptx.cpp",
-               *sorted((CSRC / "emu_common").glob("*.cpp"))]
+    # The engine (engine*.cpp and the fiber layer in emu_common/: plain C++) and this harness ("CUDA" for the host).
+    sources = [*sorted((CSRC / "cuda_emu").glob("engine*.cpp")), *sorted((CSRC / "emu_common").glob("*.cpp")),
+               CSRC / "cuda_emu" / "harness_ptx.cpp"]
     out = tmp_path_factory.mktemp("cuda_emu_ptx")
 
     def compile_one(source: Path) -> Path:
         obj = out / (source.stem + ".o")
-        subprocess.run([cxx, *CXX_FLAGS, "-c", str(source), "-o", str(obj)], check=True, capture_output=True,
-                       text=True)
+        prelude = ["-include", str(CSRC / "cuda_emu" / "prelude.h")] if source.name.startswith("harness") else []
+        subprocess.run([cxx, *CXX_FLAGS, *prelude, "-c", str(source), "-o", str(obj)], check=True,
+                       capture_output=True, text=True)
         return obj
 
     try:
@@ -313,10 +315,18 @@ def test_wgmma_ss_every_thread_and_register(emu, n, form, dtype):
     torch.testing.assert_close(regs_to_matrix(regs, n), chained_matmul(a_logical, b_logical), rtol=1e-6, atol=1e-5)
 
 
+@pytest.fixture(params=list(SCHEDULES))
+def schedule(emu, request):
+    """Runs the test under each of the engine's schedules, then restores the default."""
+    emu.emu_set_schedule(SCHEDULES[request.param])
+    yield request.param
+    emu.emu_set_schedule(0)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("ns, d", [(64, 64), (80, 96), (96, 128), (112, 192), (128, 128), (176, 256), (192, 96),
                                    (256, 64)])
-def test_wgmma_forward_consumer_gemms(emu, ns, d, dtype):
+def test_wgmma_forward_consumer_gemms(emu, ns, d, dtype, schedule):
     """S = Q K^T (SS, K-major, D / 16 slices over 64-column panels), then O = P V with P = 16-bit S packed by
     layout.cuh's a_frag_from_acc (RS) and V read MN-major across panels (LBO = block_n rows * 128 bytes)."""
     gen = torch.Generator().manual_seed(ns + d)
@@ -384,7 +394,7 @@ def test_wgmma_every_swizzle_mode_and_major(emu, span, majors, n):
     torch.testing.assert_close(regs_to_matrix(regs, n), chained_matmul(a, b.T), rtol=1e-6, atol=1e-5)
 
 
-def test_wgmma_wait_group_order_and_late_shared_reads(emu):
+def test_wgmma_wait_group_order_and_late_shared_reads(emu, schedule):
     gen = torch.Generator().manual_seed(11)
     a, b = _random((64, 64), torch.bfloat16, gen), _random((64, 64), torch.bfloat16, gen)
     out = torch.zeros(4, 128, 32)
@@ -445,7 +455,7 @@ def test_descriptor_builders_encode_the_isa_fields(emu):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_stmatrix_epilogue_tile(emu, dtype):
+def test_stmatrix_epilogue_tile(emu, dtype, schedule):
     gen = torch.Generator().manual_seed(5)
     regs = torch.randn(128, 32, generator=gen)
     out = np.zeros(64 * 128, np.uint8)

@@ -16,6 +16,7 @@
 //   emu_layout           layout.cuh's (thread, register) -> (row, col) tables, for the Python copy of the ISA
 //   emu_descriptors      smem.cuh / wgmma.cuh's swizzle offset and descriptor builders
 //   emu_pack             pack_bf16x2 / pack_f16x2
+//   emu_set_schedule     the engine's Schedule for the launches that follow
 // Each launching entry returns 0, or -1 with the launch's error message in `error`.
 #include <cstring>
 #include <functional>
@@ -39,10 +40,13 @@ constexpr uint32_t kTileBase = 1024;     // tiles start one swizzle atom into dy
 constexpr uint32_t kK16Bytes = 32;       // next 16 K values inside a K-major row
 constexpr uint32_t kK16Rows = 16 * kRowBytes;  // next 16 K rows of an MN-major tile (two 1024-byte atoms)
 
+emu::Schedule g_schedule = emu::Schedule::kRandom;  // emu_set_schedule: for every launch that follows
+
 int launch_block(int threads, size_t smem, const std::function<void()>& body, uint64_t seed, char* error,
                  int error_bytes) {
   emu::LaunchOptions options;
   options.seed = seed;
+  options.schedule = g_schedule;
   return emu::to_c_status(emu::launch(emu::Dim3{1, 1, 1}, emu::Dim3{static_cast<unsigned>(threads), 1, 1}, smem,
                                       body, options),
                           error, error_bytes);
@@ -303,6 +307,8 @@ int dispatch_raw(const RawArgs& g, int form, uint64_t seed, char* error, int err
 }  // namespace
 
 extern "C" {
+
+void emu_set_schedule(int schedule) { g_schedule = static_cast<emu::Schedule>(schedule); }
 
 int emu_tma_encode(int elem, int rank, const void* base, const uint64_t* dims, const uint64_t* strides,
                    const uint32_t* box, int swizzle, int map_offset, char* error, int error_bytes) {
