@@ -394,10 +394,10 @@ def test_wgmma_every_swizzle_mode_and_major(emu, span, majors, n):
     torch.testing.assert_close(regs_to_matrix(regs, n), chained_matmul(a, b.T), rtol=1e-6, atol=1e-5)
 
 
-def test_wgmma_wait_group_order_and_late_shared_reads(emu, schedule):
+def test_wgmma_wait_group_order_late_shared_reads_and_scales(emu, schedule):
     gen = torch.Generator().manual_seed(11)
     a, b = _random((64, 64), torch.bfloat16, gen), _random((64, 64), torch.bfloat16, gen)
-    out = torch.zeros(4, 128, 32)
+    out = torch.zeros(6, 128, 32)
     pending = (ctypes.c_int * 1)()
     _call(emu.emu_wgmma_semantics, _ptr(a), _ptr(b), _ptr(out), pending, ctypes.c_uint64(3))
     ab = chained_matmul(a[:, :16], b[:, :16].T)
@@ -407,6 +407,9 @@ def test_wgmma_wait_group_order_and_late_shared_reads(emu, schedule):
     torch.testing.assert_close(regs_to_matrix(out[2], 64), chained_matmul(a[:, :16], b[:, :16].T,
                                                                           torch.full((64, 64), 7.0)))
     assert torch.all(out[3] == 0.0)  # A zeroed between commit and wait: the model reads shared memory at the wait
+    torch.testing.assert_close(regs_to_matrix(out[4], 64), -ab, rtol=0, atol=0)  # imm-scale-a = -1
+    torch.testing.assert_close(regs_to_matrix(out[5], 64), chained_matmul(a[:, :16], b[:, :16].T,
+                                                                          torch.full((64, 64), 7.0)))  # (-A)(-B)
 
 
 @pytest.mark.parametrize("which, expected", [

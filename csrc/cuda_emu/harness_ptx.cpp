@@ -426,10 +426,11 @@ int emu_wgmma_raw(int n, int bf16, int trans_a, int trans_b, const uint8_t* imag
   return fail_status("emu_wgmma_raw: N is 32 or 64", error, error_bytes);
 }
 
-// wait_group ordering and late reads, on A (64 x 64) and B (64 x 64, K-major): out gets four 128 x 32 register
-// sets: d1 after wait<1> (done), d2 after wait<1> (still its initial 7.0), d2 after wait<0> (7 + A B), d3 whose
-// A tile was zeroed between commit and wait (the model reads shared memory at the wait: 0). pending[0]: the
-// operations still pending after wait<1>.
+// wait_group ordering, late reads and imm-scale, on A (64 x 64) and B (64 x 64, K-major): out gets six 128 x 32
+// register sets: d1 after wait<1> (done), d2 after wait<1> (still its initial 7.0), d2 after wait<0> (7 + A B),
+// d3 whose A tile was zeroed between commit and wait (the model reads shared memory at the wait: 0), then
+// imm-scale-a = -1 (-A B) and imm-scale-a = imm-scale-b = -1 onto 7 (7 + A B), both before the zeroing.
+// pending[0]: the operations still pending after wait<1>.
 int emu_wgmma_semantics(const void* a, const void* b, float* out, int* pending, uint64_t seed, char* error,
                         int error_bytes) {
   alignas(64) CUtensorMap map_a, map_b;
@@ -440,9 +441,15 @@ int emu_wgmma_semantics(const void* a, const void* b, float* out, int* pending, 
     const TwoTiles t = load_two_tiles(&map_a, &map_b);
     const int tid = emu::linear_thread();
     const uint64_t da = kmajor_sw128_desc(smem_u32(t.a)), db = kmajor_sw128_desc(smem_u32(t.b));
-    float d1[32], d2[32], d3[32];
-    for (int i = 0; i < 32; ++i) d1[i] = d2[i] = d3[i] = 7.0f;
+    float d1[32], d2[32], d3[32], d4[32], d5[32];
+    for (int i = 0; i < 32; ++i) d1[i] = d2[i] = d3[i] = d4[i] = d5[i] = 7.0f;
     wgmma_fence();
+    wgmma_ss<64, MmaType::kBf16, 0, 0, -1, 1>(d4, da, db, false);
+    wgmma_ss<64, MmaType::kBf16, 0, 0, -1, -1>(d5, da, db, true);
+    wgmma_commit();
+    wgmma_wait<0>();
+    std::memcpy(out + (512 + tid) * 32, d4, sizeof d4);
+    std::memcpy(out + (640 + tid) * 32, d5, sizeof d5);
     wgmma_ss<64>(d1, da, db, false);
     wgmma_commit();
     wgmma_ss<64>(d2, da, db, true);
