@@ -247,7 +247,7 @@ def test_tma_load_rejects_a_misaligned_destination(emu):
 
 
 @pytest.mark.parametrize("early_overwrite", [0, 1], ids=["after-read-wait", "before-commit"])
-@pytest.mark.parametrize("span", [0, 64, 128])
+@pytest.mark.parametrize("span", [0, 32, 64, 128])
 @pytest.mark.parametrize("dims, box, coords", TMA_CASES)
 def test_tma_store_writes_only_in_bounds_elements(emu, dims, box, coords, span, early_overwrite):
     """Only in-bounds elements are written. The store reads shared memory when the copy runs: a tile overwritten
