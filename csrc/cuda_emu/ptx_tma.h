@@ -13,7 +13,8 @@
 //     of the CUDA programming guide's TMA table ("Shared memory address: must be 128 byte aligned");
 //   * cp.async.bulk.tensor: loads complete_tx the FULL box's bytes on the mbarrier (out-of-bounds elements are
 //     zero-filled and still counted); stores write only in-bounds elements and belong to the issuing thread's bulk
-//     async-group; cp.async.bulk.wait_group{.read} N waits for all but the newest N committed groups.
+//     async-group; cp.async.bulk.wait_group.read N waits until all but the newest N committed groups have read
+//     shared memory, wait_group N until they have completed (the model does the two steps as separate work).
 //
 // What the model stores in the 128-byte CUtensorMap is its own description (TensorMapModel), marked so that a map
 // the real driver (or nobody) encoded is rejected by the copies.
@@ -24,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <deque>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -34,7 +36,7 @@
 namespace flashcore::cuda_emu {
 
 constexpr uint32_t kTensorMapMagic = 0x464d4150u;  // "FMAP": a map encoded by this model
-constexpr uint32_t kTensorMapAlign = 64;            // cuTensorMapEncodeTiled: "tensorMap address must be aligned to 64 bytes"
+constexpr uint32_t kTensorMapAlign = 64;            // cuTensorMapEncodeTiled: "tensorMap address ... 64 bytes"
 constexpr uint32_t kTmaSmemAlign = 128;             // programming guide: TMA shared memory address 128-byte aligned
 constexpr uint32_t kSwizzleUnit = 16;               // swizzling permutes 16-byte chunks
 constexpr uint32_t kSwizzleLine = 128;              // ... within each 128-byte shared-memory line
@@ -68,8 +70,9 @@ inline const TensorMapModel& tensor_map_model(const CUtensorMap* map, const char
   return *m;
 }
 
-// Calls fn(outer_index[1..rank-1] linearised as box row, global byte offset of the row's first element or -1 when
-// the row is outside the tensor, first and last+1 in-bounds inner element) for every row of the box at `coords`.
+// Calls fn(row, inside, offset, lo, hi) for every row of the box at `coords` (rows: the outer box indices 1..rank-1
+// linearised, dimension 1 fastest): inside = the row lies in the tensor, offset = global byte offset of the row's
+// inner element 0 (coords[0] may be negative), [lo, hi) = its in-bounds inner elements.
 template <class Fn>
 void for_each_box_row(const TensorMapModel& m, const int32_t* coords, Fn&& fn) {
   uint32_t rows = 1;
@@ -98,33 +101,54 @@ inline uint32_t box_bytes(const TensorMapModel& m) {
   return n;
 }
 
-// Moves one box between global memory and the window (`window` = pointer of window address 0): the box is dense in
-// shared memory (inner dimension fastest) at `smem_addr`, then swizzled by address.
-inline void tma_copy_box(const TensorMapModel& m, const int32_t* coords, uint8_t* window, uint32_t smem_addr,
+// Moves one box between global memory and shared memory: the box is dense (inner dimension fastest) from window
+// address `smem_addr`, then swizzled by address. `tile` holds the box's bytes as they lie from `smem_addr` (the
+// swizzle permutes within whole groups: encode_tensor_map guarantees the box fills them).
+inline void tma_copy_box(const TensorMapModel& m, const int32_t* coords, uint8_t* tile, uint32_t smem_addr,
                          bool to_shared) {
   const uint32_t row_bytes = m.box[0] * m.elem_bytes;
   auto* global = reinterpret_cast<uint8_t*>(m.base);
   for_each_box_row(m, coords, [&](uint32_t row, bool inside, int64_t offset, int64_t lo, int64_t hi) {
     const uint32_t row_addr = smem_addr + row * row_bytes;
-    for (uint32_t b = 0; b < row_bytes; ++b) {  // byte by byte: chunks may straddle the tensor's edge
-      const int64_t element = b / m.elem_bytes;
-      uint8_t* smem = window + swizzle_address(row_addr + b, m.swizzle_span);
-      const bool in_bounds = inside && element >= lo && element < hi;
-      if (to_shared) {
-        *smem = in_bounds ? global[offset + b] : 0;  // out-of-bounds elements read as zero
-      } else if (in_bounds) {
-        global[offset + b] = *smem;  // stores skip out-of-bounds elements
+    // 16-byte chunks stay whole under every swizzle (rows start 16-byte aligned): one move per chunk, element by
+    // element only where the tensor's edge cuts a chunk.
+    for (uint32_t c = 0; c < row_bytes; c += kSwizzleUnit) {
+      uint8_t* smem = tile + (swizzle_address(row_addr + c, m.swizzle_span) - smem_addr);
+      const int64_t first = c / m.elem_bytes, last = (c + kSwizzleUnit) / m.elem_bytes;  // elements [first, last)
+      if (inside && first >= lo && last <= hi) {
+        if (to_shared) {
+          std::memcpy(smem, global + offset + c, kSwizzleUnit);
+        } else {
+          std::memcpy(global + offset + c, smem, kSwizzleUnit);
+        }
+        continue;
+      }
+      for (uint32_t b = 0; b < kSwizzleUnit; ++b) {
+        const int64_t element = (c + b) / m.elem_bytes;
+        const bool in_bounds = inside && element >= lo && element < hi;
+        if (to_shared) {
+          smem[b] = in_bounds ? global[offset + c + b] : 0;  // out-of-bounds elements read as zero
+        } else if (in_bounds) {
+          global[offset + c + b] = smem[b];  // stores skip out-of-bounds elements
+        }
       }
     }
   });
 }
 
-// Per-thread bulk async-groups of TMA stores (PTX "cp.async.bulk.commit_group"): the open (uncommitted) tickets
-// and the committed groups, oldest first.
+// A TMA store in two asynchronous steps: the read of shared memory (what cp.async.bulk.wait_group.read waits for),
+// which then queues the write of global memory (what the full wait_group waits for).
+struct PendingStore {
+  uint64_t read = 0, write = 0;  // tickets; write is 0 until the read ran
+};
+
+// Per-thread bulk async-groups of TMA stores (PTX "cp.async.bulk.commit_group"): the open (uncommitted) stores and
+// the committed groups, oldest first.
 struct BulkGroups {
+  using Group = std::vector<std::shared_ptr<PendingStore>>;
   struct Thread {
-    std::vector<uint64_t> open;
-    std::deque<std::vector<uint64_t>> committed;
+    Group open;
+    std::deque<Group> committed;
   };
   std::unordered_map<int, Thread> threads;
 };
@@ -134,13 +158,14 @@ inline BulkGroups::Thread& my_bulk_groups() {
   return cta_state<BulkGroups>(&kBulkGroupsKey).threads[linear_thread()];
 }
 
-// Checks a TMA shared-memory operand and returns the pointer of window address 0.
-inline uint8_t* tma_window(const char* what, const void* smem, uint32_t bytes, uint32_t& addr) {
+// Checks a TMA shared-memory operand (this CTA's, 128-byte aligned, inside the launch's shared memory) and returns
+// its pointer and window address.
+inline uint8_t* tma_tile(const char* what, const void* smem, uint32_t bytes, uint32_t& addr) {
   addr = smem_address(smem);
   if (addr % kTmaSmemAlign != 0) {
     fail(std::string(what) + ": shared address " + std::to_string(addr) + " is not 128-byte aligned");
   }
-  return smem_pointer(addr, bytes) - addr;
+  return smem_pointer(addr, bytes);
 }
 
 inline void tma_load(int rank, void* dst, const CUtensorMap* map, uint64_t* bar, const int32_t* coords) {
@@ -152,12 +177,12 @@ inline void tma_load(int rank, void* dst, const CUtensorMap* map, uint64_t* bar,
   if (bar_addr % sizeof(uint64_t) != 0) fail("cp.async.bulk.tensor: the mbarrier is not 8-byte aligned");
   const uint32_t bytes = box_bytes(m);
   uint32_t addr;
-  uint8_t* window = tma_window("cp.async.bulk.tensor (load) destination", dst, bytes, addr);
+  uint8_t* tile = tma_tile("cp.async.bulk.tensor (load) destination", dst, bytes, addr);
   const TensorMapModel copy = m;  // the copy engine read the map at issue
   int32_t c[kMaxRank] = {};
   for (int d = 0; d < rank; ++d) c[d] = coords[d];
-  enqueue_async([copy, window, addr, bar, bytes, c] {
-    tma_copy_box(copy, c, window, addr, true);
+  enqueue_async([copy, tile, addr, bar, bytes, c] {
+    tma_copy_box(copy, c, tile, addr, true);
     mbarrier_complete_tx(bar, bytes);
   });
 }
@@ -168,22 +193,34 @@ inline void tma_store(int rank, const CUtensorMap* map, const void* src, const i
     fail("cp.async.bulk.tensor." + std::to_string(rank) + "d on a rank-" + std::to_string(m.rank) + " tensor map");
   }
   uint32_t addr;
-  uint8_t* window = tma_window("cp.async.bulk.tensor (store) source", src, box_bytes(m), addr);
+  const uint32_t bytes = box_bytes(m);
+  const uint8_t* tile = tma_tile("cp.async.bulk.tensor (store) source", src, bytes, addr);
   const TensorMapModel copy = m;
   int32_t c[kMaxRank] = {};
   for (int d = 0; d < rank; ++d) c[d] = coords[d];
-  // Shared memory is read when the work runs, not at issue: a kernel that reuses the buffer before
-  // bulk_wait_group_read stores what it wrote later.
-  my_bulk_groups().open.push_back(enqueue_async([copy, window, addr, c] { tma_copy_box(copy, c, window, addr, false); }));
+  // Shared memory is read when the read step runs, not at issue: a kernel that reuses the buffer before
+  // bulk_wait_group_read stores what it wrote later; global memory changes only in the later write step.
+  auto store = std::make_shared<PendingStore>();
+  store->read = enqueue_async([copy, tile, addr, bytes, c, store] {
+    auto data = std::make_shared<std::vector<uint8_t>>(tile, tile + bytes);
+    store->write = enqueue_async([copy, addr, c, data] { tma_copy_box(copy, c, data->data(), addr, false); });
+  });
+  my_bulk_groups().open.push_back(std::move(store));
 }
 
-// Completes all but the newest `pending` committed groups of the calling thread (the model's store reads shared
-// memory and writes global memory in one step, so .read and the full wait are the same wait).
-inline void bulk_wait(int pending) {
+// cp.async.bulk.wait_group{.read}: every committed group but the newest `pending` has read its shared memory
+// (read_only) or has completed (its global writes done; the group is retired).
+inline void bulk_wait(int pending, bool read_only) {
   BulkGroups::Thread& t = my_bulk_groups();
-  while (static_cast<int>(t.committed.size()) > pending) {
-    for (const uint64_t ticket : t.committed.front()) run_async_now(ticket);
-    t.committed.pop_front();
+  const int older = static_cast<int>(t.committed.size()) - pending;
+  for (int g = 0; g < older; ++g) {
+    for (const auto& store : t.committed[g]) {
+      run_async_now(store->read);  // queues the write
+      if (!read_only) run_async_now(store->write);
+    }
+  }
+  if (!read_only) {
+    for (int g = 0; g < older; ++g) t.committed.pop_front();
   }
 }
 
@@ -222,6 +259,12 @@ inline std::string encode_tensor_map(CUtensorMap* map, TmaElem elem, int rank, c
   if (span != 0 && inner_bytes > span) {
     return "the box's inner extent (" + std::to_string(inner_bytes) + " bytes) exceeds the swizzle span (" +
            std::to_string(span) + " bytes)";
+  }
+  uint64_t total = inner_bytes;
+  for (int d = 1; d < rank; ++d) total *= box[d];
+  if (span != 0 && total % span != 0) {  // a partial swizzle group would scatter bytes past the box: unknown
+    return "the box (" + std::to_string(total) + " bytes) does not fill whole " + std::to_string(span) +
+           "-byte swizzle groups: not modelled by the emulator";
   }
   TensorMapModel m{};
   m.magic = cuda_emu::kTensorMapMagic;
@@ -287,12 +330,12 @@ inline void bulk_commit_group() {
 
 template <int kPending>
 inline void bulk_wait_group_read() {
-  cuda_emu::bulk_wait(kPending);
+  cuda_emu::bulk_wait(kPending, true);
 }
 
 template <int kPending>
 inline void bulk_wait_group() {
-  cuda_emu::bulk_wait(kPending);
+  cuda_emu::bulk_wait(kPending, false);
 }
 
 }  // namespace flashcore::sm90::ptx

@@ -47,6 +47,7 @@ constexpr uint64_t kDescUsedBits = kDescField | (kDescField << kDescLbo) | (kDes
 constexpr uint32_t kDescUnit = 16;   // addresses and offsets are encoded >> 4
 constexpr uint32_t kElemBytes = 2;   // the 16-bit types (bf16, f16) are the only ones modelled
 constexpr uint32_t kCoreRowBytes = 16;  // one row of an 8 x 16-byte core matrix
+constexpr uint32_t kSwizzleLineBytes = 128;  // the swizzle XORs chunk bits with the index of this line
 
 struct SmemOperand {
   uint32_t start, lbo, sbo, span;  // bytes; span: 0 (no swizzle), 32, 64, 128
@@ -88,47 +89,73 @@ inline uint32_t operand_address(const SmemOperand& o, bool mn_major, int mn, int
   }
   const uint32_t addr = o.start + offset;
   if (o.span == 0) return addr;
-  const uint32_t mask = o.span / kCoreRowBytes - 1;  // swizzle_address of ptx_tma.h, written again to stay standalone
-  return addr ^ (((addr / 128u) & mask) * kCoreRowBytes);
+  const uint32_t mask = o.span / kCoreRowBytes - 1;  // log2(S / 16) chunk bits; as ptx_tma.h's swizzle_address
+  return addr ^ (((addr / kSwizzleLineBytes) & mask) * kCoreRowBytes);
 }
 
-// The addresses of an operand's rows x 16 elements, checked: inside the launch's shared memory, and (swizzled) not
-// running past the end of the swizzled row the start address points into.
-inline std::vector<uint32_t> operand_addresses(uint64_t desc, bool mn_major, int rows, const char* which) {
+// An operand in shared memory: the window address of each of its rows x 16 elements, and the memory they span
+// (resolved and range-checked at issue; read at the wait).
+struct OperandView {
+  std::vector<uint32_t> addr;  // [row][k]
+  uint32_t lo = 0;             // lowest address
+  const uint8_t* mem = nullptr;  // pointer of address lo
+
+  double load(size_t i, bool bf16) const {
+    uint16_t h;
+    std::memcpy(&h, mem + (addr[i] - lo), kElemBytes);
+    return bf16 ? bf16_to_double(h) : f16_to_double(h);
+  }
+};
+
+// An operand's addresses, checked: inside the launch's shared memory, and (swizzled) starting on line 0 of a
+// pattern and not running past the end of the swizzled row the start address points into.
+inline OperandView operand_view(uint64_t desc, bool mn_major, int rows, const char* which) {
   const SmemOperand o = decode_descriptor(desc, which);
   if (o.span != 0) {
-    const uint32_t used = mn_major ? static_cast<uint32_t>(rows < static_cast<int>(o.span / kElemBytes)
-                                                               ? rows
-                                                               : static_cast<int>(o.span / kElemBytes)) *
-                                         kElemBytes
-                                   : kWgmmaK * kElemBytes;
+    // Bytes read along one swizzled row: the K slice (K-major), or the MN values up to a row's worth (MN-major).
+    const uint32_t row_values = o.span / kElemBytes;
+    const uint32_t along = mn_major ? (static_cast<uint32_t>(rows) < row_values ? rows : row_values) : kWgmmaK;
+    const uint32_t used = along * kElemBytes;
+    // A start inside a pattern's later lines is where "swizzle the absolute address" (this model) and "swizzle
+    // relative to a pattern that starts at the operand, corrected by the base offset" differ; the ISA does not
+    // settle which the hardware does, so the model refuses rather than guess. (Starts inside the first line --
+    // K slices, MN pieces -- and on whole patterns agree under both readings.)
+    const uint32_t line = (o.start / kSwizzleLineBytes) % (o.span / kCoreRowBytes);
+    if (line != 0) {
+      fail(std::string("wgmma: ") + which + " starts at line " + std::to_string(line) + " of its " +
+           std::to_string(o.span / kCoreRowBytes * kSwizzleLineBytes) + "-byte swizzle pattern (window address " +
+           std::to_string(o.start) + "): not modelled; start operands on a line-0 address");
+    }
     if (o.start % o.span + used > o.span) {
       fail(std::string("wgmma: ") + which + " starts " + std::to_string(o.start % o.span) + " bytes into a " +
            std::to_string(o.span) + "-byte swizzled row but reads " + std::to_string(used) +
            " bytes along it: the operand would wrap into the next row");
     }
   }
-  std::vector<uint32_t> addrs(static_cast<size_t>(rows) * kWgmmaK);
+  OperandView v;
+  v.addr.resize(static_cast<size_t>(rows) * kWgmmaK);
   uint32_t lo = UINT32_MAX, hi = 0;
   for (int r = 0; r < rows; ++r) {
     for (int k = 0; k < kWgmmaK; ++k) {
       const uint32_t a = operand_address(o, mn_major, r, k);
-      addrs[static_cast<size_t>(r) * kWgmmaK + k] = a;
+      v.addr[static_cast<size_t>(r) * kWgmmaK + k] = a;
       lo = a < lo ? a : lo;
       hi = a > hi ? a : hi;
     }
   }
-  smem_pointer(lo, hi + kElemBytes - lo);  // fails past the window / the launch's shared memory
-  return addrs;
+  v.lo = lo;
+  v.mem = smem_pointer(lo, hi + kElemBytes - lo);  // fails past the window / the launch's shared memory
+  return v;
 }
 
 struct WgmmaOp {
   int n = 0;
   bool bf16 = true, a_in_regs = false, scale_d = false;
   int scale_a = 1, scale_b = 1;
-  std::vector<uint32_t> a_addr, b_addr;   // SS: 64 x 16 addresses of A; always N x 16 of B
+  OperandView a, b;                       // SS: A's 64 x 16 elements; always B's N x 16
   std::vector<uint32_t> a_regs;           // RS: 128 threads x 4 registers, taken at issue
   std::vector<float*> d;                  // each thread's accumulator array (N / 2 floats)
+  std::vector<float> expected;            // what the accumulators must still hold when the op executes
 };
 
 struct WgmmaState {
@@ -144,17 +171,37 @@ inline WgmmaState::Warpgroup& my_warpgroup_state() {
   return cta_state<WgmmaState>(&kWgmmaStateKey).warpgroups[linear_thread() / kWarpgroupSize];
 }
 
-inline double load_16bit(uint32_t addr, bool bf16) {
-  uint16_t h;
-  std::memcpy(&h, smem_pointer(addr, kElemBytes), kElemBytes);
-  return bf16 ? bf16_to_double(h) : f16_to_double(h);
+// The accumulators belong to the tensor core from mma_async to wait_group: a kernel that writes one in between
+// (rescaling O before the P V wgmma completed, say) gets undefined results on the GPU. The model remembers the
+// values at issue (or the values an earlier in-flight wgmma on the same registers will leave) and fails if the
+// registers differ when the operation executes.
+inline void check_untouched(const WgmmaOp& op) {
+  if (!op.scale_d) return;  // D is not read: the kernel may have left anything there
+  const int regs = op.n / 2;
+  for (int t = 0; t < kWarpgroupSize; ++t) {
+    if (std::memcmp(op.d[t], &op.expected[static_cast<size_t>(t) * regs], sizeof(float) * regs) != 0) {
+      fail("wgmma: thread " + std::to_string(t) + " of the warpgroup changed its accumulator registers between "
+           "wgmma.mma_async and the wgmma.wait_group that completes it");
+    }
+  }
+}
+
+inline void remember_accumulators(WgmmaOp& op) {
+  const int regs = op.n / 2;
+  op.expected.resize(static_cast<size_t>(kWarpgroupSize) * regs);
+  for (int t = 0; t < kWarpgroupSize; ++t) {
+    std::memcpy(&op.expected[static_cast<size_t>(t) * regs], op.d[t], sizeof(float) * regs);
+  }
 }
 
 inline void execute(const WgmmaOp& op) {
+  check_untouched(op);
   const int n = op.n;
-  std::vector<double> a(kWgmmaM * kWgmmaK), b(static_cast<size_t>(kWgmmaK) * n);  // a[m][k], b[k][n]
+  std::vector<double> a(kWgmmaM * kWgmmaK), b(static_cast<size_t>(kWgmmaK) * n);  // A[m][k], B[k][n]
   for (int k = 0; k < kWgmmaK; ++k) {
-    for (int c = 0; c < n; ++c) b[static_cast<size_t>(k) * n + c] = load_16bit(op.b_addr[c * kWgmmaK + k], op.bf16);
+    for (int c = 0; c < n; ++c) {
+      b[static_cast<size_t>(k) * n + c] = op.b.load(static_cast<size_t>(c) * kWgmmaK + k, op.bf16);
+    }
   }
   if (op.a_in_regs) {
     for (int t = 0; t < kWarpgroupSize; ++t) {
@@ -169,7 +216,7 @@ inline void execute(const WgmmaOp& op) {
     }
   } else {
     for (int m = 0; m < kWgmmaM; ++m) {
-      for (int k = 0; k < kWgmmaK; ++k) a[m * kWgmmaK + k] = load_16bit(op.a_addr[m * kWgmmaK + k], op.bf16);
+      for (int k = 0; k < kWgmmaK; ++k) a[m * kWgmmaK + k] = op.a.load(static_cast<size_t>(m) * kWgmmaK + k, op.bf16);
     }
   }
   const double scale = static_cast<double>(op.scale_a * op.scale_b);
@@ -217,14 +264,15 @@ inline void wgmma_record(const WgmmaIssue& in) {
         op.scale_d = first.scale_d != 0;
         op.scale_a = first.scale_a;
         op.scale_b = first.scale_b;
-        if (!op.a_in_regs) op.a_addr = operand_addresses(first.desc_a, first.trans_a != 0, kWgmmaM, "operand A");
-        op.b_addr = operand_addresses(first.desc_b, first.trans_b != 0, op.n, "operand B");
+        if (!op.a_in_regs) op.a = operand_view(first.desc_a, first.trans_a != 0, kWgmmaM, "operand A");
+        op.b = operand_view(first.desc_b, first.trans_b != 0, op.n, "operand B");
         op.d.resize(kWarpgroupSize);
         if (op.a_in_regs) op.a_regs.resize(kWarpgroupSize * 4);
         for (int t = 0; t < kWarpgroupSize; ++t) {
           op.d[t] = ins[t]->d;
           for (int r = 0; r < 4 && op.a_in_regs; ++r) op.a_regs[t * 4 + r] = ins[t]->a[r];
         }
+        remember_accumulators(op);
         my_warpgroup_state().open.push_back(std::move(op));
       });
 }
@@ -238,15 +286,34 @@ inline void wgmma_commit_model() {
                                      });
 }
 
+// After `done` executed: the later in-flight operations on the same accumulators expect its results.
+inline void handed_on(WgmmaState::Warpgroup& wg, const WgmmaOp& done) {
+  auto update = [&](WgmmaOp& later) {
+    if (&later == &done || later.n != done.n || later.d[0] != done.d[0]) return;
+    remember_accumulators(later);
+  };
+  bool after = false;
+  for (auto& group : wg.committed) {
+    for (WgmmaOp& op : group) {
+      if (after) update(op);
+      after = after || &op == &done;
+    }
+  }
+  for (WgmmaOp& op : wg.open) update(op);
+}
+
 inline void wgmma_wait_model(int pending) {
   group_collective<int, Nothing>(kWarpgroupSize, "wgmma.wait_group.sync.aligned", pending,
                                  [](const int* const* ins, Nothing* const*) {
                                    for (int t = 1; t < kWarpgroupSize; ++t) {
-                                     if (*ins[t] != *ins[0]) fail("wgmma.wait_group: threads wait for different counts");
+                                     if (*ins[t] != *ins[0]) fail("wgmma.wait_group: threads differ in the count");
                                    }
                                    WgmmaState::Warpgroup& wg = my_warpgroup_state();
                                    while (static_cast<int>(wg.committed.size()) > *ins[0]) {
-                                     for (const WgmmaOp& op : wg.committed.front()) execute(op);
+                                     for (const WgmmaOp& op : wg.committed.front()) {
+                                       execute(op);
+                                       handed_on(wg, op);
+                                     }
                                      wg.committed.pop_front();
                                    }
                                  });
