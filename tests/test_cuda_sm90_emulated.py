@@ -146,10 +146,12 @@ DEFAULT_SEED = int(os.environ.get("FLASHCORE_EMU_SEED", 1))
 # emu_findings.md): seeded random warp priorities (RANDOM_PRIORITY: one warp runs far ahead of another, as far as the
 # barriers allow) and TMA copies and stores landing only when nothing else can run (LAZY_ASYNC: a buffer reused
 # before its copy finished reads or stores the wrong bytes).
+# Several priority seeds: one catches a missing barrier between the consumer warpgroups only now and then.
 INTERLEAVINGS = {"random": dict(), "round_robin": dict(schedule=ROUND_ROBIN),
-                 "priority_1": dict(schedule=RANDOM_PRIORITY, seed=1), "priority_2": dict(schedule=RANDOM_PRIORITY, seed=2),
+                 **{f"priority_{seed}": dict(schedule=RANDOM_PRIORITY, seed=seed) for seed in (1, 2, 3)},
                  "lazy_async": dict(max_async_delay=LAZY_ASYNC, seed=3),
-                 "priority_lazy": dict(schedule=RANDOM_PRIORITY, max_async_delay=LAZY_ASYNC, seed=4)}
+                 **{f"priority_lazy_{seed}": dict(schedule=RANDOM_PRIORITY, max_async_delay=LAZY_ASYNC, seed=seed)
+                    for seed in (4, 5, 6)}}
 
 
 def _run(registers: int, num_sms=PRETEND_SMS, seed=DEFAULT_SEED, schedule=DEFAULT_SCHEDULE, static=False,
