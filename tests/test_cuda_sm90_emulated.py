@@ -39,6 +39,7 @@ FULL = os.environ.get("FLASHCORE_EMU_FULL") == "1"
 # dS to 16 bits before their GEMMs, as every FlashAttention backward does
 FWD_TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
 BWD_TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
+OUT_IN_Q_HEAD_DIMS = [64, 128]  # head dims that stage the output in a buffer of their own by default
 PRETEND_SMS = 3  # CTAs of the persistent grids: small, so that each CTA runs several tiles / items
 RESOURCES = json.loads((CSRC / "cuda" / "resources.json").read_text())["kernels"]
 
@@ -52,17 +53,26 @@ def _cuda_include() -> Path | None:
     return None
 
 
-def _sources() -> list[tuple[str, list[str]]]:
-    """(source under csrc, extra flags): the engine and its shared fiber code, then one harness object per kernel
-    instantiation so that they compile in parallel."""
+ENGINE, MAIN, OUT_IN_Q = "engine", "main", "out_in_q"  # object groups; ENGINE's objects go into every library
+
+
+def _sources() -> list[tuple[str, list[str], str]]:
+    """(source under csrc, extra flags, group): the engine and its shared fiber code, one harness object per kernel
+    instantiation (so that they compile in parallel), and the forward's bisecting switch in a library of its own: it
+    changes FwdTraits<D> and SharedStorage<D>, and two definitions of one template in one library would be an ODR
+    violation (the linker keeps one: a kernel mixing both layouts)."""
     engine = sorted(str(p.relative_to(CSRC)) for p in (CSRC / "cuda_emu").glob("*.cpp")
                     if not p.name.startswith("harness_"))
     engine += sorted(str(p.relative_to(CSRC)) for p in (CSRC / "emu_common").glob("*.cpp"))
-    out = [(s, []) for s in engine] + [("cuda_emu/harness_gemm.cpp", [])]
+    out = [(s, [], ENGINE) for s in engine] + [("cuda_emu/harness_gemm.cpp", [], MAIN)]
     for op in ("fwd", "bwd"):
         for d in HEAD_DIMS:
             for bf16 in (1, 0):
-                out.append((f"cuda_emu/harness_{op}.cpp", [f"-DFLASHCORE_EMU_HEAD_DIM={d}", f"-DFLASHCORE_EMU_BF16={bf16}"]))
+                flags = [f"-DFLASHCORE_EMU_HEAD_DIM={d}", f"-DFLASHCORE_EMU_BF16={bf16}"]
+                out.append((f"cuda_emu/harness_{op}.cpp", flags, MAIN))
+    for d in OUT_IN_Q_HEAD_DIMS:  # output staged in Q's buffer at head dims that have a buffer of their own
+        flags = [f"-DFLASHCORE_EMU_HEAD_DIM={d}", "-DFLASHCORE_EMU_BF16=1", "-DFLASHCORE_FWD_SM90_OUT_IN_Q"]
+        out.append(("cuda_emu/harness_fwd.cpp", flags, OUT_IN_Q))
     return out
 
 
@@ -78,8 +88,8 @@ def _tree_hash(flags: list[str]) -> str:
 
 
 @pytest.fixture(scope="session")
-def emu(tmp_path_factory):
-    """The harness library, built once per session (one object per source, compiled in parallel)."""
+def libraries(tmp_path_factory) -> dict[str, ctypes.CDLL]:
+    """The harness libraries (MAIN, OUT_IN_Q), built once per session from objects compiled in parallel."""
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.skip("no C++ compiler (g++) to build the CPU model")
@@ -90,14 +100,14 @@ def emu(tmp_path_factory):
              str(CSRC / "cuda_emu" / "prelude.h"), f"-I{CSRC}", f"-I{include}", "-Wno-psabi"]
     cache = os.environ.get("FLASHCORE_EMU_CACHE")
     out = Path(cache) / _tree_hash(flags) if cache else tmp_path_factory.mktemp("cuda_emu")
-    library = out / "libflashcore_cuda_emu.so"
-    if not library.exists():
+    paths = {group: out / f"libflashcore_cuda_emu_{group}.so" for group in (MAIN, OUT_IN_Q)}
+    if not all(p.exists() for p in paths.values()):
         out.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
         sources = _sources()
 
         def compile_one(index: int) -> Path:
-            source, extra = sources[index]
+            source, extra, _ = sources[index]
             obj = out / f"{index}_{Path(source).stem}.o"
             subprocess.run([cxx, *flags, *extra, "-x", "c++", "-c", str(CSRC / source), "-o", str(obj)], check=True,
                            capture_output=True, text=True)
@@ -106,12 +116,24 @@ def emu(tmp_path_factory):
         try:
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
                 objects = list(pool.map(compile_one, range(len(sources))))
-            subprocess.run([cxx, "-shared", "-pthread", *map(str, objects), "-o", str(library)], check=True,
-                           capture_output=True, text=True)
+            for group, path in paths.items():
+                members = [str(o) for o, (_, _, g) in zip(objects, sources) if g in (ENGINE, group)]
+                subprocess.run([cxx, "-shared", "-pthread", *members, "-o", str(path)], check=True,
+                               capture_output=True, text=True)
         except subprocess.CalledProcessError as exc:
             pytest.fail(f"building the CPU model failed:\n{' '.join(exc.cmd)}\n{exc.stderr[-8000:]}")
         print(f"sm_90a CPU model built in {time.monotonic() - start:.1f} s")
-    return ctypes.CDLL(str(library))
+    return {group: ctypes.CDLL(str(path)) for group, path in paths.items()}  # RTLD_LOCAL: no symbols shared
+
+
+@pytest.fixture(scope="session")
+def emu(libraries):
+    return libraries[MAIN]
+
+
+@pytest.fixture(scope="session")
+def emu_out_in_q(libraries):
+    return libraries[OUT_IN_Q]
 
 
 # ------------------------------------------------------------------------------------------------ calling
@@ -218,9 +240,10 @@ def test_gemm_matches_float64(emu, shape, interleaving):
 # ------------------------------------------------------------------------------------------------ forward
 
 def emu_fwd(emu, q, k, v, *, softmax_scale=None, causal=False, window=(-1, -1), softcap=0.0, cu_seqlens_q=None,
-            cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, out=None, **run):
+            cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, out=None, variant="", **run):
     """csrc/cuda/fwd on the model. Dense q (b, sq, hq, d) or varlen (total, hq, d) with cu_seqlens; returns
-    (out, lse, stats). out (or the given out view) and lse start as NaN."""
+    (out, lse, stats). out (or the given out view) and lse start as NaN. variant "_out_in_q": the build with
+    -DFLASHCORE_FWD_SM90_OUT_IN_Q."""
     varlen = cu_seqlens_q is not None
     d = q.shape[-1]
     scale = softmax_scale if softmax_scale is not None else d ** -0.5
@@ -231,7 +254,7 @@ def emu_fwd(emu, q, k, v, *, softmax_scale=None, causal=False, window=(-1, -1), 
     lse = torch.full(lse_shape, float("nan"), dtype=torch.float32)
     batch = len(cu_seqlens_q) - 1 if varlen else q.shape[0]
     bf16 = q.dtype == torch.bfloat16
-    fn = getattr(emu, f"emu_sm90_fwd_d{d}_{_type_name(q.dtype)}")
+    fn = getattr(emu, f"emu_sm90_fwd_d{d}_{_type_name(q.dtype)}{variant}")
     stats = _call(fn, *_views((q, k, v, out)), _ptr(lse), _ptr(cu_seqlens_q), _ptr(cu_seqlens_k), batch, max_seqlen_q,
                   max_seqlen_k, ctypes.c_float(scale), int(causal), window[0], 0 if causal else window[1],
                   ctypes.c_float(softcap), ctypes.byref(_run(_registers(f"fwd_kernelILi{d}ELb{int(bf16)}E"), **run)))
@@ -379,6 +402,23 @@ def test_forward_schedules_bit_identical(emu):
         assert torch.equal(out, out0) and torch.equal(lse, lse0), f"differs with {run}"
     ref_out, ref_lse = reference_fwd(q, k, v, causal=True)
     assert_fwd_matches(out0, lse0, ref_out, ref_lse, torch.bfloat16)
+
+
+@pytest.mark.parametrize("interleaving", ["random", "priority_1", "lazy_async", "priority_lazy_4"])
+@pytest.mark.parametrize("head_dim", OUT_IN_Q_HEAD_DIMS)
+def test_forward_out_in_q_switch(emu_out_in_q, head_dim, interleaving):
+    """-DFLASHCORE_FWD_SM90_OUT_IN_Q (the GPU bisecting switch): the output staged in Q's buffer, Q freed by the
+    stores, at head dims that use a separate buffer by default; varlen for the direct-store path."""
+    run = dict(num_sms=2, **INTERLEAVINGS[interleaving])
+    for batch, seqlen_q, seqlen_k in [(2, 512, 100), (1, 256, 700)]:
+        q, k, v = _qkv(batch, seqlen_q, seqlen_k, 2, 1, head_dim, torch.bfloat16)
+        out, lse, _ = emu_fwd(emu_out_in_q, q, k, v, causal=True, variant="_out_in_q", **run)
+        assert_fwd_matches(out, lse, *reference_fwd(q, k, v, causal=True), torch.bfloat16)
+    q, k, v, cu_q, cu_k = _varlen([1, 33, 130, 140], [130, 0, 33, 140], 2, 1, head_dim, torch.bfloat16)
+    options = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    out, lse, _ = emu_fwd(emu_out_in_q, q, k, v, max_seqlen_q=140, max_seqlen_k=140, variant="_out_in_q", **options,
+                          **run)
+    assert_fwd_matches(out, lse, *reference_fwd(q, k, v, **options), torch.bfloat16)
 
 
 def test_forward_nan_propagates(emu):

@@ -83,7 +83,15 @@ struct ZeroBuffer {
 #else
 #define FLASHCORE_EMU_TYPE_NAME fp16
 #endif
-// emu_sm90_<op>_d<D>_<bf16|fp16>: the C symbol of this build's entry point for `op`.
-#define FLASHCORE_EMU_SYMBOL(op) \
-  FLASHCORE_CAT(FLASHCORE_CAT(FLASHCORE_CAT(op, _d), FLASHCORE_EMU_HEAD_DIM), FLASHCORE_CAT(_, FLASHCORE_EMU_TYPE_NAME))
+// Builds of the forward's bisecting switch (traits.cuh) get a symbol of their own.
+#if defined(FLASHCORE_FWD_SM90_OUT_IN_Q)
+#define FLASHCORE_EMU_VARIANT _out_in_q
+#else
+#define FLASHCORE_EMU_VARIANT
+#endif
+// emu_sm90_<op>_d<D>_<bf16|fp16>[_out_in_q]: the C symbol of this build's entry point for `op`.
+#define FLASHCORE_EMU_SYMBOL(op)                                                                                 \
+  FLASHCORE_CAT(FLASHCORE_CAT(FLASHCORE_CAT(FLASHCORE_CAT(op, _d), FLASHCORE_EMU_HEAD_DIM),                     \
+                              FLASHCORE_CAT(_, FLASHCORE_EMU_TYPE_NAME)),                                        \
+                FLASHCORE_EMU_VARIANT)
 #endif
