@@ -605,8 +605,9 @@ def test_backward_deterministic_bit_identical(emu, head_dim):
     dout = torch.randn(q.shape).to(dtype)
     out, lse = forward_for(q, k, v, causal=True)
     first = None
-    for run in (dict(), dict(seed=5), dict(schedule=1), dict(num_sms=2), dict(num_sms=4, seed=9),
-                dict(static=True, seed=3)):
+    for run in (dict(), dict(seed=5), dict(schedule=ROUND_ROBIN), dict(num_sms=1), dict(num_sms=2),
+                dict(num_sms=4, seed=9), dict(num_sms=8), dict(static=True, seed=3), dict(static=True, num_sms=2),
+                dict(schedule=RANDOM_PRIORITY, seed=2), dict(schedule=RANDOM_PRIORITY, max_async_delay=LAZY_ASYNC)):
         dq, dk, dv, _, _ = emu_bwd(emu, q, k, v, out, lse, dout, causal=True, deterministic=True, **run)
         if first is None:
             first = (dq, dk, dv)
