@@ -633,3 +633,65 @@ def test_backward_sweep(emu, head_dim, dtype, causal):
     for seqlens in [(1, 300), (300, 1), (257, 383), (383, 257)]:
         check_bwd(emu, 2, *seqlens, 4, 2, head_dim, DTYPES[dtype], causal=causal, run=dict(num_sms=4, seed=3))
     check_bwd(emu, 1, 300, 300, 2, 1, head_dim, DTYPES[dtype], window=(50, 20), softcap=20.0, deterministic=True)
+
+
+# ------------------------------------------------------------------------------------------------ fuzzing
+
+FUZZ_CASES = int(os.environ.get("FLASHCORE_EMU_FUZZ", "0"))
+
+
+def _fuzz_case(rng):
+    """A random attention problem: shapes, masks, softcap, dtype, varlen, and how the model runs it."""
+    head_dim = rng.choice(HEAD_DIMS)
+    heads_kv = rng.choice([1, 2])
+    heads_q = heads_kv * rng.choice([1, 2, 3])
+    lengths = [1, 2, 17, 63, 64, 65, 127, 128, 129, 200, 255, 256, 257, 400]
+    window = rng.choice([(-1, -1), (-1, 0), (rng.randrange(0, 300), rng.randrange(0, 300)), (rng.randrange(0, 50), -1),
+                         (-1, rng.randrange(0, 50)), (2**31 - 1, rng.randrange(0, 10))])
+    options = dict(window=window, softcap=rng.choice([0.0, 0.0, 5.0, 30.0]),
+                   softmax_scale=rng.choice([None, None, -0.3, 0.05]))
+    run = dict(num_sms=rng.choice([1, 2, 3, 5]), seed=rng.randrange(1, 1 << 30),
+               schedule=rng.choice([RANDOM, ROUND_ROBIN, RANDOM_PRIORITY]),
+               max_async_delay=rng.choice([64, 64, LAZY_ASYNC]), static=rng.random() < 0.2)
+    dtype = rng.choice(list(DTYPES.values()))
+    if rng.random() < 0.3:
+        count = rng.randrange(1, 4)
+        shape = dict(lens_q=[rng.choice(lengths + [0]) for _ in range(count)],
+                     lens_k=[rng.choice(lengths + [0]) for _ in range(count)])
+    else:
+        shape = dict(batch=rng.choice([1, 2]), seqlen_q=rng.choice(lengths), seqlen_k=rng.choice(lengths))
+    return head_dim, heads_q, heads_kv, dtype, shape, options, run
+
+
+@pytest.mark.skipif(FUZZ_CASES == 0, reason="FLASHCORE_EMU_FUZZ=<cases>: random problems, forward and backward")
+def test_fuzz(emu):
+    import random
+
+    base = int(os.environ.get("FLASHCORE_TEST_SEED", "0")) or random.randrange(1 << 30)
+    for case in range(FUZZ_CASES):
+        rng = random.Random(base + case)
+        head_dim, heads_q, heads_kv, dtype, shape, options, run = _fuzz_case(rng)
+        where = f"case {base + case}: D={head_dim} heads={heads_q}/{heads_kv} {dtype} {shape} {options} {run}"
+        try:
+            if "lens_q" in shape:
+                q, k, v, cu_q, cu_k = _varlen(shape["lens_q"], shape["lens_k"], heads_q, heads_kv, head_dim, dtype)
+                varlen = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+                sizes = dict(max_seqlen_q=max(shape["lens_q"]), max_seqlen_k=max(shape["lens_k"]))
+            else:
+                q, k, v = _qkv(shape["batch"], shape["seqlen_q"], shape["seqlen_k"], heads_q, heads_kv, head_dim, dtype)
+                varlen, sizes = {}, {}
+            if q.numel() == 0:
+                continue  # the extension returns the empty outputs without a launch
+            out, lse, _ = emu_fwd(emu, q, k, v, **options, **varlen, **sizes, **run)
+            ref_out, ref_lse = reference_fwd(q, k, v, **options, **varlen)
+            assert_fwd_matches(out, lse, ref_out, ref_lse, dtype)
+            if k.shape[-3] == 0 or q.shape[-3] == 0:
+                continue  # the extension returns zeros without a launch
+            dout = torch.randn(q.shape).to(dtype)
+            out16, lse32 = ref_out.to(dtype), ref_lse.float()
+            dlse = torch.randn(lse32.shape)
+            *got, _, _ = emu_bwd(emu, q, k, v, out16, lse32, dout, dlse, deterministic=rng.random() < 0.3, **options,
+                                 **varlen, **sizes, **run)
+            assert_grads_match(got, reference_bwd(q, k, v, out16, lse32, dout, dlse, **options, **varlen), dtype)
+        except (AssertionError, RuntimeError) as exc:
+            raise AssertionError(f"{where}: {exc}") from None
