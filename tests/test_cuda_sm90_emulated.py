@@ -11,8 +11,11 @@ temp dir (FLASHCORE_EMU_CACHE=<dir> keeps it across sessions, keyed by a hash of
   softcap, GQA/MQA, varlen, strided views; out / lse start as NaN, so an unwritten row fails; the static and dynamic
   tile schedules, seeds, interleavings and SM counts give bit-identical results;
 - the backward (preprocess, main kernel, dq postprocess) against flashcore.reference's backward in float64, with
-  keys no query sees getting dK = dV = 0; deterministic mode bit-identical across seeds, SM counts and schedules.
-FLASHCORE_EMU_FULL=1 adds a larger sweep.
+  keys no query sees getting dK = dV = 0; deterministic mode bit-identical across seeds, SM counts and schedules;
+- the pipelines under adversarial interleavings (random warp priorities, a lazy copy engine): bench/notes/
+  emu_findings.md lists the injected bugs each one catches, and the kernel bugs found.
+FLASHCORE_EMU_FULL=1 adds a larger sweep, FLASHCORE_EMU_FUZZ=<n> n random problems; FLASHCORE_EMU_SCHEDULE /
+_ASYNC_DELAY / _SEED rerun everything under another interleaving.
 """
 
 from __future__ import annotations
