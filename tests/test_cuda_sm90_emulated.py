@@ -599,6 +599,12 @@ def test_backward_unseen_keys_and_empty_rows(emu):
     assert torch.equal(got[0][0, :110], torch.zeros_like(got[0][0, :110]))
 
 
+def test_backward_preprocess_in_chunks(emu):
+    """A preprocess grid too large to hold at once in the model (114 CTAs of 256 threads): the harness runs the
+    kernel per (sequence, head); delta and the gradients must not notice."""
+    check_bwd(emu, 2, 600, 300, 3, 1, 64, torch.bfloat16, causal=True)
+
+
 @pytest.mark.parametrize("head_dim", [64, 192])
 def test_backward_deterministic_bit_identical(emu, head_dim):
     """Deterministic mode adds dQ in a fixed order: the same bits across seeds, interleavings, SM counts and tile
