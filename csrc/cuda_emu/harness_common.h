@@ -32,7 +32,7 @@ struct EmuRun {
   double timeout_seconds;   // per launch
 };
 
-constexpr int kStats = 5;  // ctas, fiber_switches, collectives, barriers, async_ops (summed over a call's launches)
+constexpr int kStats = 5;  // ctas, fiber_switches, collectives, barriers, async_ops (of the call's main kernel)
 
 inline emu::LaunchOptions launch_options(const EmuRun& run, int registers) {
   emu::LaunchOptions o;
