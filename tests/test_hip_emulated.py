@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 # (source, extra flags): the forward harness once per element type, so the objects compile in parallel
-HARNESS_SOURCES = [("hip_emu/emu.cpp", []), ("hip_emu/harness_mfma.cpp", []), ("hip_emu/harness_lds.cpp", []),
+HARNESS_SOURCES = [("emu_common/fiber.cpp", []), ("hip_emu/emu.cpp", []), ("hip_emu/harness_mfma.cpp", []), ("hip_emu/harness_lds.cpp", []),
                    ("hip_emu/harness_fwd.cpp", ["-DFLASHCORE_EMU_ELEMENT=Bf16"]),
                    ("hip_emu/harness_fwd.cpp", ["-DFLASHCORE_EMU_ELEMENT=Fp16"])]
 CXX_FLAGS = ["-std=c++20", "-O2", "-fPIC", "-pthread", "-DFLASHCORE_HIP_EMU", "-Wno-psabi", f"-I{CSRC}"]

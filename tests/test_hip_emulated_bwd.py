@@ -30,7 +30,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
-SOURCES = [("hip_emu/emu.cpp", []), ("hip_emu/harness_lds.cpp", []),
+SOURCES = [("emu_common/fiber.cpp", []), ("hip_emu/emu.cpp", []), ("hip_emu/harness_lds.cpp", []),
            ("hip_emu/harness_bwd.cpp", ["-DFLASHCORE_EMU_ELEMENT=Bf16"]),
            ("hip_emu/harness_bwd.cpp", ["-DFLASHCORE_EMU_ELEMENT=Fp16"]),
            # the negative tests' kernels: 1 without the barrier before dQ reads dS, 2 without the ticket wait

@@ -16,10 +16,12 @@
 // - Deadlock (no fiber runnable, no asynchronous work pending, no spinning fiber that saw a change for a whole
 //   round) stops the launch with an error listing what every live warp waits on.
 //
-// Layers: this header is the engine's interface (csrc/cuda_emu/engine.cpp implements it); prelude.h maps the CUDA
-// language (threadIdx, __syncthreads, __shfl_sync, atomicAdd, ...) onto it for a host compiler; the ptx_*.h
-// headers model the instructions behind csrc/cuda/ptx/*.cuh (included there under FLASHCORE_SM90_EMU);
-// harness_*.cpp are the C entry points tests/test_cuda_sm90_emulated.py loads with ctypes.
+// Layers: this header is the engine's interface (engine.cpp: scheduler, launch, queue, per-CTA state; engine_sync.cpp:
+// rendezvous, barriers, spins; both on csrc/emu_common's fibers and watchdog, shared with the gfx942 model);
+// prelude.h maps the CUDA language (threadIdx, __syncthreads, __shfl_sync, atomicAdd, ...) onto it for a host
+// compiler; the ptx_*.h headers model the instructions behind csrc/cuda/ptx/*.cuh (included there under
+// FLASHCORE_SM90_EMU); harness_*.cpp are the C entry points tests/test_cuda_sm90_emulated.py (the kernels) and
+// tests/test_cuda_emu_engine.py (the engine itself) load with ctypes.
 #pragma once
 
 #include <cstddef>
@@ -108,23 +110,52 @@ T& cta_state(const void* key) {
       key, []() -> void* { return new T(); }, [](void* p) { delete static_cast<T*>(p); }));
 }
 
+// ---- without a current fiber (asynchronous work, the mbarrier model's complete_tx) ----------------------------
+// Asynchronous work runs on behalf of the CTA whose thread enqueued it: inside it linear_block(), dynamic_smem(),
+// smem_address(), smem_pointer(), cta_state() and enqueue_async() refer to that CTA; thread_idx() and the
+// collectives fail. The calls below need no current fiber at all. (Added by the engine; the mbarrier model's
+// flashcore::cuda_emu::mbarrier_complete_tx(bar, bytes), for the TMA model, is in ptx_mbarrier.h.)
+int smem_owner(const void* generic);  // the CTA whose shared window holds `generic`, or -1
+void* cta_state_raw_of(int cta, const void* key, void* (*make)(), void (*destroy)(void*));
+template <class T>
+T& cta_state_of(int cta, const void* key) {  // cta_state of CTA `cta` (its linear_block())
+  return *static_cast<T*>(cta_state_raw_of(
+      cta, key, []() -> void* { return new T(); }, [](void* p) { delete static_cast<T*>(p); }));
+}
+int registers_per_thread();  // LaunchOptions::registers_per_thread of the running launch (0: unknown)
+
 // ---- launching (host side of the harness) -----------------------------------------------------------------------
 enum class Schedule : int {
   kRandom = 0,      // seeded random choice among runnable fibers at every scheduling point (the default)
   kRoundRobin = 1,  // every fiber one step per round: warps advance nearly in lock step
+  // Added by the engine: seeded random warp priorities (as in PCT, Burckhardt et al. 2010): a runnable lane of the
+  // highest warp runs, a spin drops the spinner's warp below every warp that is not spinning, and now and then one
+  // warp's priority is redrawn. Warps run far ahead of each other: a producer laps a slow consumer, one warp
+  // finishes its loop before another starts (races that the near lock step of uniform choice rarely shows).
+  kRandomPriority = 2,
 };
 
 struct LaunchOptions {
   Schedule schedule = Schedule::kRandom;
   uint64_t seed = 1;
   // Asynchronous work runs after a random number of scheduling points in [1, max_async_delay] (seeded), or at
-  // once when nothing else can run. Larger delays expose reads that do not wait for their data.
+  // once when nothing else can run (then a random pending operation, not the earliest). Larger delays expose
+  // reads that do not wait for their data; a huge one (1 << 30) makes the copy engine lazy: work runs only when
+  // every thread waits (or run_async_now asks for it), the setting that shows a missing wait best.
   int max_async_delay = 64;
-  double timeout_seconds = 120.0;  // wall-clock limit for the whole launch
+  // Wall-clock limit for the whole launch. A fiber that never reaches a scheduling point (an endless loop with no
+  // collective, barrier or spin) cannot be stopped by the engine: a watchdog aborts the process after this long
+  // without one, naming the running thread on stderr.
+  double timeout_seconds = 120.0;
+  // Registers per thread at kernel entry (what ptxas gave the kernel, e.g. 168 for __launch_bounds__(384, 1)):
+  // setmaxnreg checks that the CTA's pool (this x block threads) covers every warpgroup's request. 0 = unknown:
+  // the pool check is skipped (the warpgroup rendezvous and the range checks stay).
+  int registers_per_thread = 0;
 };
 
 struct LaunchStats {
   uint64_t ctas = 0, fiber_switches = 0, collectives = 0, barriers = 0, async_ops = 0;
+  uint64_t max_stack_bytes = 0;  // deepest fiber stack of the launch (resident pages): headroom for the reservation
 };
 
 // Runs `kernel` (the kernel body, called once per thread) over `grid` CTAs of `block` threads with

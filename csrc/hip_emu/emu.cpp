@@ -12,61 +12,16 @@
 #include <thread>
 #include <vector>
 
-#if !defined(__x86_64__)
-#include <ucontext.h>
-#endif
+#include "../emu_common/fiber.h"
 
 namespace flashcore::emu {
 namespace {
 
 constexpr size_t kStackBytes = 256 * 1024;  // per fiber: a kernel frame plus one MFMA's scratch, with room to spare
 
-// ------------------------------------------------------------------------------------------------ context switch
-#if defined(__x86_64__)
-// switch(save, load): pushes the callee-saved registers and the SSE/x87 control words on the current stack, stores
-// the stack pointer in *save, loads `load` and pops the same set. A few nanoseconds; swapcontext would add a
-// signal-mask system call to every switch.
-extern "C" void flashcore_emu_switch(void** save, void* load);
-asm(R"(
-  .text
-  .p2align 4
-  .globl flashcore_emu_switch
-  .type flashcore_emu_switch,@function
-flashcore_emu_switch:
-  pushq %rbp
-  pushq %rbx
-  pushq %r12
-  pushq %r13
-  pushq %r14
-  pushq %r15
-  subq $8, %rsp
-  stmxcsr (%rsp)
-  fnstcw 4(%rsp)
-  movq %rsp, (%rdi)
-  movq %rsi, %rsp
-  ldmxcsr (%rsp)
-  fldcw 4(%rsp)
-  addq $8, %rsp
-  popq %r15
-  popq %r14
-  popq %r13
-  popq %r12
-  popq %rbx
-  popq %rbp
-  ret
-  .size flashcore_emu_switch, .-flashcore_emu_switch
-  .section .note.GNU-stack,"",@progbits
-  .text
-)");
-#endif
-
 struct Fiber {
-  std::unique_ptr<uint8_t[]> stack;
-#if defined(__x86_64__)
-  void* sp = nullptr;
-#else
-  ucontext_t context;
-#endif
+  emu_common::FiberStack stack;
+  emu_common::FiberContext context;
   int tid = 0;
   bool done = false;
 };
@@ -85,11 +40,7 @@ thread_local Worker* tl_worker = nullptr;
 
 struct Worker {
   std::vector<Fiber> fibers;
-#if defined(__x86_64__)
-  void* scheduler_sp = nullptr;
-#else
-  ucontext_t scheduler_context;
-#endif
+  emu_common::FiberContext scheduler_context;
   const std::function<void()>* kernel = nullptr;
   Schedule schedule = Schedule::kRoundRobin;
   int current = -1;
@@ -108,20 +59,12 @@ struct Worker {
 
   void yield_to_scheduler() {
     ++stats.fiber_switches;
-#if defined(__x86_64__)
-    flashcore_emu_switch(&self().sp, scheduler_sp);
-#else
-    swapcontext(&self().context, &scheduler_context);
-#endif
+    emu_common::fiber_switch(self().context, scheduler_context);
   }
 
   void resume(int index) {
     current = index;
-#if defined(__x86_64__)
-    flashcore_emu_switch(&scheduler_sp, fibers[index].sp);
-#else
-    swapcontext(&scheduler_context, &fibers[index].context);
-#endif
+    emu_common::fiber_switch(scheduler_context, fibers[index].context);
     current = -1;
   }
 
@@ -151,28 +94,10 @@ struct Worker {
 
   void prepare_fiber(int index) {
     Fiber& f = fibers[index];
-    if (!f.stack) f.stack.reset(new uint8_t[kStackBytes]);
+    if (f.stack.size() == 0) f.stack = emu_common::FiberStack(kStackBytes);
     f.tid = index;
     f.done = false;
-#if defined(__x86_64__)
-    // Initial frame, as flashcore_emu_switch would have left it: control words, six registers, return address.
-    auto top = reinterpret_cast<uintptr_t>(f.stack.get() + kStackBytes) & ~uintptr_t(15);
-    auto* slot = reinterpret_cast<uint64_t*>(top);
-    slot[-1] = 0;                                             // alignment: `entry` starts with rsp = 8 mod 16
-    slot[-2] = reinterpret_cast<uint64_t>(&Worker::entry);    // popped by `ret`
-    for (int r = 3; r <= 8; ++r) slot[-r] = 0;                // rbp rbx r12 r13 r14 r15
-    uint32_t control[2];
-    asm volatile("stmxcsr %0" : "=m"(control[0]));
-    asm volatile("fnstcw %0" : "=m"(control[1]));
-    std::memcpy(&slot[-9], control, 8);
-    f.sp = &slot[-9];
-#else
-    getcontext(&f.context);
-    f.context.uc_stack.ss_sp = f.stack.get();
-    f.context.uc_stack.ss_size = kStackBytes;
-    f.context.uc_link = nullptr;
-    makecontext(&f.context, &Worker::entry, 0);
-#endif
+    emu_common::fiber_prepare(f.context, f.stack, &Worker::entry);
   }
 
   // Runs one block to completion; false (with `error` set) if it failed.

@@ -20,6 +20,15 @@
 #include "smem.cuh"
 
 namespace flashcore::sm90::ptx {
+constexpr uint32_t kMinRegsPerThread = 24;   // setmaxnreg's range is [24, 256] ...
+constexpr uint32_t kMaxRegsPerThread = 256;
+constexpr uint32_t kRegAllocGranule = 8;      // ... in multiples of 8
+}  // namespace flashcore::sm90::ptx
+
+#if defined(FLASHCORE_SM90_EMU)
+#include "../../cuda_emu/ptx_mbarrier.h"  // the CPU model of the functions below: same names and signatures
+#else
+namespace flashcore::sm90::ptx {
 
 // mbarrier.init: phase 0, `arrivals` pending arrivals, 0 transaction bytes. One thread initializes; the barrier
 // must not be used before fence_mbarrier_init() and a CTA-wide barrier (__syncthreads) publish it.
@@ -106,9 +115,6 @@ __device__ __forceinline__ void named_barrier_arrive(uint32_t id, uint32_t threa
 // when the kernel has a register cap at entry (__launch_bounds__(threads, 1) or -maxrregcount) and each role is one
 // branch of an if/else; otherwise it warns (C7508) and drops it. SASS: USETMAXREG. inc blocks until the pool has
 // the registers, so the budget must balance: sum over warpgroups of 128 x count <= pool.
-constexpr uint32_t kMinRegsPerThread = 24;   // setmaxnreg's range is [24, 256] ...
-constexpr uint32_t kMaxRegsPerThread = 256;
-constexpr uint32_t kRegAllocGranule = 8;      // ... in multiples of 8
 
 template <uint32_t kRegs>
 __device__ __forceinline__ void setmaxnreg_inc() {
@@ -125,3 +131,4 @@ __device__ __forceinline__ void setmaxnreg_dec() {
 }
 
 }  // namespace flashcore::sm90::ptx
+#endif  // FLASHCORE_SM90_EMU

@@ -7,7 +7,9 @@
 
 #include <cstdint>
 
-
+#if defined(FLASHCORE_SM90_EMU)
+#include "../../cuda_emu/ptx_sync_ext.h"  // the CPU model of the functions below: same names and signatures
+#else
 namespace flashcore::sm90::ptx {
 
 // Load with acquire semantics at gpu scope: later reads of this thread see what the releasing CTA wrote before
@@ -31,3 +33,4 @@ __device__ __forceinline__ void red_add_f32x2(float* ptr, float lo, float hi) {
 }
 
 }  // namespace flashcore::sm90::ptx
+#endif  // FLASHCORE_SM90_EMU
