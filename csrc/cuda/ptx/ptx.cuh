@@ -11,6 +11,8 @@
 //                 reductions; accumulator -> A-fragment conversion; stmatrix addressing
 //
 // Device functions live in namespace flashcore::sm90::ptx, fragment layouts in flashcore::sm90::frag.
+// Built for the host with -DFLASHCORE_SM90_EMU (csrc/cuda_emu), the instructions come from the CPU models
+// csrc/cuda_emu/ptx_*.h instead of inline asm; the constexpr helpers (descriptors, swizzle, layouts) are shared.
 #pragma once
 
 #include "layout.cuh"

@@ -11,12 +11,6 @@
 
 namespace flashcore::sm90::ptx {
 
-// The 32-bit address of `ptr` in the CTA's shared-memory window: what every .shared:: instruction and every wgmma
-// descriptor takes. A generic pointer is 64 bits; the window is < 2^18 bytes, so 32 bits always hold it.
-__device__ __forceinline__ uint32_t smem_u32(const void* ptr) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // 128-byte swizzle. A tile stored with it is a sequence of 128-byte rows; within each group of 8 rows (1024 bytes,
 // the "swizzle atom"), the 16-byte chunk c of row r is stored at chunk position c ^ (r % 8). Equivalently, with
@@ -33,6 +27,28 @@ constexpr uint32_t kSwizzle128Rows = kSwizzle128Atom / kSwizzle128Row;  // 8 row
 // Byte offset of 16-byte chunk `chunk` (0..7) of row `row` in a 128B-swizzled tile whose base is 1024-aligned.
 __host__ __device__ constexpr uint32_t swizzle128_offset(uint32_t row, uint32_t chunk) {
   return row * kSwizzle128Row + ((chunk ^ (row % kSwizzle128Rows)) * kSwizzleChunk);
+}
+
+}  // namespace flashcore::sm90::ptx
+
+#if defined(FLASHCORE_SM90_EMU)
+#include "../../cuda_emu/ptx_smem.h"  // the CPU model of the functions below (csrc/cuda_emu)
+#else
+namespace flashcore::sm90::ptx {
+
+// The 32-bit address of `ptr` in the CTA's shared-memory window: what every .shared:: instruction and every wgmma
+// descriptor takes. A generic pointer is 64 bits; the window is < 2^18 bytes, so 32 bits always hold it.
+__device__ __forceinline__ uint32_t smem_u32(const void* ptr) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+}
+
+// The CTA's dynamic shared memory (the size the launch asked for). Every extern __shared__ array names the same
+// bytes; declaring it here, 1024-byte aligned (the 128B swizzle atom), keeps the kernels from each declaring their
+// own. The alignment is what the declaration asks of the compiler; kernels that need it at run time still check
+// or round up (the runtime only promises 16 bytes for the dynamic base).
+__device__ __forceinline__ uint8_t* dynamic_smem() {
+  extern __shared__ __align__(1024) uint8_t flashcore_dynamic_smem[];
+  return flashcore_dynamic_smem;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -63,3 +79,4 @@ __device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
 }
 
 }  // namespace flashcore::sm90::ptx
+#endif  // FLASHCORE_SM90_EMU

@@ -17,8 +17,10 @@
 #pragma once
 
 #include <cuda.h>             // CUtensorMap and its enums: types only, libcuda is not linked
+#if !defined(FLASHCORE_SM90_EMU)
 #include <cudaTypedefs.h>     // PFN_cuTensorMapEncodeTiled_v12000
 #include <cuda_runtime_api.h> // cudaGetDriverEntryPointByVersion
+#endif
 
 #include <cstdint>
 #include <string>
@@ -39,8 +41,6 @@ constexpr uint32_t kTmaMaxBoxDim = 256; // hardware limit on each box dimension,
 constexpr uint64_t kTmaAlign = 16;      // global base address and every outer stride: multiples of 16 bytes
 constexpr uint64_t kTmaMaxStride = 1ull << 40;  // outer strides must be < 2^40 bytes
 constexpr uint64_t kTmaMaxDim = 1ull << 32;     // each global dim in [1, 2^32]
-// The driver version whose cuTensorMapEncodeTiled signature PFN_cuTensorMapEncodeTiled_v12000 describes.
-constexpr unsigned kEncodeTiledAbiVersion = 12000;
 
 inline uint32_t tma_elem_bytes(TmaElem e) { return e == TmaElem::kFp32 ? 4u : 2u; }
 
@@ -61,6 +61,16 @@ inline uint32_t tma_swizzle_span(CUtensorMapSwizzle s) {
     default: return 0;
   }
 }
+
+}  // namespace flashcore::sm90::ptx
+
+#if defined(FLASHCORE_SM90_EMU)
+#include "../../cuda_emu/ptx_tma.h"  // the CPU model: encoder and copies (csrc/cuda_emu)
+#else
+namespace flashcore::sm90::ptx {
+
+// The driver version whose cuTensorMapEncodeTiled signature PFN_cuTensorMapEncodeTiled_v12000 describes.
+constexpr unsigned kEncodeTiledAbiVersion = 12000;
 
 // cuTensorMapEncodeTiled is a driver (libcuda) function. Fetching it through the runtime's entry-point query
 // keeps libcuda out of the extension's link line (torch's CUDA runtime already loaded the driver). The pointer is
@@ -227,3 +237,4 @@ __device__ __forceinline__ void bulk_wait_group() {
 }
 
 }  // namespace flashcore::sm90::ptx
+#endif  // FLASHCORE_SM90_EMU

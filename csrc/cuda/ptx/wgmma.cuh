@@ -92,6 +92,15 @@ __host__ __device__ constexpr uint64_t desc_advance(uint64_t desc, uint32_t byte
   return desc + (bytes >> kDescAddrShift);
 }
 
+enum class MmaType { kBf16, kF16 };  // the 16-bit input types of the forms below
+
+}  // namespace flashcore::sm90::ptx
+
+#if defined(FLASHCORE_SM90_EMU)
+#include "../../cuda_emu/ptx_wgmma.h"  // the CPU model of everything up to the wgmma_ss / wgmma_rs wrappers
+#else
+namespace flashcore::sm90::ptx {
+
 // =============================================================================================================
 // Ordering: fence / commit / wait and the register fence
 // =============================================================================================================
@@ -134,8 +143,6 @@ __device__ __forceinline__ void fence_operands(uint32_t (&regs)[kRegs]) {
 // read: no need to zero them), true => D += A*B. imm-scale-a/b: +1 or -1 (negate an operand for free).
 // imm-trans-a/b: 0 = K-major operand, 1 = MN-major (16-bit types only). For C = A * B^T with A (M, K) and B (N, K)
 // both row-major, both operands are K-major: trans 0, 0.
-
-enum class MmaType { kBf16, kF16 };
 
 // Accumulator register lists: FC_WGMMA_REGS_<R> is "%0, ..., %(R-1)" (asm templates need literal operand
 // numbers), built from blocks of 8; FC_WGMMA_OPS_<R>(d) is the matching "+f" operand list over an array d.
@@ -278,6 +285,11 @@ FC_DEFINE_WGMMA(256, FC_WGMMA_REGS_128, FC_WGMMA_OPS_128, 128, 129, 130, 131, 13
 #undef FC_WGMMA_R8_13
 #undef FC_WGMMA_R8_14
 #undef FC_WGMMA_R8_15
+
+}  // namespace flashcore::sm90::ptx
+#endif  // FLASHCORE_SM90_EMU
+
+namespace flashcore::sm90::ptx {
 
 // D (+)= A * B, A and B from shared memory. `accumulate` false overwrites D (scale-d = 0).
 template <int N, MmaType kType = MmaType::kBf16, int kTransA = 0, int kTransB = 0, int kScaleA = 1, int kScaleB = 1>

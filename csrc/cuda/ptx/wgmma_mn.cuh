@@ -31,6 +31,16 @@ namespace flashcore::sm90::ptx {
 template <int N>
 struct WgmmaSsExtra;
 
+}  // namespace flashcore::sm90::ptx
+
+#if defined(FLASHCORE_SM90_EMU)
+namespace flashcore::sm90::ptx {
+template <>
+struct WgmmaSsExtra<32> : WgmmaEmu<32> {};  // ptx_wgmma.h (included by wgmma.cuh) models every N
+}  // namespace flashcore::sm90::ptx
+#else
+namespace flashcore::sm90::ptx {
+
 // "%0 .. %15": asm templates need literal operand numbers; the tail operands follow as %16 .. %22.
 #define FC_R16 \
   "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
@@ -60,6 +70,11 @@ struct WgmmaSsExtra<32> {
 #undef FC_WGMMA_N32_TEXT
 #undef FC_O8
 #undef FC_R16
+
+}  // namespace flashcore::sm90::ptx
+#endif  // FLASHCORE_SM90_EMU
+
+namespace flashcore::sm90::ptx {
 
 // D (+)= A * B from shared memory for any N the backward uses (32, 64, 128, 256). kTransA / kTransB: 1 for an
 // MN-major operand (mnmajor_sw128_desc), 0 for K-major (kmajor_sw128_desc).
