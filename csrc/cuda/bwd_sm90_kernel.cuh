@@ -117,15 +117,21 @@ __device__ __forceinline__ float tanh_accurate(float x) {
 
 // gridDim.x read where it is used: held in a register across the item loop, it was the one value D = 256 spilled.
 __device__ __forceinline__ int32_t grid_ctas() {
+#if defined(FLASHCORE_SM90_EMU)
+  return static_cast<int32_t>(gridDim.x);  // the CPU model: no registers to save
+#else
   uint32_t n;
   asm volatile("mov.u32 %0, %%nctaid.x;" : "=r"(n));
   return static_cast<int32_t>(n);
+#endif
 }
 
 // The same value, but opaque to the optimizer: values derived from it are recomputed where used instead of being
 // hoisted out of the loop into registers.
 __device__ __forceinline__ uint32_t opaque(uint32_t v) {
+#if !defined(FLASHCORE_SM90_EMU)  // the CPU model: nothing to hide from
   asm volatile("" : "+r"(v));
+#endif
   return v;
 }
 
@@ -571,7 +577,11 @@ __global__ void __launch_bounds__(BwdConfig<kHeadDim>::kThreads, 1)
                     const __grid_constant__ CUtensorMap tmap_lse, const __grid_constant__ CUtensorMap tmap_delta,
                     const __grid_constant__ BwdArgs args) {
   using C = BwdConfig<kHeadDim>;  // its layout checks: launch_main (host constexpr functions)
-  extern __shared__ uint8_t smem_raw[];
+#if defined(FLASHCORE_SM90_EMU)
+  uint8_t* const smem_raw = dynamic_smem();
+#else
+  extern __shared__ uint8_t smem_raw[];  // not dynamic_smem(): through a pointer, ptxas schedules differently
+#endif
   const uint32_t raw = smem_u32(smem_raw);
   const uint32_t pad = ((raw + kSmemAlign - 1) & ~static_cast<uint32_t>(kSmemAlign - 1)) - raw;
   SharedStorage<C>& s = *reinterpret_cast<SharedStorage<C>*>(smem_raw + pad);

@@ -5,7 +5,7 @@
 namespace flashcore {
 namespace sm90::fwd {
 template <int D>
-void launch(const FwdParams& p);  // defined in fwd/kernel.cuh, instantiated in fwd_sm90_d<D>.cu
+void launch(const FwdParams& p);  // defined in fwd/launch.cuh, instantiated in fwd_sm90_d<D>.cu
 }  // namespace sm90::fwd
 
 void launch_fwd(const FwdParams& p) {

@@ -4,6 +4,9 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#if defined(FLASHCORE_SM90_EMU)
+#include <cstring>
+#endif
 
 #include "../bwd_preprocess_params.h"  // HalfType
 
@@ -20,7 +23,13 @@ struct Vec16 {
 // ld.global.nc: read-only for the whole kernel, so the non-coherent path may serve it.
 // L1::no_allocate: each byte is read exactly once; caching it in L1 only evicts data someone would reuse.
 // ptr must be 16-byte aligned (the host checks, see rows_vectorizable in csrc/checks.h).
+// The CPU model (FLASHCORE_SM90_EMU) reads the same 16 bytes with a plain copy.
 __device__ __forceinline__ Vec16 ld_global_nc_v4_or_zero(const void* ptr, bool valid) {
+#if defined(FLASHCORE_SM90_EMU)
+  Vec16 v{};
+  if (valid) std::memcpy(&v, ptr, sizeof(v));
+  return v;
+#else
   Vec16 v;
   asm("{\n"
       "  .reg .pred p;\n"
@@ -34,6 +43,7 @@ __device__ __forceinline__ Vec16 ld_global_nc_v4_or_zero(const void* ptr, bool v
       : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3])
       : "l"(ptr), "r"(static_cast<int>(valid)));
   return v;
+#endif
 }
 
 // The two values packed in a 32-bit word, widened to fp32 (exact for both types).

@@ -53,11 +53,7 @@ BwdParams make_params(const void* const* tensors, const int64_t* sizes, const in
                       float* lse, const float* delta, const int32_t* cu_seqlens_q, const int32_t* cu_seqlens_k,
                       int batch, int max_seqlen_q, int max_seqlen_k, float softmax_scale, int causal, int window_left,
                       int window_right, float softcap, int deterministic, Strided (&t)[8]) {
-  for (int i = 0; i < 8; ++i) {
-    t[i].data = tensors[i];
-    t[i].dim = dims[i];
-    for (int d = 0; d < 4; ++d) t[i].size[d] = sizes[4 * i + d], t[i].stride[d] = strides[4 * i + d];
-  }
+  emu_harness::strided_views(8, tensors, sizes, strides, dims, t);
   const HalfType dtype = Element::kIsBf16 ? HalfType::kBf16 : HalfType::kFp16;
   const FwdParams f = make_fwd_params(t[0], t[1], t[2], t[3], lse, cu_seqlens_q, cu_seqlens_k, batch, max_seqlen_q,
                                       max_seqlen_k, softmax_scale, causal != 0, window_left, window_right, softcap,

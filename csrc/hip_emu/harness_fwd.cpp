@@ -38,13 +38,9 @@ int FLASHCORE_CAT(emu_fwd_, FLASHCORE_EMU_ELEMENT)(
     int max_seqlen_k, float softmax_scale, int causal, int window_left, int window_right, float softcap,
     int os_threads, int schedule, uint64_t* stats, char* error, int error_bytes) {
   Strided t[4];
+  emu_harness::strided_views(4, tensors, sizes, strides, dims, t);
   std::vector<emu::GlobalRange> ranges;
-  for (int i = 0; i < 4; ++i) {
-    t[i].data = tensors[i];
-    t[i].dim = dims[i];
-    for (int d = 0; d < 4; ++d) t[i].size[d] = sizes[4 * i + d], t[i].stride[d] = strides[4 * i + d];
-    ranges.push_back({tensors[i], extent_bytes(t[i], 2), i == 3});
-  }
+  for (int i = 0; i < 4; ++i) ranges.push_back({tensors[i], extent_bytes(t[i], 2), i == 3});
   ranges.push_back({lse, static_cast<size_t>(lse_numel) * 4, true});
   if (cu_seqlens_q != nullptr) {
     ranges.push_back({cu_seqlens_q, static_cast<size_t>(batch + 1) * 4, false});

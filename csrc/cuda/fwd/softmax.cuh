@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "../../fwd_params.h"
+#include "../ptx/mufu.cuh"
 #include "../ptx/ptx.cuh"
 #include "schedule.h"
 
@@ -16,18 +17,8 @@ namespace flashcore::sm90::fwd {
 constexpr float kNegInf = -__builtin_huge_valf();
 constexpr int kRowsPerThread = 2;  // rows l/4 and l/4 + 8 of the warp's 16
 
-// MUFU.TANH: one instruction, ~2^-11 relative error, below bf16's rounding of the output.
-__device__ __forceinline__ float tanh_approx(float x) {
-  float y;
-  asm("tanh.approx.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-__device__ __forceinline__ float exp2_approx(float x) {  // MUFU.EX2; exp2(-inf) = 0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
+using ptx::exp2_approx;  // MUFU.EX2 (ptx/mufu.cuh)
+using ptx::tanh_approx;  // MUFU.TANH
 
 // What the scores of one tile go through before the max: the sign flip of a negative softmax_scale (the kernel
 // applies |scale|, fwd_params.h q_sign), the softcap, and the mask. Uniform per warpgroup, decided per tile.

@@ -1,0 +1,706 @@
+"""The sm_90a kernels (csrc/cuda/), executed thread by thread on the CPU model of an sm_90a grid (csrc/cuda_emu).
+
+The harness compiles the kernel sources unchanged for the host (g++ -DFLASHCORE_SM90_EMU -include
+csrc/cuda_emu/prelude.h): every CUDA thread is a fiber, wgmma / TMA / mbarriers / named barriers are modelled from
+the PTX ISA (csrc/cuda_emu/emu.h). The launches are planned by the extension's own host code (plan_gemm, plan_fwd,
+plan_bwd: tensor maps, arguments, persistent grids) for a pretend SM count of a few CTAs, so the persistent
+schedulers cycle and the dynamic schedule's hand-off runs. The library is built once per session into the pytest
+temp dir (FLASHCORE_EMU_CACHE=<dir> keeps it across sessions, keyed by a hash of the sources). What is checked:
+- the GEMM against float64 matmul on shapes that are not tile multiples;
+- the forward against flashcore.reference in float64 over head dims x dtypes, ragged seqlens, causal, windows,
+  softcap, GQA/MQA, varlen, strided views; out / lse start as NaN, so an unwritten row fails; the static and dynamic
+  tile schedules, seeds, interleavings and SM counts give bit-identical results;
+- the backward (preprocess, main kernel, dq postprocess) against flashcore.reference's backward in float64, with
+  keys no query sees getting dK = dV = 0; deterministic mode bit-identical across seeds, SM counts and schedules;
+- the pipelines under adversarial interleavings (random warp priorities, a lazy copy engine): bench/notes/
+  emu_findings.md lists the injected bugs each one catches, and the kernel bugs found.
+FLASHCORE_EMU_FULL=1 adds a larger sweep, FLASHCORE_EMU_FUZZ=<n> n random problems; FLASHCORE_EMU_SCHEDULE /
+_ASYNC_DELAY / _SEED rerun everything under another interleaving.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CSRC = ROOT / "csrc"
+HEAD_DIMS = [64, 96, 128, 192, 256]
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+FULL = os.environ.get("FLASHCORE_EMU_FULL") == "1"
+# max |x - ref| / max |ref|: the outputs are rounded to 16 bits (the GPU tests' bar); the backward also rounds P and
+# dS to 16 bits before their GEMMs, as every FlashAttention backward does
+FWD_TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
+BWD_TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
+OUT_IN_Q_HEAD_DIMS = [64, 128]  # head dims that stage the output in a buffer of their own by default
+PRETEND_SMS = 3  # CTAs of the persistent grids: small, so that each CTA runs several tiles / items
+RESOURCES = json.loads((CSRC / "cuda" / "resources.json").read_text())["kernels"]
+
+
+# ------------------------------------------------------------------------------------------------ building
+
+def _cuda_include() -> Path | None:
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and (Path(home) / "include" / "cuda.h").exists():
+            return Path(home) / "include"
+    return None
+
+
+ENGINE, MAIN, OUT_IN_Q = "engine", "main", "out_in_q"  # object groups; ENGINE's objects go into every library
+
+
+def _sources() -> list[tuple[str, list[str], str]]:
+    """(source under csrc, extra flags, group): the engine and its shared fiber code, one harness object per kernel
+    instantiation (so that they compile in parallel), and the forward's bisecting switch in a library of its own: it
+    changes FwdTraits<D> and SharedStorage<D>, and two definitions of one template in one library would be an ODR
+    violation (the linker keeps one: a kernel mixing both layouts)."""
+    engine = sorted(str(p.relative_to(CSRC)) for p in (CSRC / "cuda_emu").glob("*.cpp")
+                    if not p.name.startswith("harness_"))
+    engine += sorted(str(p.relative_to(CSRC)) for p in (CSRC / "emu_common").glob("*.cpp"))
+    out = [(s, [], ENGINE) for s in engine] + [("cuda_emu/harness_gemm.cpp", [], MAIN)]
+    for op in ("fwd", "bwd"):
+        for d in HEAD_DIMS:
+            for bf16 in (1, 0):
+                flags = [f"-DFLASHCORE_EMU_HEAD_DIM={d}", f"-DFLASHCORE_EMU_BF16={bf16}"]
+                out.append((f"cuda_emu/harness_{op}.cpp", flags, MAIN))
+    for d in OUT_IN_Q_HEAD_DIMS:  # output staged in Q's buffer at head dims that have a buffer of their own
+        flags = [f"-DFLASHCORE_EMU_HEAD_DIM={d}", "-DFLASHCORE_EMU_BF16=1", "-DFLASHCORE_FWD_SM90_OUT_IN_Q"]
+        out.append(("cuda_emu/harness_fwd.cpp", flags, OUT_IN_Q))
+    return out
+
+
+def _tree_hash(flags: list[str]) -> str:
+    h = hashlib.sha256(" ".join(flags).encode())
+    for sub in ("cuda", "cuda_emu", "emu_common", "tiles"):
+        for p in sorted((CSRC / sub).rglob("*")):
+            if p.is_file():
+                h.update(str(p.relative_to(CSRC)).encode() + p.read_bytes())
+    for p in sorted(CSRC.glob("*.h")):
+        h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def libraries(tmp_path_factory) -> dict[str, ctypes.CDLL]:
+    """The harness libraries (MAIN, OUT_IN_Q), built once per session from objects compiled in parallel."""
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler (g++) to build the CPU model")
+    include = _cuda_include()
+    if include is None:
+        pytest.skip("no CUDA headers (cuda.h; set CUDA_HOME): the kernels name CUtensorMap and cuda_fp16 types")
+    flags = ["-std=c++20", "-O2", "-fPIC", "-pthread", "-DFLASHCORE_SM90_EMU", "-include",
+             str(CSRC / "cuda_emu" / "prelude.h"), f"-I{CSRC}", f"-I{include}", "-Wno-psabi"]
+    cache = os.environ.get("FLASHCORE_EMU_CACHE")
+    out = Path(cache) / _tree_hash(flags) if cache else tmp_path_factory.mktemp("cuda_emu")
+    paths = {group: out / f"libflashcore_cuda_emu_{group}.so" for group in (MAIN, OUT_IN_Q)}
+    if not all(p.exists() for p in paths.values()):
+        out.mkdir(parents=True, exist_ok=True)
+        start = time.monotonic()
+        sources = _sources()
+
+        def compile_one(index: int) -> Path:
+            source, extra, _ = sources[index]
+            obj = out / f"{index}_{Path(source).stem}.o"
+            subprocess.run([cxx, *flags, *extra, "-x", "c++", "-c", str(CSRC / source), "-o", str(obj)], check=True,
+                           capture_output=True, text=True)
+            return obj
+
+        try:
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+                objects = list(pool.map(compile_one, range(len(sources))))
+            for group, path in paths.items():
+                members = [str(o) for o, (_, _, g) in zip(objects, sources) if g in (ENGINE, group)]
+                subprocess.run([cxx, "-shared", "-pthread", *members, "-o", str(path)], check=True,
+                               capture_output=True, text=True)
+        except subprocess.CalledProcessError as exc:
+            pytest.fail(f"building the CPU model failed:\n{' '.join(exc.cmd)}\n{exc.stderr[-8000:]}")
+        print(f"sm_90a CPU model built in {time.monotonic() - start:.1f} s")
+    return {group: ctypes.CDLL(str(path)) for group, path in paths.items()}  # RTLD_LOCAL: no symbols shared
+
+
+@pytest.fixture(scope="session")
+def emu(libraries):
+    return libraries[MAIN]
+
+
+@pytest.fixture(scope="session")
+def emu_out_in_q(libraries):
+    return libraries[OUT_IN_Q]
+
+
+# ------------------------------------------------------------------------------------------------ calling
+
+class EmuRun(ctypes.Structure):
+    """csrc/cuda_emu/harness_common.h EmuRun: how a call runs on the model."""
+    _fields_ = [("num_sms", ctypes.c_int32), ("l2_bytes", ctypes.c_int32), ("schedule", ctypes.c_int32),
+                ("max_async_delay", ctypes.c_int32), ("seed", ctypes.c_uint64), ("static_schedule", ctypes.c_int32),
+                ("registers", ctypes.c_int32), ("timeout_seconds", ctypes.c_double)]
+
+
+H100_L2_BYTES = 50 * 2**20
+STAT_NAMES = ("ctas", "fiber_switches", "collectives", "barriers", "async_ops")
+
+
+def _registers(match: str) -> int:
+    """Registers per thread ptxas gave the kernel (csrc/cuda/resources.json), for the model's setmaxnreg check."""
+    return next(row["registers"] for row in RESOURCES if row["match"] in match or match in row["match"])
+
+
+# The engine's choice of the next fiber (csrc/cuda_emu/emu.h Schedule)
+RANDOM, ROUND_ROBIN, RANDOM_PRIORITY = 0, 1, 2
+LAZY_ASYNC = 100_000  # max_async_delay: TMA copies land only when nothing else can run (exposes early reuse)
+# FLASHCORE_EMU_SCHEDULE / FLASHCORE_EMU_ASYNC_DELAY / FLASHCORE_EMU_SEED: the defaults of every call (to rerun the
+# file under other interleavings)
+DEFAULT_SCHEDULE = int(os.environ.get("FLASHCORE_EMU_SCHEDULE", RANDOM))
+DEFAULT_ASYNC_DELAY = int(os.environ.get("FLASHCORE_EMU_ASYNC_DELAY", 64))
+DEFAULT_SEED = int(os.environ.get("FLASHCORE_EMU_SEED", 1))
+
+
+# Interleavings that expose races a fair random one rarely hits (each was needed to catch a mutation of the kernels,
+# emu_findings.md): seeded random warp priorities (RANDOM_PRIORITY: one warp runs far ahead of another, as far as the
+# barriers allow) and TMA copies and stores landing only when nothing else can run (LAZY_ASYNC: a buffer reused
+# before its copy finished reads or stores the wrong bytes).
+# Several priority seeds: one catches a missing barrier between the consumer warpgroups only now and then.
+INTERLEAVINGS = {"random": dict(), "round_robin": dict(schedule=ROUND_ROBIN),
+                 **{f"priority_{seed}": dict(schedule=RANDOM_PRIORITY, seed=seed) for seed in (1, 2, 3)},
+                 "lazy_async": dict(max_async_delay=LAZY_ASYNC, seed=3),
+                 **{f"priority_lazy_{seed}": dict(schedule=RANDOM_PRIORITY, max_async_delay=LAZY_ASYNC, seed=seed)
+                    for seed in (4, 5, 6)}}
+
+
+def _run(registers: int, num_sms=PRETEND_SMS, seed=DEFAULT_SEED, schedule=DEFAULT_SCHEDULE, static=False,
+         l2_bytes=H100_L2_BYTES, max_async_delay=DEFAULT_ASYNC_DELAY) -> EmuRun:
+    return EmuRun(num_sms=num_sms, l2_bytes=l2_bytes, schedule=schedule, max_async_delay=max_async_delay, seed=seed,
+                  static_schedule=int(static), registers=registers, timeout_seconds=300.0)
+
+
+def _call(fn, *args) -> dict:
+    stats = (ctypes.c_uint64 * len(STAT_NAMES))()
+    error = ctypes.create_string_buffer(4096)
+    rc = fn(*args, stats, error, ctypes.c_int(len(error)))
+    assert rc == 0, error.value.decode()
+    return dict(zip(STAT_NAMES, stats))
+
+
+def _ptr(t):
+    return ctypes.c_void_p(t.data_ptr()) if t is not None else None
+
+
+def _views(tensors):
+    """Pointers, sizes and strides (4 per tensor, elements) and ranks, as csrc/emu_harness_views.h reads them."""
+    n = len(tensors)
+    ptrs = (ctypes.c_void_p * n)(*(t.data_ptr() for t in tensors))
+    sizes = (ctypes.c_int64 * (4 * n))(*[x for t in tensors for x in list(t.shape) + [1] * (4 - t.dim())])
+    strides = (ctypes.c_int64 * (4 * n))(*[x for t in tensors for x in list(t.stride()) + [1] * (4 - t.dim())])
+    dims = (ctypes.c_int * n)(*(t.dim() for t in tensors))
+    return ptrs, sizes, strides, dims
+
+
+def _type_name(dtype) -> str:
+    return "bf16" if dtype == torch.bfloat16 else "fp16"
+
+
+# ------------------------------------------------------------------------------------------------ GEMM
+
+def emu_gemm(emu, a, b, **run):
+    """C = a @ b.T on csrc/cuda/gemm_sm90_kernel.cuh; C's rows padded to a multiple of 8 (the TMA stride granule),
+    as csrc/gemm.cpp does; C starts as NaN."""
+    m, k = a.shape
+    n = b.shape[0]
+    ldc = (n + 7) // 8 * 8
+    c = torch.full((m, ldc), float("nan"), dtype=torch.bfloat16)
+    _call(emu.emu_sm90_gemm, _ptr(a), _ptr(b), _ptr(c), ctypes.c_int64(m), ctypes.c_int64(n), ctypes.c_int64(k),
+          ctypes.c_int64(a.stride(0)), ctypes.c_int64(b.stride(0)), ctypes.c_int64(ldc),
+          ctypes.byref(_run(_registers("16gemm_bf16_kernel"), **run)))
+    return c[:, :n]
+
+
+@pytest.mark.parametrize("interleaving", ["random", "priority_1", "lazy_async"])
+@pytest.mark.parametrize("shape", [(130, 300, 72), (1, 8, 8), (257, 520, 400), (64, 256, 64)])
+def test_gemm_matches_float64(emu, shape, interleaving):
+    """Ragged M / N / K (TMA zero-fill and clipped stores), several tiles per CTA on 2 pretend SMs."""
+    m, n, k = shape
+    a = torch.randn(m, k).to(torch.bfloat16)
+    b = torch.randn(n, k).to(torch.bfloat16)
+    c = emu_gemm(emu, a, b, num_sms=2, **INTERLEAVINGS[interleaving])
+    want = a.double() @ b.double().T
+    assert not c.isnan().any(), f"{c.isnan().sum().item()} elements of C unwritten"
+    err = (c.double() - want).abs().max().item()
+    assert err <= 1e-2 * want.abs().max().item(), f"max error {err:.3g}"
+
+
+# ------------------------------------------------------------------------------------------------ forward
+
+def emu_fwd(emu, q, k, v, *, softmax_scale=None, causal=False, window=(-1, -1), softcap=0.0, cu_seqlens_q=None,
+            cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, out=None, variant="", **run):
+    """csrc/cuda/fwd on the model. Dense q (b, sq, hq, d) or varlen (total, hq, d) with cu_seqlens; returns
+    (out, lse, stats). out (or the given out view) and lse start as NaN. variant "_out_in_q": the build with
+    -DFLASHCORE_FWD_SM90_OUT_IN_Q."""
+    varlen = cu_seqlens_q is not None
+    d = q.shape[-1]
+    scale = softmax_scale if softmax_scale is not None else d ** -0.5
+    if out is None:
+        out = torch.empty(q.shape, dtype=q.dtype)
+    out.fill_(float("nan"))
+    lse_shape = (q.shape[1], q.shape[0]) if varlen else (q.shape[0], q.shape[2], q.shape[1])
+    lse = torch.full(lse_shape, float("nan"), dtype=torch.float32)
+    batch = len(cu_seqlens_q) - 1 if varlen else q.shape[0]
+    bf16 = q.dtype == torch.bfloat16
+    fn = getattr(emu, f"emu_sm90_fwd_d{d}_{_type_name(q.dtype)}{variant}")
+    stats = _call(fn, *_views((q, k, v, out)), _ptr(lse), _ptr(cu_seqlens_q), _ptr(cu_seqlens_k), batch, max_seqlen_q,
+                  max_seqlen_k, ctypes.c_float(scale), int(causal), window[0], 0 if causal else window[1],
+                  ctypes.c_float(softcap), ctypes.byref(_run(_registers(f"fwd_kernelILi{d}ELb{int(bf16)}E"), **run)))
+    return out, lse, stats
+
+
+def _options(q, softmax_scale, causal, window, softcap):
+    return dict(softmax_scale=softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5,
+                window_left=window[0], window_right=0 if causal else window[1], softcap=softcap)
+
+
+def reference_fwd(q, k, v, *, softmax_scale=None, causal=False, window=(-1, -1), softcap=0.0, cu_seqlens_q=None,
+                  cu_seqlens_k=None):
+    """flashcore.reference on float64 copies of the same 16-bit inputs: (out, lse) in float64."""
+    from flashcore import reference
+
+    options = _options(q, softmax_scale, causal, window, softcap)
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    if cu_seqlens_q is None:
+        return reference.forward(q64, k64, v64, **options)
+    return reference.forward_varlen(q64, k64, v64, cu_seqlens_q, cu_seqlens_k, **options)
+
+
+def assert_fwd_matches(out, lse, ref_out, ref_lse, dtype):
+    """Output within FWD_TOLERANCE of max |ref|; rows that see no key exactly 0 with lse -inf; lse within 1e-3."""
+    assert not out.isnan().any(), f"{out.isnan().sum().item()} output elements NaN (unwritten rows?)"
+    assert not lse.isnan().any(), f"{lse.isnan().sum().item()} lse values NaN (unwritten rows?)"
+    empty = ref_lse == float("-inf")
+    assert torch.equal(lse == float("-inf"), empty), "rows with lse = -inf differ from the reference's"
+    empty_rows = out[empty.transpose(0, 1) if out.dim() == 3 else empty.transpose(1, 2)]  # lse is (h, s) / (b, h, s)
+    assert torch.equal(empty_rows, torch.zeros_like(empty_rows)), "rows that see no key are not 0"
+    tolerance = FWD_TOLERANCE[dtype]
+    err = (out.double() - ref_out).abs().max().item()
+    scale = max(ref_out.abs().max().item(), 1e-6)
+    assert err <= tolerance * scale, f"max |out - ref| = {err:.3g}, {err / scale:.3g} of max |ref| (limit {tolerance})"
+    seen = ~empty
+    lse_err = (lse.double()[seen] - ref_lse[seen]).abs() / (1 + ref_lse[seen].abs())
+    assert lse_err.numel() == 0 or lse_err.max().item() <= 1e-3, f"lse error {lse_err.max().item():.3g}"
+
+
+def _qkv(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype):
+    q = torch.randn(batch, seqlen_q, heads_q, head_dim).to(dtype)
+    k = torch.randn(batch, seqlen_k, heads_kv, head_dim).to(dtype)
+    v = torch.randn(batch, seqlen_k, heads_kv, head_dim).to(dtype)
+    return q, k, v
+
+
+def check_fwd(emu, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype, run=None, **options):
+    q, k, v = _qkv(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype)
+    out, lse, stats = emu_fwd(emu, q, k, v, **options, **(run or {}))
+    ref_out, ref_lse = reference_fwd(q, k, v, **options)
+    assert_fwd_matches(out, lse, ref_out, ref_lse, dtype)
+    return out, lse, stats
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_forward_head_dims(emu, head_dim, dtype):
+    """4 tiles on 3 CTAs: the dynamic schedule hands one CTA a second tile."""
+    check_fwd(emu, 2, 33, 130, 2, 1, head_dim, DTYPES[dtype])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("seqlens", [(1, 1), (1, 130), (130, 1), (17, 17), (200, 77), (77, 200), (129, 257),
+                                     (17, 0)])
+def test_forward_ragged_seqlens(emu, seqlens, causal):
+    check_fwd(emu, 1, *seqlens, 2, 1, 64, torch.bfloat16, causal=causal)
+
+
+@pytest.mark.parametrize("head_dim", [128, 256])
+def test_forward_causal_large_head_dims(emu, head_dim):
+    check_fwd(emu, 1, 130, 161, 2, 1, head_dim, torch.float16, causal=True)
+
+
+@pytest.mark.parametrize("window", [(16, 8), (0, 0), (40, -1), (-1, 5), (200, 0), (2**31 - 1, 3), (3, 2**31 - 1),
+                                    (2**31 - 1, 2**31 - 1)])
+@pytest.mark.parametrize("seqlens", [(200, 140), (140, 200)])
+def test_forward_window(emu, window, seqlens):
+    """Windows near 2^31 (an int32 overflow in the kernel's band arithmetic, emu_findings.md) next to small ones."""
+    check_fwd(emu, 1, *seqlens, 1, 1, 128, torch.bfloat16, window=window)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forward_softcap(emu, dtype):
+    check_fwd(emu, 1, 100, 140, 2, 1, 64, DTYPES[dtype], causal=True, softcap=2.0)
+    check_fwd(emu, 1, 33, 70, 1, 1, 192, DTYPES[dtype], window=(20, 10), softcap=30.0)
+
+
+@pytest.mark.parametrize("heads", [(4, 2), (3, 1), (6, 3)])
+def test_forward_gqa_mqa(emu, heads):
+    check_fwd(emu, 2, 40, 70, *heads, 96, torch.bfloat16, causal=True)
+
+
+@pytest.mark.parametrize("scale", [-0.2, 0.0, 1.5])
+def test_forward_scale(emu, scale):
+    """Negative scale (the kernel negates q), zero (uniform weights), large."""
+    check_fwd(emu, 1, 50, 90, 2, 1, 64, torch.bfloat16, softmax_scale=scale, causal=True)
+
+
+def _varlen(lens_q, lens_k, heads_q, heads_kv, head_dim, dtype):
+    cu_q = torch.tensor([0] + lens_q, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    cu_k = torch.tensor([0] + lens_k, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    q = torch.randn(int(cu_q[-1]), heads_q, head_dim).to(dtype)
+    k = torch.randn(int(cu_k[-1]), heads_kv, head_dim).to(dtype)
+    v = torch.randn(int(cu_k[-1]), heads_kv, head_dim).to(dtype)
+    return q, k, v, cu_q, cu_k
+
+
+@pytest.mark.parametrize("head_dim", [64, 256])
+@pytest.mark.parametrize("causal", [False, True])
+def test_forward_varlen(emu, head_dim, causal):
+    """Sequences of lengths (q, k): (1, 130), (0, 5), (33, 0) -> out 0 / lse -inf, (130, 33), (140, 140): the
+    packed tensor has no edge between sequences, so partial query blocks store from registers."""
+    lens_q, lens_k = [1, 0, 33, 130, 140], [130, 5, 0, 33, 140]
+    dtype = torch.bfloat16 if causal else torch.float16
+    q, k, v, cu_q, cu_k = _varlen(lens_q, lens_k, 2, 1, head_dim, dtype)
+    options = dict(causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    # max_seqlen_* are upper bounds: a looser one only adds empty tiles to the schedule
+    out, lse, _ = emu_fwd(emu, q, k, v, max_seqlen_q=max(lens_q) + 200 * causal, max_seqlen_k=max(lens_k),
+                          **options)
+    ref_out, ref_lse = reference_fwd(q, k, v, **options)
+    assert_fwd_matches(out, lse, ref_out, ref_lse, dtype)
+
+
+def test_forward_strided_views(emu):
+    """q, k, v as views into one packed (batch, seqlen, 3, heads, dim) tensor, out into a wider buffer."""
+    qkv = torch.randn(2, 70, 3, 2, 128).to(torch.bfloat16)
+    q, k, v = qkv.unbind(2)
+    assert not q.is_contiguous()
+    out = torch.empty(2, 70, 2, 192, dtype=torch.bfloat16)[..., :128]
+    got, lse, _ = emu_fwd(emu, q, k, v, causal=True, out=out)
+    ref_out, ref_lse = reference_fwd(q, k, v, causal=True)
+    assert_fwd_matches(got, lse, ref_out, ref_lse, torch.bfloat16)
+
+
+def test_forward_schedules_bit_identical(emu):
+    """Each tile is computed by one CTA start to finish, so the result does not depend on which CTA: static and
+    dynamic tile schedules, seeds, fiber interleavings and SM counts give the same bits."""
+    q, k, v = _qkv(2, 300, 200, 2, 1, 64, torch.bfloat16)
+    out0, lse0, stats = emu_fwd(emu, q, k, v, causal=True)
+    assert stats["ctas"] == PRETEND_SMS
+    for run in (dict(static=True), dict(seed=7), dict(seed=12345, max_async_delay=512), dict(schedule=1),
+                dict(num_sms=1), dict(num_sms=5), dict(l2_bytes=64 * 1024)):
+        out, lse, _ = emu_fwd(emu, q, k, v, causal=True, **run)
+        assert torch.equal(out, out0) and torch.equal(lse, lse0), f"differs with {run}"
+    ref_out, ref_lse = reference_fwd(q, k, v, causal=True)
+    assert_fwd_matches(out0, lse0, ref_out, ref_lse, torch.bfloat16)
+
+
+@pytest.mark.parametrize("interleaving", ["random", "priority_1", "lazy_async", "priority_lazy_4"])
+@pytest.mark.parametrize("head_dim", OUT_IN_Q_HEAD_DIMS)
+def test_forward_out_in_q_switch(emu_out_in_q, head_dim, interleaving):
+    """-DFLASHCORE_FWD_SM90_OUT_IN_Q (the GPU bisecting switch): the output staged in Q's buffer, Q freed by the
+    stores, at head dims that use a separate buffer by default; varlen for the direct-store path."""
+    run = dict(num_sms=2, **INTERLEAVINGS[interleaving])
+    for batch, seqlen_q, seqlen_k in [(2, 512, 100), (1, 256, 700)]:
+        q, k, v = _qkv(batch, seqlen_q, seqlen_k, 2, 1, head_dim, torch.bfloat16)
+        out, lse, _ = emu_fwd(emu_out_in_q, q, k, v, causal=True, variant="_out_in_q", **run)
+        assert_fwd_matches(out, lse, *reference_fwd(q, k, v, causal=True), torch.bfloat16)
+    q, k, v, cu_q, cu_k = _varlen([1, 33, 130, 140], [130, 0, 33, 140], 2, 1, head_dim, torch.bfloat16)
+    options = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    out, lse, _ = emu_fwd(emu_out_in_q, q, k, v, max_seqlen_q=140, max_seqlen_k=140, variant="_out_in_q", **options,
+                          **run)
+    assert_fwd_matches(out, lse, *reference_fwd(q, k, v, **options), torch.bfloat16)
+
+
+def test_forward_nan_propagates(emu):
+    """A NaN key makes exactly the rows that see it NaN."""
+    q, k, v = _qkv(1, 64, 64, 1, 1, 64, torch.bfloat16)
+    k[0, 40, 0, 3] = float("nan")
+    out, _, _ = emu_fwd(emu, q, k, v, causal=True)
+    assert out[0, :40].isfinite().all() and out[0, 40:].isnan().all()
+
+
+@pytest.mark.parametrize("interleaving", INTERLEAVINGS)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_forward_pipeline_interleavings(emu, head_dim, interleaving):
+    """Key walks several laps around the K/V ring; then many short tiles per CTA (2 pretend SMs: the output staging
+    buffer and Q are reused while the previous tile's stores may still read them), under each interleaving."""
+    run = dict(num_sms=2, **INTERLEAVINGS[interleaving])
+    check_fwd(emu, 1, 256, 700, 2, 1, head_dim, torch.bfloat16, run=run)
+    check_fwd(emu, 2, 512, 100, 2, 1, head_dim, torch.bfloat16, run=run)
+
+
+@pytest.mark.skipif(not FULL, reason="FLASHCORE_EMU_FULL=1: the larger forward sweep")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_forward_sweep(emu, head_dim, dtype, causal):
+    for seqlens in [(1, 300), (300, 1), (257, 383), (383, 257)]:
+        check_fwd(emu, 2, *seqlens, 4, 2, head_dim, DTYPES[dtype], causal=causal, run=dict(num_sms=4, seed=3))
+    check_fwd(emu, 1, 300, 300, 2, 1, head_dim, DTYPES[dtype], window=(50, 20), softcap=20.0)
+
+
+# ------------------------------------------------------------------------------------------------ backward
+
+def emu_bwd(emu, q, k, v, out, lse, dout, dlse=None, *, softmax_scale=None, causal=False, window=(-1, -1),
+            softcap=0.0, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, deterministic=False,
+            **run):
+    """The backward's three kernels on the model; returns (dq, dk, dv, delta, stats). dq/dk/dv start as NaN."""
+    varlen = cu_seqlens_q is not None
+    d = q.shape[-1]
+    scale = softmax_scale if softmax_scale is not None else d ** -0.5
+    grads = [torch.full(t.shape, float("nan"), dtype=t.dtype) for t in (q, k, v)]
+    lse = lse.contiguous()
+    delta = torch.full(lse.shape, float("nan"), dtype=torch.float32)
+    batch = len(cu_seqlens_q) - 1 if varlen else q.shape[0]
+    bf16 = q.dtype == torch.bfloat16
+    fn = getattr(emu, f"emu_sm90_bwd_d{d}_{_type_name(q.dtype)}")
+    stats = _call(fn, *_views((q, k, v, out, dout, *grads)), _ptr(lse), _ptr(dlse), _ptr(delta), _ptr(cu_seqlens_q),
+                  _ptr(cu_seqlens_k), batch, max_seqlen_q, max_seqlen_k, ctypes.c_float(scale), int(causal),
+                  window[0], 0 if causal else window[1], ctypes.c_float(softcap), int(deterministic),
+                  ctypes.byref(_run(_registers(f"bwd_sm90_kernelILi{d}ELNS_8HalfTypeE{int(bf16)}E"), **run)))
+    return (*grads, delta, stats)
+
+
+def forward_for(q, k, v, **options):
+    """out (rounded to q's dtype, as a kernel returns it) and lse (float32) from flashcore.reference."""
+    out, lse = reference_fwd(q, k, v, **options)
+    return out.to(q.dtype), lse.float()
+
+
+def reference_bwd(q, k, v, out, lse, dout, dlse, *, softmax_scale=None, causal=False, window=(-1, -1), softcap=0.0,
+                  cu_seqlens_q=None, cu_seqlens_k=None):
+    from flashcore import reference
+
+    options = _options(q, softmax_scale, causal, window, softcap)
+    args = [t.double() if t is not None else None for t in (dout, q, k, v, out, lse, dlse)]
+    if cu_seqlens_q is None:
+        return reference.backward(*args, **options)
+    return reference.backward_varlen(*args, cu_seqlens_q, cu_seqlens_k, **options)
+
+
+def assert_grads_match(got, want, dtype):
+    tolerance = BWD_TOLERANCE[dtype]
+    for name, x, ref in zip(("dq", "dk", "dv"), got, want):
+        assert not x.isnan().any(), f"{name}: {x.isnan().sum().item()} elements NaN (unwritten?)"
+        err = (x.double() - ref).abs().max().item()
+        scale = max(ref.abs().max().item(), 1e-6)
+        assert err <= tolerance * scale, \
+            f"{name}: max |err| = {err:.3g}, {err / scale:.3g} of max |ref| (limit {tolerance})"
+
+
+def _delta_ref(out, dout, dlse, varlen):
+    d = (dout.double() * out.double()).sum(-1)  # (b, s, h) or (total, h)
+    d = d.transpose(0, 1) if varlen else d.permute(0, 2, 1)
+    return d - dlse.double() if dlse is not None else d
+
+
+def check_bwd(emu, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype, *, with_dlse=True, run=None,
+              deterministic=False, **options):
+    q, k, v = _qkv(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype)
+    dout = torch.randn(batch, seqlen_q, heads_q, head_dim).to(dtype)
+    out, lse = forward_for(q, k, v, **options)
+    dlse = torch.randn(lse.shape) if with_dlse else None
+    *got, delta, stats = emu_bwd(emu, q, k, v, out, lse, dout, dlse, deterministic=deterministic, **options,
+                                 **(run or {}))
+    torch.testing.assert_close(delta.double(), _delta_ref(out, dout, dlse, False), rtol=1e-4, atol=1e-4)
+    want = reference_bwd(q, k, v, out, lse, dout, dlse, **options)
+    assert_grads_match(got, want, dtype)
+    return got, stats
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_backward_head_dims(emu, head_dim, dtype):
+    check_bwd(emu, 1, 70, 150, 2, 1, head_dim, DTYPES[dtype], causal=True)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("seqlens", [(1, 1), (1, 17), (17, 1), (17, 17), (200, 77), (77, 200)])
+def test_backward_ragged_seqlens(emu, seqlens, causal):
+    check_bwd(emu, 1, *seqlens, 2, 1, 64, torch.bfloat16, causal=causal)
+
+
+@pytest.mark.parametrize("window", [(16, 8), (0, 0), (40, -1), (-1, 5), (2**31 - 1, 3), (3, 2**31 - 1)])
+@pytest.mark.parametrize("seqlens", [(130, 150), (150, 130)])
+def test_backward_window(emu, window, seqlens):
+    check_bwd(emu, 1, *seqlens, 1, 1, 128, torch.bfloat16, window=window)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_softcap(emu, dtype):
+    check_bwd(emu, 1, 100, 140, 2, 1, 64, DTYPES[dtype], causal=True, softcap=2.0)
+    check_bwd(emu, 1, 33, 70, 1, 1, 192, DTYPES[dtype], window=(20, 10), softcap=30.0)
+
+
+@pytest.mark.parametrize("heads", [(4, 2), (3, 1)])
+def test_backward_gqa_mqa(emu, heads):
+    """dK/dV of a K/V head sum over its group's query heads (the CTA walks them itself)."""
+    check_bwd(emu, 2, 40, 150, *heads, 96, torch.bfloat16, causal=True)
+
+
+@pytest.mark.parametrize("scale", [-0.2, 0.0, 1.5])
+def test_backward_scale(emu, scale):
+    check_bwd(emu, 1, 50, 90, 2, 1, 64, torch.bfloat16, softmax_scale=scale, causal=True)
+
+
+def test_backward_no_dlse_strided(emu):
+    """No dlse; q, k, v as views of one packed tensor."""
+    dtype = torch.float16
+    qkv = torch.randn(2, 70, 3, 2, 128).to(dtype)
+    q, k, v = qkv.unbind(2)
+    dout = torch.randn(q.shape).to(dtype)
+    out, lse = forward_for(q, k, v)
+    *got, _, _ = emu_bwd(emu, q, k, v, out, lse, dout)
+    assert_grads_match(got, reference_bwd(q, k, v, out, lse, dout, None), dtype)
+
+
+@pytest.mark.parametrize("head_dim", [64, 256])
+@pytest.mark.parametrize("causal", [False, True])
+def test_backward_varlen(emu, head_dim, causal):
+    """Sequences of lengths (q, k): (1, 130), (0, 5) -> dk = dv = 0, (33, 0) -> dq = 0, (130, 33), (17, 17);
+    deterministic when causal."""
+    lens_q, lens_k = [1, 0, 33, 130, 17], [130, 5, 0, 33, 17]
+    dtype = torch.bfloat16
+    q, k, v, cu_q, cu_k = _varlen(lens_q, lens_k, 2, 1, head_dim, dtype)
+    dout = torch.randn(q.shape).to(dtype)
+    options = dict(causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    out, lse = forward_for(q, k, v, **options)
+    dlse = torch.randn(lse.shape)
+    *got, delta, _ = emu_bwd(emu, q, k, v, out, lse, dout, dlse, max_seqlen_q=max(lens_q),
+                             max_seqlen_k=max(lens_k), deterministic=causal, **options)
+    torch.testing.assert_close(delta.double(), _delta_ref(out, dout, dlse, True), rtol=1e-4, atol=1e-4)
+    assert_grads_match(got, reference_bwd(q, k, v, out, lse, dout, dlse, **options), dtype)
+    assert torch.equal(got[1][130:135], torch.zeros_like(got[1][130:135]))  # keys of the query-less sequence
+    assert torch.equal(got[2][130:135], torch.zeros_like(got[2][130:135]))
+    assert torch.equal(got[0][1:34], torch.zeros_like(got[0][1:34]))        # queries of the key-less sequence
+
+
+def test_backward_unseen_keys_and_empty_rows(emu):
+    """A window that leaves keys 0..274 unseen: their dK = dV = 0 exactly. seqlen_q > seqlen_k with causal: the
+    first rows see no key (lse = -inf) and contribute nothing (dQ = 0) even with a nonzero dlse."""
+    got, _ = check_bwd(emu, 1, 20, 300, 1, 1, 64, torch.bfloat16, window=(5, 0))
+    assert torch.equal(got[1][0, :275], torch.zeros_like(got[1][0, :275]))
+    assert torch.equal(got[2][0, :275], torch.zeros_like(got[2][0, :275]))
+    assert got[1][0, 275:].abs().sum() > 0
+    got, _ = check_bwd(emu, 1, 150, 40, 1, 1, 64, torch.bfloat16, causal=True)
+    assert torch.equal(got[0][0, :110], torch.zeros_like(got[0][0, :110]))
+
+
+def test_backward_preprocess_in_chunks(emu):
+    """A preprocess grid too large to hold at once in the model (114 CTAs of 256 threads): the harness runs the
+    kernel per (sequence, head); delta and the gradients must not notice."""
+    check_bwd(emu, 2, 600, 300, 3, 1, 64, torch.bfloat16, causal=True)
+
+
+@pytest.mark.parametrize("head_dim", [64, 192])
+def test_backward_deterministic_bit_identical(emu, head_dim):
+    """Deterministic mode adds dQ in a fixed order: the same bits across seeds, interleavings, SM counts and tile
+    schedules (several CTAs add into each query tile: 3 key blocks per sequence)."""
+    dtype = torch.bfloat16
+    q, k, v = _qkv(2, 150, 300, 2, 1, head_dim, dtype)
+    dout = torch.randn(q.shape).to(dtype)
+    out, lse = forward_for(q, k, v, causal=True)
+    first = None
+    for run in (dict(), dict(seed=5), dict(schedule=ROUND_ROBIN), dict(num_sms=1), dict(num_sms=2),
+                dict(num_sms=4, seed=9), dict(num_sms=8), dict(static=True, seed=3), dict(static=True, num_sms=2),
+                dict(schedule=RANDOM_PRIORITY, seed=2), dict(schedule=RANDOM_PRIORITY, max_async_delay=LAZY_ASYNC)):
+        dq, dk, dv, _, _ = emu_bwd(emu, q, k, v, out, lse, dout, causal=True, deterministic=True, **run)
+        if first is None:
+            first = (dq, dk, dv)
+            assert_grads_match(first, reference_bwd(q, k, v, out, lse, dout, None, causal=True), dtype)
+        else:
+            for name, a, b in zip(("dq", "dk", "dv"), first, (dq, dk, dv)):
+                assert torch.equal(a, b), f"{name} differs with {run}"
+
+
+@pytest.mark.parametrize("interleaving", INTERLEAVINGS)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_backward_pipeline_interleavings(emu, head_dim, interleaving):
+    """Query walks several laps around the Q / dO ring, several K/V blocks per CTA, under each interleaving."""
+    check_bwd(emu, 1, 400, 300, 2, 1, head_dim, torch.bfloat16, causal=True,
+              run=dict(num_sms=2, **INTERLEAVINGS[interleaving]))
+
+
+@pytest.mark.skipif(not FULL, reason="FLASHCORE_EMU_FULL=1: the larger backward sweep")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_backward_sweep(emu, head_dim, dtype, causal):
+    for seqlens in [(1, 300), (300, 1), (257, 383), (383, 257)]:
+        check_bwd(emu, 2, *seqlens, 4, 2, head_dim, DTYPES[dtype], causal=causal, run=dict(num_sms=4, seed=3))
+    check_bwd(emu, 1, 300, 300, 2, 1, head_dim, DTYPES[dtype], window=(50, 20), softcap=20.0, deterministic=True)
+
+
+# ------------------------------------------------------------------------------------------------ fuzzing
+
+FUZZ_CASES = int(os.environ.get("FLASHCORE_EMU_FUZZ", "0"))
+
+
+def _fuzz_case(rng):
+    """A random attention problem: shapes, masks, softcap, dtype, varlen, and how the model runs it."""
+    head_dim = rng.choice(HEAD_DIMS)
+    heads_kv = rng.choice([1, 2])
+    heads_q = heads_kv * rng.choice([1, 2, 3])
+    lengths = [1, 2, 17, 63, 64, 65, 127, 128, 129, 200, 255, 256, 257, 400]
+    window = rng.choice([(-1, -1), (-1, 0), (rng.randrange(0, 300), rng.randrange(0, 300)), (rng.randrange(0, 50), -1),
+                         (-1, rng.randrange(0, 50)), (2**31 - 1, rng.randrange(0, 10))])
+    options = dict(window=window, softcap=rng.choice([0.0, 0.0, 5.0, 30.0]),
+                   softmax_scale=rng.choice([None, None, -0.3, 0.05]))
+    run = dict(num_sms=rng.choice([1, 2, 3, 5]), seed=rng.randrange(1, 1 << 30),
+               schedule=rng.choice([RANDOM, ROUND_ROBIN, RANDOM_PRIORITY]),
+               max_async_delay=rng.choice([64, 64, LAZY_ASYNC]), static=rng.random() < 0.2)
+    dtype = rng.choice(list(DTYPES.values()))
+    if rng.random() < 0.3:
+        count = rng.randrange(1, 4)
+        shape = dict(lens_q=[rng.choice(lengths + [0]) for _ in range(count)],
+                     lens_k=[rng.choice(lengths + [0]) for _ in range(count)])
+    else:
+        shape = dict(batch=rng.choice([1, 2]), seqlen_q=rng.choice(lengths), seqlen_k=rng.choice(lengths))
+    return head_dim, heads_q, heads_kv, dtype, shape, options, run
+
+
+@pytest.mark.skipif(FUZZ_CASES == 0, reason="FLASHCORE_EMU_FUZZ=<cases>: random problems, forward and backward")
+def test_fuzz(emu):
+    import random
+
+    base = int(os.environ.get("FLASHCORE_TEST_SEED", "0")) or random.randrange(1 << 30)
+    for case in range(FUZZ_CASES):
+        rng = random.Random(base + case)
+        head_dim, heads_q, heads_kv, dtype, shape, options, run = _fuzz_case(rng)
+        where = f"case {base + case}: D={head_dim} heads={heads_q}/{heads_kv} {dtype} {shape} {options} {run}"
+        try:
+            if "lens_q" in shape:
+                q, k, v, cu_q, cu_k = _varlen(shape["lens_q"], shape["lens_k"], heads_q, heads_kv, head_dim, dtype)
+                varlen = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+                sizes = dict(max_seqlen_q=max(shape["lens_q"]), max_seqlen_k=max(shape["lens_k"]))
+            else:
+                q, k, v = _qkv(shape["batch"], shape["seqlen_q"], shape["seqlen_k"], heads_q, heads_kv, head_dim, dtype)
+                varlen, sizes = {}, {}
+            if q.numel() == 0:
+                continue  # the extension returns the empty outputs without a launch
+            out, lse, _ = emu_fwd(emu, q, k, v, **options, **varlen, **sizes, **run)
+            ref_out, ref_lse = reference_fwd(q, k, v, **options, **varlen)
+            assert_fwd_matches(out, lse, ref_out, ref_lse, dtype)
+            if k.shape[-3] == 0 or q.shape[-3] == 0:
+                continue  # the extension returns zeros without a launch
+            dout = torch.randn(q.shape).to(dtype)
+            out16, lse32 = ref_out.to(dtype), ref_lse.float()
+            dlse = torch.randn(lse32.shape)
+            *got, _, _ = emu_bwd(emu, q, k, v, out16, lse32, dout, dlse, deterministic=rng.random() < 0.3, **options,
+                                 **varlen, **sizes, **run)
+            assert_grads_match(got, reference_bwd(q, k, v, out16, lse32, dout, dlse, **options, **varlen), dtype)
+        except (AssertionError, RuntimeError) as exc:
+            raise AssertionError(f"{where}: {exc}") from None
