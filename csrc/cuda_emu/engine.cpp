@@ -361,6 +361,14 @@ std::string launch(Dim3 grid, Dim3 block, size_t dynamic_smem_bytes, const std::
     return "dynamic shared memory of " + std::to_string(dynamic_smem_bytes) + " bytes exceeds the sm_90 limit of " +
            std::to_string(kMaxDynamicSmemBytes);
   }
+  // Every thread of the grid is a fiber whose stack (a mapping, plus its guard page) lives until the launch ends:
+  // past about 32 K of them the process's map limit (vm.max_map_count, 65530 by default) makes FiberStack abort.
+  // Refuse such a grid with a message instead (the sm_90a kernels are persistent; harnesses split the others).
+  constexpr uint64_t kMaxFibers = 24 * 1024;
+  if (num_ctas * threads > kMaxFibers) {
+    return "grid of " + std::to_string(num_ctas) + " CTAs x " + std::to_string(threads) + " threads: the model holds " +
+           "every thread of a launch at once, at most " + std::to_string(kMaxFibers);
+  }
   if (tl_launch != nullptr) return "launch() called from inside a kernel";
   static std::mutex one_launch_at_a_time;  // the built-in variables are process-wide
   const std::lock_guard<std::mutex> lock(one_launch_at_a_time);
