@@ -234,32 +234,18 @@ inline std::string encode_tensor_map(CUtensorMap* map, TmaElem elem, int rank, c
                                      CUtensorMapSwizzle swizzle) {
   using cuda_emu::TensorMapModel;
   if (reinterpret_cast<uintptr_t>(map) % cuda_emu::kTensorMapAlign != 0) return "the tensor map is not 64-byte aligned";
-  if (rank < kTmaMinRank || rank > kTmaMaxRank) return "rank " + std::to_string(rank) + " is not in [2, 5]";
   if (elem != TmaElem::kBf16 && elem != TmaElem::kFp16 && elem != TmaElem::kFp32) return "unknown element type";
-  if (reinterpret_cast<uintptr_t>(base) % kTmaAlign != 0) return "base address is not 16-byte aligned";
-  for (int d = 0; d < rank; ++d) {
-    if (dims[d] == 0 || dims[d] > kTmaMaxDim) return "dim " + std::to_string(d) + " is 0 or above 2^32";
-    if (box[d] == 0 || box[d] > kTmaMaxBoxDim) return "box dim " + std::to_string(d) + " is not in [1, 256]";
-  }
-  for (int d = 0; d + 1 < rank; ++d) {
-    if (strides_bytes[d] % kTmaAlign != 0 || strides_bytes[d] >= kTmaMaxStride) {
-      return "stride of dim " + std::to_string(d + 1) + " is " + std::to_string(strides_bytes[d]) +
-             " bytes; expected a multiple of 16 below 2^40";
-    }
-  }
-  const uint32_t elem_bytes = tma_elem_bytes(elem);
-  const uint32_t inner_bytes = box[0] * elem_bytes;
-  if (inner_bytes % kTmaAlign != 0) return "the box's inner extent is not a multiple of 16 bytes";
   if (swizzle != CU_TENSOR_MAP_SWIZZLE_NONE && swizzle != CU_TENSOR_MAP_SWIZZLE_32B &&
       swizzle != CU_TENSOR_MAP_SWIZZLE_64B && swizzle != CU_TENSOR_MAP_SWIZZLE_128B) {
     return "swizzle mode " + std::to_string(static_cast<int>(swizzle)) +
            " is not modelled by the emulator (none, 32B, 64B, 128B are)";
   }
+  // the driver's documented limits: the same checks as the real build's encoder
+  const std::string problem = check_tensor_map_args(elem, rank, base, dims, strides_bytes, box, swizzle);
+  if (!problem.empty()) return problem;
+  const uint32_t elem_bytes = tma_elem_bytes(elem);
+  const uint32_t inner_bytes = box[0] * elem_bytes;
   const uint32_t span = tma_swizzle_span(swizzle);
-  if (span != 0 && inner_bytes > span) {
-    return "the box's inner extent (" + std::to_string(inner_bytes) + " bytes) exceeds the swizzle span (" +
-           std::to_string(span) + " bytes)";
-  }
   uint64_t total = inner_bytes;
   for (int d = 1; d < rank; ++d) total *= box[d];
   if (span != 0 && total % span != 0) {  // a partial swizzle group would scatter bytes past the box: unknown

@@ -62,6 +62,34 @@ inline uint32_t tma_swizzle_span(CUtensorMapSwizzle s) {
   }
 }
 
+// The documented limits of cuTensorMapEncodeTiled, checked before encoding so that the message says which one
+// (the driver only returns CUDA_ERROR_INVALID_VALUE). Shared by the driver-backed encoder and the CPU model's.
+inline std::string check_tensor_map_args(TmaElem elem, int rank, const void* base, const uint64_t* dims,
+                                         const uint64_t* strides_bytes, const uint32_t* box,
+                                         CUtensorMapSwizzle swizzle) {
+  if (rank < kTmaMinRank || rank > kTmaMaxRank) return "rank " + std::to_string(rank) + " is not in [2, 5]";
+  if (reinterpret_cast<uintptr_t>(base) % kTmaAlign != 0) return "base address is not 16-byte aligned";
+  const uint32_t elem_bytes = tma_elem_bytes(elem);
+  for (int d = 0; d < rank; ++d) {
+    if (dims[d] == 0 || dims[d] > kTmaMaxDim) return "dim " + std::to_string(d) + " is 0 or above 2^32";
+    if (box[d] == 0 || box[d] > kTmaMaxBoxDim) return "box dim " + std::to_string(d) + " is not in [1, 256]";
+  }
+  for (int d = 0; d + 1 < rank; ++d) {
+    if (strides_bytes[d] % kTmaAlign != 0 || strides_bytes[d] >= kTmaMaxStride) {
+      return "stride of dim " + std::to_string(d + 1) + " is " + std::to_string(strides_bytes[d]) +
+             " bytes; expected a multiple of 16 below 2^40";
+    }
+  }
+  const uint32_t inner_bytes = box[0] * elem_bytes;
+  if (inner_bytes % kTmaAlign != 0) return "the box's inner extent is not a multiple of 16 bytes";
+  const uint32_t span = tma_swizzle_span(swizzle);
+  if (span != 0 && inner_bytes > span) {
+    return "the box's inner extent (" + std::to_string(inner_bytes) + " bytes) exceeds the swizzle span (" +
+           std::to_string(span) + " bytes)";
+  }
+  return "";
+}
+
 }  // namespace flashcore::sm90::ptx
 
 #if defined(FLASHCORE_SM90_EMU)
@@ -98,26 +126,8 @@ inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 inline std::string encode_tensor_map(CUtensorMap* map, TmaElem elem, int rank, const void* base,
                                      const uint64_t* dims, const uint64_t* strides_bytes, const uint32_t* box,
                                      CUtensorMapSwizzle swizzle) {
-  if (rank < kTmaMinRank || rank > kTmaMaxRank) return "rank " + std::to_string(rank) + " is not in [2, 5]";
-  if (reinterpret_cast<uintptr_t>(base) % kTmaAlign != 0) return "base address is not 16-byte aligned";
-  const uint32_t elem_bytes = tma_elem_bytes(elem);
-  for (int d = 0; d < rank; ++d) {
-    if (dims[d] == 0 || dims[d] > kTmaMaxDim) return "dim " + std::to_string(d) + " is 0 or above 2^32";
-    if (box[d] == 0 || box[d] > kTmaMaxBoxDim) return "box dim " + std::to_string(d) + " is not in [1, 256]";
-  }
-  for (int d = 0; d + 1 < rank; ++d) {
-    if (strides_bytes[d] % kTmaAlign != 0 || strides_bytes[d] >= kTmaMaxStride) {
-      return "stride of dim " + std::to_string(d + 1) + " is " + std::to_string(strides_bytes[d]) +
-             " bytes; expected a multiple of 16 below 2^40";
-    }
-  }
-  const uint32_t inner_bytes = box[0] * elem_bytes;
-  if (inner_bytes % kTmaAlign != 0) return "the box's inner extent is not a multiple of 16 bytes";
-  const uint32_t span = tma_swizzle_span(swizzle);
-  if (span != 0 && inner_bytes > span) {
-    return "the box's inner extent (" + std::to_string(inner_bytes) + " bytes) exceeds the swizzle span (" +
-           std::to_string(span) + " bytes)";
-  }
+  const std::string problem = check_tensor_map_args(elem, rank, base, dims, strides_bytes, box, swizzle);
+  if (!problem.empty()) return problem;
   const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
   if (encode == nullptr) return "the CUDA driver does not provide cuTensorMapEncodeTiled (driver too old?)";
 
