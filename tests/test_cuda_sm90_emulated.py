@@ -32,16 +32,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from emu_checks import (assert_fwd_matches, assert_grads_match, forward_for, random_qkv, reference_bwd,
+                         reference_fwd)
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 HEAD_DIMS = [64, 96, 128, 192, 256]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 FULL = os.environ.get("FLASHCORE_EMU_FULL") == "1"
-# max |x - ref| / max |ref|: the outputs are rounded to 16 bits (the GPU tests' bar); the backward also rounds P and
-# dS to 16 bits before their GEMMs, as every FlashAttention backward does
-FWD_TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
-BWD_TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
 OUT_IN_Q_HEAD_DIMS = [64, 128]  # head dims that stage the output in a buffer of their own by default
 PRETEND_SMS = 3  # CTAs of the persistent grids: small, so that each CTA runs several tiles / items
 RESOURCES = json.loads((CSRC / "cuda" / "resources.json").read_text())["kernels"]
@@ -264,49 +262,8 @@ def emu_fwd(emu, q, k, v, *, softmax_scale=None, causal=False, window=(-1, -1), 
     return out, lse, stats
 
 
-def _options(q, softmax_scale, causal, window, softcap):
-    return dict(softmax_scale=softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5,
-                window_left=window[0], window_right=0 if causal else window[1], softcap=softcap)
-
-
-def reference_fwd(q, k, v, *, softmax_scale=None, causal=False, window=(-1, -1), softcap=0.0, cu_seqlens_q=None,
-                  cu_seqlens_k=None):
-    """flashcore.reference on float64 copies of the same 16-bit inputs: (out, lse) in float64."""
-    from flashcore import reference
-
-    options = _options(q, softmax_scale, causal, window, softcap)
-    q64, k64, v64 = q.double(), k.double(), v.double()
-    if cu_seqlens_q is None:
-        return reference.forward(q64, k64, v64, **options)
-    return reference.forward_varlen(q64, k64, v64, cu_seqlens_q, cu_seqlens_k, **options)
-
-
-def assert_fwd_matches(out, lse, ref_out, ref_lse, dtype):
-    """Output within FWD_TOLERANCE of max |ref|; rows that see no key exactly 0 with lse -inf; lse within 1e-3."""
-    assert not out.isnan().any(), f"{out.isnan().sum().item()} output elements NaN (unwritten rows?)"
-    assert not lse.isnan().any(), f"{lse.isnan().sum().item()} lse values NaN (unwritten rows?)"
-    empty = ref_lse == float("-inf")
-    assert torch.equal(lse == float("-inf"), empty), "rows with lse = -inf differ from the reference's"
-    empty_rows = out[empty.transpose(0, 1) if out.dim() == 3 else empty.transpose(1, 2)]  # lse is (h, s) / (b, h, s)
-    assert torch.equal(empty_rows, torch.zeros_like(empty_rows)), "rows that see no key are not 0"
-    tolerance = FWD_TOLERANCE[dtype]
-    err = (out.double() - ref_out).abs().max().item()
-    scale = max(ref_out.abs().max().item(), 1e-6)
-    assert err <= tolerance * scale, f"max |out - ref| = {err:.3g}, {err / scale:.3g} of max |ref| (limit {tolerance})"
-    seen = ~empty
-    lse_err = (lse.double()[seen] - ref_lse[seen]).abs() / (1 + ref_lse[seen].abs())
-    assert lse_err.numel() == 0 or lse_err.max().item() <= 1e-3, f"lse error {lse_err.max().item():.3g}"
-
-
-def _qkv(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype):
-    q = torch.randn(batch, seqlen_q, heads_q, head_dim).to(dtype)
-    k = torch.randn(batch, seqlen_k, heads_kv, head_dim).to(dtype)
-    v = torch.randn(batch, seqlen_k, heads_kv, head_dim).to(dtype)
-    return q, k, v
-
-
 def check_fwd(emu, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype, run=None, **options):
-    q, k, v = _qkv(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype)
+    q, k, v = random_qkv(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype)
     out, lse, stats = emu_fwd(emu, q, k, v, **options, **(run or {}))
     ref_out, ref_lse = reference_fwd(q, k, v, **options)
     assert_fwd_matches(out, lse, ref_out, ref_lse, dtype)
@@ -396,7 +353,7 @@ def test_forward_strided_views(emu):
 def test_forward_schedules_bit_identical(emu):
     """Each tile is computed by one CTA start to finish, so the result does not depend on which CTA: static and
     dynamic tile schedules, seeds, fiber interleavings and SM counts give the same bits."""
-    q, k, v = _qkv(2, 300, 200, 2, 1, 64, torch.bfloat16)
+    q, k, v = random_qkv(2, 300, 200, 2, 1, 64, torch.bfloat16)
     out0, lse0, stats = emu_fwd(emu, q, k, v, causal=True)
     assert stats["ctas"] == PRETEND_SMS
     for run in (dict(static=True), dict(seed=7), dict(seed=12345, max_async_delay=512), dict(schedule=1),
@@ -414,7 +371,7 @@ def test_forward_out_in_q_switch(emu_out_in_q, head_dim, interleaving):
     stores, at head dims that use a separate buffer by default; varlen for the direct-store path."""
     run = dict(num_sms=2, **INTERLEAVINGS[interleaving])
     for batch, seqlen_q, seqlen_k in [(2, 512, 100), (1, 256, 700)]:
-        q, k, v = _qkv(batch, seqlen_q, seqlen_k, 2, 1, head_dim, torch.bfloat16)
+        q, k, v = random_qkv(batch, seqlen_q, seqlen_k, 2, 1, head_dim, torch.bfloat16)
         out, lse, _ = emu_fwd(emu_out_in_q, q, k, v, causal=True, variant="_out_in_q", **run)
         assert_fwd_matches(out, lse, *reference_fwd(q, k, v, causal=True), torch.bfloat16)
     q, k, v, cu_q, cu_k = _varlen([1, 33, 130, 140], [130, 0, 33, 140], 2, 1, head_dim, torch.bfloat16)
@@ -426,7 +383,7 @@ def test_forward_out_in_q_switch(emu_out_in_q, head_dim, interleaving):
 
 def test_forward_nan_propagates(emu):
     """A NaN key makes exactly the rows that see it NaN."""
-    q, k, v = _qkv(1, 64, 64, 1, 1, 64, torch.bfloat16)
+    q, k, v = random_qkv(1, 64, 64, 1, 1, 64, torch.bfloat16)
     k[0, 40, 0, 3] = float("nan")
     out, _, _ = emu_fwd(emu, q, k, v, causal=True)
     assert out[0, :40].isfinite().all() and out[0, 40:].isnan().all()
@@ -474,33 +431,6 @@ def emu_bwd(emu, q, k, v, out, lse, dout, dlse=None, *, softmax_scale=None, caus
     return (*grads, delta, stats)
 
 
-def forward_for(q, k, v, **options):
-    """out (rounded to q's dtype, as a kernel returns it) and lse (float32) from flashcore.reference."""
-    out, lse = reference_fwd(q, k, v, **options)
-    return out.to(q.dtype), lse.float()
-
-
-def reference_bwd(q, k, v, out, lse, dout, dlse, *, softmax_scale=None, causal=False, window=(-1, -1), softcap=0.0,
-                  cu_seqlens_q=None, cu_seqlens_k=None):
-    from flashcore import reference
-
-    options = _options(q, softmax_scale, causal, window, softcap)
-    args = [t.double() if t is not None else None for t in (dout, q, k, v, out, lse, dlse)]
-    if cu_seqlens_q is None:
-        return reference.backward(*args, **options)
-    return reference.backward_varlen(*args, cu_seqlens_q, cu_seqlens_k, **options)
-
-
-def assert_grads_match(got, want, dtype):
-    tolerance = BWD_TOLERANCE[dtype]
-    for name, x, ref in zip(("dq", "dk", "dv"), got, want):
-        assert not x.isnan().any(), f"{name}: {x.isnan().sum().item()} elements NaN (unwritten?)"
-        err = (x.double() - ref).abs().max().item()
-        scale = max(ref.abs().max().item(), 1e-6)
-        assert err <= tolerance * scale, \
-            f"{name}: max |err| = {err:.3g}, {err / scale:.3g} of max |ref| (limit {tolerance})"
-
-
 def _delta_ref(out, dout, dlse, varlen):
     d = (dout.double() * out.double()).sum(-1)  # (b, s, h) or (total, h)
     d = d.transpose(0, 1) if varlen else d.permute(0, 2, 1)
@@ -509,7 +439,7 @@ def _delta_ref(out, dout, dlse, varlen):
 
 def check_bwd(emu, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype, *, with_dlse=True, run=None,
               deterministic=False, **options):
-    q, k, v = _qkv(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype)
+    q, k, v = random_qkv(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype)
     dout = torch.randn(batch, seqlen_q, heads_q, head_dim).to(dtype)
     out, lse = forward_for(q, k, v, **options)
     dlse = torch.randn(lse.shape) if with_dlse else None
@@ -610,7 +540,7 @@ def test_backward_deterministic_bit_identical(emu, head_dim):
     """Deterministic mode adds dQ in a fixed order: the same bits across seeds, interleavings, SM counts and tile
     schedules (several CTAs add into each query tile: 3 key blocks per sequence)."""
     dtype = torch.bfloat16
-    q, k, v = _qkv(2, 150, 300, 2, 1, head_dim, dtype)
+    q, k, v = random_qkv(2, 150, 300, 2, 1, head_dim, dtype)
     dout = torch.randn(q.shape).to(dtype)
     out, lse = forward_for(q, k, v, causal=True)
     first = None
@@ -687,7 +617,7 @@ def test_fuzz(emu):
                 varlen = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
                 sizes = dict(max_seqlen_q=max(shape["lens_q"]), max_seqlen_k=max(shape["lens_k"]))
             else:
-                q, k, v = _qkv(shape["batch"], shape["seqlen_q"], shape["seqlen_k"], heads_q, heads_kv, head_dim, dtype)
+                q, k, v = random_qkv(shape["batch"], shape["seqlen_q"], shape["seqlen_k"], heads_q, heads_kv, head_dim, dtype)
                 varlen, sizes = {}, {}
             if q.numel() == 0:
                 continue  # the extension returns the empty outputs without a launch

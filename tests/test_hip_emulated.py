@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from emu_checks import assert_fwd_matches, random_qkv, reference_fwd
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
@@ -174,47 +175,11 @@ def emu_fwd(emu, q, k, v, *, softmax_scale=None, causal=False, window=(-1, -1), 
     return out, lse, dict(zip(("blocks", "fiber_switches", "wave_collectives", "barriers"), stats))
 
 
-def reference_fwd(q, k, v, *, softmax_scale=None, causal=False, window=(-1, -1), softcap=0.0, cu_seqlens_q=None,
-                  cu_seqlens_k=None):
-    """flashcore.reference on float64 copies of the same 16-bit inputs."""
-    from flashcore import reference
-
-    options = dict(softmax_scale=softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5,
-                   window_left=window[0], window_right=0 if causal else window[1], softcap=softcap)
-    q64, k64, v64 = q.double(), k.double(), v.double()
-    if cu_seqlens_q is None:
-        return reference.forward(q64, k64, v64, **options)
-    return reference.forward_varlen(q64, k64, v64, cu_seqlens_q, cu_seqlens_k, **options)
-
-
-def assert_matches_reference(out, lse, ref_out, ref_lse, dtype):
-    """Output: max error relative to the largest reference value, <= 1e-2 (bf16) / 2e-3 (fp16); rows that see no
-    key exactly 0 with lse -inf; lse within 1e-3 (absolute, plus relative)."""
-    assert not out.isnan().any(), f"{out.isnan().sum().item()} output elements NaN (unwritten rows?)"
-    empty = ref_lse == float("-inf")
-    assert torch.equal(lse == float("-inf"), empty), "rows with lse = -inf differ from the reference's"
-    assert not lse.isnan().any()
-    tolerance = 1e-2 if dtype == torch.bfloat16 else 2e-3
-    err = (out.double() - ref_out).abs().max().item()
-    scale = max(ref_out.abs().max().item(), 1e-6)
-    assert err <= tolerance * scale, f"max |out - ref| = {err:.3g}, {err / scale:.3g} of max |ref| (limit {tolerance})"
-    seen = ~empty
-    lse_err = (lse.double()[seen] - ref_lse[seen]).abs() / (1 + ref_lse[seen].abs())
-    assert lse_err.numel() == 0 or lse_err.max().item() <= 1e-3, f"lse error {lse_err.max().item():.3g}"
-
-
-def _qkv(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype):
-    q = torch.randn(batch, seqlen_q, heads_q, head_dim).to(dtype)
-    k = torch.randn(batch, seqlen_k, heads_kv, head_dim).to(dtype)
-    v = torch.randn(batch, seqlen_k, heads_kv, head_dim).to(dtype)
-    return q, k, v
-
-
 def check_dense(emu, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype, schedule=0, **options):
-    q, k, v = _qkv(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype)
+    q, k, v = random_qkv(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype)
     out, lse, stats = emu_fwd(emu, q, k, v, schedule=schedule, **options)
     ref_out, ref_lse = reference_fwd(q, k, v, **options)
-    assert_matches_reference(out, lse, ref_out, ref_lse, dtype)
+    assert_fwd_matches(out, lse, ref_out, ref_lse, dtype)
     return stats
 
 
@@ -321,7 +286,7 @@ def test_forward_varlen(emu, head_dim, causal, dtype):
     options = dict(causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
     out, lse, _ = emu_fwd(emu, q, k, v, max_seqlen_q=max(lens_q), max_seqlen_k=max(lens_k), **options)
     ref_out, ref_lse = reference_fwd(q, k, v, **options)
-    assert_matches_reference(out, lse, ref_out, ref_lse, dt)
+    assert_fwd_matches(out, lse, ref_out, ref_lse, dt)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -339,7 +304,7 @@ def test_forward_growing_scores(emu, head_dim, dtype):
     for causal in (False, True):
         out, lse, _ = emu_fwd(emu, q, k, v, softmax_scale=1.0, causal=causal)
         ref_out, ref_lse = reference_fwd(q, k, v, softmax_scale=1.0, causal=causal)
-        assert_matches_reference(out, lse, ref_out, ref_lse, dt)
+        assert_fwd_matches(out, lse, ref_out, ref_lse, dt)
 
 
 def test_forward_strided_views(emu):
@@ -349,12 +314,12 @@ def test_forward_strided_views(emu):
     assert not q.is_contiguous()
     out, lse, _ = emu_fwd(emu, q, k, v, causal=True)
     ref_out, ref_lse = reference_fwd(q, k, v, causal=True)
-    assert_matches_reference(out, lse, ref_out, ref_lse, torch.bfloat16)
+    assert_fwd_matches(out, lse, ref_out, ref_lse, torch.bfloat16)
 
 
 def test_forward_nan_propagates(emu):
     """A NaN key makes exactly the rows that see it NaN, as in the reference."""
-    q, k, v = _qkv(1, 64, 64, 1, 1, 64, torch.bfloat16)
+    q, k, v = random_qkv(1, 64, 64, 1, 1, 64, torch.bfloat16)
     k[0, 40, 0, 3] = float("nan")
     out, _, _ = emu_fwd(emu, q, k, v, causal=True)
     ref_out, _ = reference_fwd(q, k, v, causal=True)
@@ -364,7 +329,7 @@ def test_forward_nan_propagates(emu):
 
 def test_forward_skips_masked_tiles(emu):
     """Causal visits about half the K/V tiles: fewer wave collectives (MFMAs) than the full square."""
-    q, k, v = _qkv(1, 512, 512, 1, 1, 64, torch.bfloat16)
+    q, k, v = random_qkv(1, 512, 512, 1, 1, 64, torch.bfloat16)
     _, _, full = emu_fwd(emu, q, k, v)
     _, _, causal = emu_fwd(emu, q, k, v, causal=True)
     assert causal["wave_collectives"] < 0.6 * full["wave_collectives"]

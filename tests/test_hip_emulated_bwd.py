@@ -27,6 +27,7 @@ import subprocess
 
 import pytest
 import torch
+from emu_checks import assert_grads_match, forward_for, reference_bwd
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
@@ -40,7 +41,6 @@ CXX_FLAGS = ["-std=c++20", "-O2", "-fPIC", "-pthread", "-DFLASHCORE_HIP_EMU", "-
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # max |grad - ref| / max |ref|: the kernel rounds P and dS to 16 bits before their MFMAs, as every
 # FlashAttention backward does
-TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 
 @pytest.fixture(scope="module")
@@ -119,43 +119,6 @@ def emu_bwd(emu, q, k, v, out, lse, dout, dlse=None, *, softmax_scale=None, caus
     call(workspace)
     return (*grads, dict(zip(("blocks", "fiber_switches", "wave_collectives", "barriers"), stats),
                          workspace=workspace))
-
-
-def _options(q, softmax_scale, causal, window, softcap):
-    return dict(softmax_scale=softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5,
-                window_left=window[0], window_right=0 if causal else window[1], softcap=softcap)
-
-
-def forward_for(q, k, v, *, softmax_scale=None, causal=False, window=(-1, -1), softcap=0.0, cu_seqlens_q=None,
-                cu_seqlens_k=None):
-    """out (rounded to q's dtype, as a kernel returns it) and lse (float32) from flashcore.reference."""
-    from flashcore import reference
-    options = _options(q, softmax_scale, causal, window, softcap)
-    if cu_seqlens_q is None:
-        out, lse = reference.forward(q.double(), k.double(), v.double(), **options)
-    else:
-        out, lse = reference.forward_varlen(q.double(), k.double(), v.double(), cu_seqlens_q, cu_seqlens_k, **options)
-    return out.to(q.dtype), lse.float()
-
-
-def reference_bwd(q, k, v, out, lse, dout, dlse, *, softmax_scale=None, causal=False, window=(-1, -1), softcap=0.0,
-                  cu_seqlens_q=None, cu_seqlens_k=None):
-    from flashcore import reference
-    options = _options(q, softmax_scale, causal, window, softcap)
-    args = [t.double() if t is not None else None for t in (dout, q, k, v, out, lse, dlse)]
-    if cu_seqlens_q is None:
-        return reference.backward(*args, **options)
-    return reference.backward_varlen(*args, cu_seqlens_q, cu_seqlens_k, **options)
-
-
-def assert_grads_match(got, want, dtype, names=("dq", "dk", "dv")):
-    tolerance = TOLERANCE[dtype]
-    for name, x, ref in zip(names, got, want):
-        assert not x.isnan().any(), f"{name}: {x.isnan().sum().item()} elements NaN (unwritten?)"
-        err = (x.double() - ref).abs().max().item()
-        scale = max(ref.abs().max().item(), 1e-6)
-        assert err <= tolerance * scale, f"{name}: max |err| = {err:.3g}, {err / scale:.3g} of max |ref| " \
-                                         f"(limit {tolerance})"
 
 
 def check_dense(emu, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype, *, with_dlse=True,
