@@ -577,14 +577,8 @@ __global__ void __launch_bounds__(BwdConfig<kHeadDim>::kThreads, 1)
                     const __grid_constant__ CUtensorMap tmap_lse, const __grid_constant__ CUtensorMap tmap_delta,
                     const __grid_constant__ BwdArgs args) {
   using C = BwdConfig<kHeadDim>;  // its layout checks: launch_main (host constexpr functions)
-#if defined(FLASHCORE_SM90_EMU)
-  uint8_t* const smem_raw = dynamic_smem();
-#else
-  extern __shared__ uint8_t smem_raw[];  // not dynamic_smem(): through a pointer, ptxas schedules differently
-#endif
-  const uint32_t raw = smem_u32(smem_raw);
-  const uint32_t pad = ((raw + kSmemAlign - 1) & ~static_cast<uint32_t>(kSmemAlign - 1)) - raw;
-  SharedStorage<C>& s = *reinterpret_cast<SharedStorage<C>*>(smem_raw + pad);
+  FLASHCORE_SM90_DYNAMIC_SMEM(smem_raw);
+  SharedStorage<C>& s = smem_storage<SharedStorage<C>>(smem_raw);
 
   if (threadIdx.x == 0) {
     for (int i = 0; i < C::kStages; ++i) {

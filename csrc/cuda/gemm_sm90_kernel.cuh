@@ -215,14 +215,8 @@ __device__ __forceinline__ void consume(SharedStorage& s, const CUtensorMap* tma
 __global__ void __launch_bounds__(kThreads, 1)
     gemm_bf16_kernel(const __grid_constant__ CUtensorMap tmap_a, const __grid_constant__ CUtensorMap tmap_b,
                      const __grid_constant__ CUtensorMap tmap_c, const GemmGrid grid) {
-#if defined(FLASHCORE_SM90_EMU)
-  uint8_t* const smem_raw = dynamic_smem();
-#else
-  extern __shared__ uint8_t smem_raw[];  // not dynamic_smem(): through a pointer, ptxas schedules differently
-#endif
-  const uint32_t raw = smem_u32(smem_raw);
-  const uint32_t pad = ((raw + kSmemAlign - 1) & ~static_cast<uint32_t>(kSmemAlign - 1)) - raw;
-  SharedStorage& s = *reinterpret_cast<SharedStorage*>(smem_raw + pad);
+  FLASHCORE_SM90_DYNAMIC_SMEM(smem_raw);
+  SharedStorage& s = smem_storage<SharedStorage>(smem_raw);
 
   if (threadIdx.x == 0) {
     for (int i = 0; i < kStages; ++i) {

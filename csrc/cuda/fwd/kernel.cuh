@@ -22,14 +22,8 @@ __global__ void __launch_bounds__(FwdTraits<D>::kThreads, 1)
                const __grid_constant__ CUtensorMap tmap_v, const __grid_constant__ CUtensorMap tmap_o,
                const KernelArgs args) {
   using T = FwdTraits<D>;
-#if defined(FLASHCORE_SM90_EMU)
-  uint8_t* const smem_raw = ptx::dynamic_smem();
-#else
-  extern __shared__ uint8_t smem_raw[];  // not dynamic_smem(): through a pointer, ptxas schedules differently
-#endif
-  const uint32_t raw = ptx::smem_u32(smem_raw);
-  const uint32_t pad = ((raw + kSmemAlign - 1) & ~static_cast<uint32_t>(kSmemAlign - 1)) - raw;
-  SharedStorage<D>& s = *reinterpret_cast<SharedStorage<D>*>(smem_raw + pad);
+  FLASHCORE_SM90_DYNAMIC_SMEM(smem_raw);
+  SharedStorage<D>& s = ptx::smem_storage<SharedStorage<D>>(smem_raw);
 
   if (threadIdx.x == 0) {
     ptx::mbarrier_init(&s.q_full, 1);            // the producer's arrive.expect_tx; the bytes come from TMA

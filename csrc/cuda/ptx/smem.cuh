@@ -80,3 +80,25 @@ __device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
 
 }  // namespace flashcore::sm90::ptx
 #endif  // FLASHCORE_SM90_EMU
+
+// The kernel's dynamic shared memory as `uint8_t name[]`. A declaration macro because under nvcc the extern
+// __shared__ array must be declared in the kernel itself: read through dynamic_smem()'s returned pointer, ptxas
+// scheduled the sm_90a kernels differently. The CPU model has no __shared__ and hands out the CTA's buffer.
+#if defined(FLASHCORE_SM90_EMU)
+#define FLASHCORE_SM90_DYNAMIC_SMEM(name) uint8_t* const name = ::flashcore::sm90::ptx::dynamic_smem()
+#else
+#define FLASHCORE_SM90_DYNAMIC_SMEM(name) extern __shared__ uint8_t name[]
+#endif
+
+namespace flashcore::sm90::ptx {
+
+// The kernel's shared-storage struct S at the first swizzle-atom boundary of dynamic shared memory: the base is
+// only 16-byte aligned by contract (launches ask for kSwizzle128Atom bytes more), 128B-swizzled tiles need 1024.
+template <class S>
+__device__ __forceinline__ S& smem_storage(uint8_t* raw) {
+  const uint32_t base = smem_u32(raw);
+  const uint32_t pad = ((base + kSwizzle128Atom - 1) & ~(kSwizzle128Atom - 1)) - base;
+  return *reinterpret_cast<S*>(raw + pad);
+}
+
+}  // namespace flashcore::sm90::ptx
