@@ -426,7 +426,7 @@ def test_bad_operands_fail_the_launch(emu, which, expected):
     (2, "cp.async.bulk.tensor (store) source (async proxy)"),
     (4, "wrote its accumulator registers since they were last used by a wgmma with no wgmma.fence"),
     (6, "changed its A-fragment registers between wgmma.mma_async and the wgmma.wait_group"),
-    (8, "issues its first wgmma with no wgmma.fence"),
+    (8, "issues its first wgmma with no wgmma.fence before it"),
 ])
 def test_ordering_rules(emu, case, expected):
     """Each rule the model cannot see by its effect (one OS thread reorders nothing): the correct kernel passes,

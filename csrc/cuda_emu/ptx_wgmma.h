@@ -246,8 +246,9 @@ inline void check_fenced(WgmmaState::Warpgroup& wg, int t, const void* regs, siz
                                   std::memcmp(k.bits.data(), regs, bytes) != 0);
   if ((fresh && wg.fences[t] == 0) || (changed && k.fences == wg.fences[t])) {
     fail("wgmma.mma_async: thread " + std::to_string(t) + " of the warpgroup " +
-         (fresh ? "issues its first wgmma" : std::string("wrote its ") + which + " registers since they were last "
-                  "used by a wgmma") + " with no wgmma.fence in between");
+         (fresh ? std::string("issues its first wgmma with no wgmma.fence before it")
+                : std::string("wrote its ") + which + " registers since they were last used by a wgmma with no "
+                  "wgmma.fence in between"));
   }
   k.bits.resize(bytes / sizeof(uint32_t));
   std::memcpy(k.bits.data(), regs, bytes);
