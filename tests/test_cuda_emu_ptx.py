@@ -421,6 +421,23 @@ def test_bad_operands_fail_the_launch(emu, which, expected):
     assert expected in message, message
 
 
+@pytest.mark.parametrize("case, expected", [
+    (0, "wgmma.mma_async operand A (async proxy) accesses shared window address"),
+    (2, "cp.async.bulk.tensor (store) source (async proxy)"),
+    (4, "wrote its accumulator registers since they were last used by a wgmma with no wgmma.fence"),
+    (6, "changed its A-fragment registers between wgmma.mma_async and the wgmma.wait_group"),
+    (8, "issues its first wgmma with no wgmma.fence before it"),
+])
+def test_ordering_rules(emu, case, expected):
+    """Each rule the model cannot see by its effect (one OS thread reorders nothing): the correct kernel passes,
+    its twin with the fence missing (or the registers rewritten too early) fails with the rule's message."""
+    _call(emu.emu_fence_case, case, ctypes.c_uint64(1))
+    message = _call_fails(emu.emu_fence_case, case + 1, ctypes.c_uint64(1))
+    assert expected in message, message
+    if case < 4:
+        assert "by warp" in message and "lanes" in message and "no fence.proxy.async" in message, message
+
+
 # ---- fragments, stmatrix, packs ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n", WGMMA_NS)
 def test_layout_tables_match_the_isa_figures(emu, n):

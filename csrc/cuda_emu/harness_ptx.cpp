@@ -12,6 +12,7 @@
 //   emu_wgmma_raw        one wgmma on a shared-memory image and descriptors the test builds (all swizzle modes)
 //   emu_wgmma_semantics  wait_group ordering and the late read of shared memory
 //   emu_wgmma_bad        descriptors the model must reject
+//   emu_fence_case       proxy fences, wgmma.fence and RS A registers: each broken kernel next to its correct twin
 //   emu_stmatrix         the epilogue's packs + stmatrix of a 64 x 64 accumulator into a 128B-swizzled tile
 //   emu_layout           layout.cuh's (thread, register) -> (row, col) tables, for the Python copy of the ISA
 //   emu_descriptors      smem.cuh / wgmma.cuh's swizzle offset and descriptor builders
@@ -233,11 +234,11 @@ int run_fwd(const FwdArgs& g, uint64_t seed, char* error, int error_bytes) {
     // O = P V, as issue_pv: P from S's registers, V MN-major with 64-wide N panels kKvPanel apart.
     float o[D / 2];
     for (float& x : o) x = 0.0f;
+    uint32_t a[NS / 16][frag::kARegs];  // every step's A lives until the wait (the model compares it there)
+    for (int j = 0; j < NS / 16; ++j) frag::a_frag_from_acc<kBf16>(s, j, a[j]);
     wgmma_fence();
     for (int j = 0; j < NS / 16; ++j) {
-      uint32_t a[frag::kARegs];
-      frag::a_frag_from_acc<kBf16>(s, j, a);
-      wgmma_rs<D, kType, 1>(o, a, mnmajor_sw128_desc(smem_u32(v) + j * kK16Rows, kKvPanel), true);
+      wgmma_rs<D, kType, 1>(o, a[j], mnmajor_sw128_desc(smem_u32(v) + j * kK16Rows, kKvPanel), true);
     }
     wgmma_commit();
     wgmma_wait<0>();
@@ -496,6 +497,7 @@ int emu_wgmma_bad(int which, uint64_t seed, char* error, int error_bytes) {
     if (which == 8) da = kmajor_sw128_desc(smem_u32(t.a) + 4 * kRowBytes);  // row 4 of an 8-row pattern
     if (which == 4 && emu::linear_thread() == 5) db = desc_advance(db, 32);
     float d[32] = {};
+    wgmma_fence();
     if (which == 5) {
       wgmma_ss_n<64, MmaType::kBf16, 0, 1>(d, da, mnmajor_sw128_desc(smem_u32(t.b) + 64, 8192), false);
     } else {
@@ -504,6 +506,67 @@ int emu_wgmma_bad(int which, uint64_t seed, char* error, int error_bytes) {
     wgmma_commit();
     if (which == 7 && emu::linear_thread() == 77) d[3] += 1.0f;  // e.g. a rescale before the wait
     wgmma_wait<0>();
+  };
+  return launch_block(128, kTwoTilesSmem, body, seed, error, error_bytes);
+}
+
+// The ordering rules (ptx_proxy.h, ptx_wgmma.h "Ordering"): a kernel that breaks one (odd `which`) and its
+// correct twin (the even one before it):
+//   0 / 1   stmatrix a 64 x 64 tile, fence.proxy.async, barrier, wgmma reads it as A / no fence
+//   2 / 3   the same tile read by a TMA store / no fence
+//   4 / 5   accumulators rescaled after a wait, wgmma.fence, the next mma_async / no fence
+//   6 / 7   RS: A registers kept until the wait / rewritten between mma_async and the wait
+//   8 / 9   a fence before the first mma_async / none at all
+int emu_fence_case(int which, uint64_t seed, char* error, int error_bytes) {
+  static std::vector<uint16_t> host(64 * 64, 0x3f80);  // bf16 ones
+  static std::vector<uint16_t> sink(64 * 64);           // the TMA store's destination
+  alignas(64) CUtensorMap map_a, map_b, map_out;
+  panel_map(&map_a, true, host.data(), 64, 64, 64);
+  panel_map(&map_b, true, host.data(), 64, 64, 64);
+  panel_map(&map_out, true, sink.data(), 64, 64, 64);
+  const bool bug = which % 2 == 1;
+  auto body = [&] {
+    const TwoTiles t = load_two_tiles(&map_a, &map_b);
+    const int tid = emu::linear_thread(), warp = tid / 32, lane = tid % 32;
+    const uint64_t da = kmajor_sw128_desc(smem_u32(t.a)), db = kmajor_sw128_desc(smem_u32(t.b));
+    float d[32] = {};
+    if (which < 4) {  // overwrite A with stmatrix (ones as bf16), as the backward's P^T / the epilogue's staging
+      const uint32_t ones = pack_bf16x2(1.0f, 1.0f);
+      for (int blk = 0; blk < 4; ++blk) {
+        stmatrix_x4(smem_u32(t.a) + frag::stmatrix_sw128_offset(lane, warp * frag::kRowsPerWarp, 2 * blk), ones,
+                    ones, ones, ones);
+      }
+      if (!bug) fence_proxy_async_shared();
+      emu::named_barrier_sync(1, 128);
+      if (which >= 2) {
+        if (tid == 0) {
+          tma_store_2d(&map_out, t.a, 0, 0);
+          bulk_commit_group();
+          bulk_wait_group<0>();
+        }
+        return;
+      }
+    }
+    if (which != 9) wgmma_fence();
+    if (which < 6 || which > 7) {
+      wgmma_ss<64>(d, da, db, false);
+    } else {
+      uint32_t a[frag::kARegs] = {0x3f803f80u, 0x3f803f80u, 0x3f803f80u, 0x3f803f80u};
+      wgmma_rs<64, MmaType::kBf16, 0>(d, a, db, false);
+      wgmma_commit();
+      if (bug) a[2] = 0;  // e.g. the next P packed before the P V wgmma completed
+      wgmma_wait<0>();
+      return;
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    if (which == 4 || which == 5) {
+      for (float& x : d) x *= 0.5f;  // a rescale (O by exp(m_old - m_new))
+      if (!bug) wgmma_fence();
+      wgmma_ss<64>(d, da, db, true);
+      wgmma_commit();
+      wgmma_wait<0>();
+    }
   };
   return launch_block(128, kTwoTilesSmem, body, seed, error, error_bytes);
 }

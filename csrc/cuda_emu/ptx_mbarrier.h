@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "emu.h"
+#include "ptx_proxy.h"
 
 namespace flashcore::cuda_emu {
 namespace mbarrier_model {
@@ -174,7 +175,7 @@ inline void mbarrier_wait(uint64_t* bar, uint32_t parity) {
   }
 }
 
-inline void fence_proxy_async_shared() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void fence_proxy_async_shared() { cuda_emu::proxy_fence(); }  // ptx_proxy.h
 
 inline void check_named_barrier(uint32_t id, uint32_t threads, const char* op) {
   const cuda_emu::Dim3 b = cuda_emu::block_dim();

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "emu.h"
+#include "ptx_proxy.h"
 
 namespace flashcore::cuda_emu {
 
@@ -94,6 +95,9 @@ inline void stmatrix_x4_model(uint32_t row_addr, const uint32_t (&r)[4]) {
                                     row[c] = static_cast<uint16_t>(reg >> (16 * (c % 2)));
                                   }
                                   std::memcpy(smem_pointer(addr, kRowBytes), row, kRowBytes);
+                                  // The row's data comes from lanes 4 j .. 4 j + 3: their fences must follow.
+                                  constexpr uint32_t kRowLanes = 0xfu;
+                                  proxy_generic_write(addr, linear_thread() / kWarpSize, kRowLanes << (4 * j));
                                 }
                               }
                             });

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "emu.h"
+#include "ptx_proxy.h"
 #include "ptx_mbarrier.h"  // cuda_emu::mbarrier_complete_tx
 
 namespace flashcore::cuda_emu {
@@ -178,6 +179,7 @@ inline void tma_load(int rank, void* dst, const CUtensorMap* map, uint64_t* bar,
   const uint32_t bytes = box_bytes(m);
   uint32_t addr;
   uint8_t* tile = tma_tile("cp.async.bulk.tensor (load) destination", dst, bytes, addr);
+  proxy_check_range(addr, bytes, "cp.async.bulk.tensor (load) destination");
   const TensorMapModel copy = m;  // the copy engine read the map at issue
   int32_t c[kMaxRank] = {};
   for (int d = 0; d < rank; ++d) c[d] = coords[d];
@@ -195,6 +197,7 @@ inline void tma_store(int rank, const CUtensorMap* map, const void* src, const i
   uint32_t addr;
   const uint32_t bytes = box_bytes(m);
   const uint8_t* tile = tma_tile("cp.async.bulk.tensor (store) source", src, bytes, addr);
+  proxy_check_range(addr, bytes, "cp.async.bulk.tensor (store) source");
   const TensorMapModel copy = m;
   int32_t c[kMaxRank] = {};
   for (int d = 0; d < rank; ++d) c[d] = coords[d];

@@ -22,7 +22,19 @@
 //   group; wait_group N executes, in order, every committed group but the newest N. Shared memory and the
 //   accumulators are read at that time (the ISA forbids touching the accumulators in between; reading shared memory
 //   late exposes a kernel that frees an operand buffer before its wgmma completed). Register A values are taken at
-//   issue. Products are exact in double; the sum is rounded to fp32 once.
+//   issue and must be unchanged at the wait (the ISA forbids writing them in between too). Products are exact in
+//   double; the sum is rounded to fp32 once.
+// * Ordering ("wgmma.fence"): the fence is required before the first mma_async and between any register access by
+//   a thread of the warpgroup and an mma_async that uses those registers as accumulator or A fragment (except
+//   accumulators chained between mma_asyncs of the same shape). The model observes register writes by value: per
+//   thread and register array (keyed by address) it keeps the values the model last knew -- at the previous
+//   mma_async that used the array, updated when a wait executes the op that writes it -- and the thread's count of
+//   wgmma.fence at that time. An mma_async that finds the values changed with no fence since fails; one that finds
+//   an array it never saw needs at least one fence by the thread before. Blind spots: a write that leaves the value
+//   unchanged, a write made before a fence that came after the last mma_async but then more writes after the
+//   fence, register reads (WAR), and a fence long ago before an array's first use.
+// * Shared operands are async-proxy reads: a chunk written by stmatrix and not yet fenced with fence.proxy.async
+//   fails the issue (ptx_proxy.h).
 #pragma once
 
 #include <cstdint>
@@ -34,6 +46,7 @@
 #include <vector>
 
 #include "emu.h"
+#include "ptx_proxy.h"
 #include "ptx_smem.h"
 
 namespace flashcore::cuda_emu {
@@ -148,20 +161,40 @@ inline OperandView operand_view(uint64_t desc, bool mn_major, int rows, const ch
   return v;
 }
 
+// The SS operand's chunks as async-proxy reads (ptx_proxy.h); consecutive elements share a chunk, checked once.
+inline void check_operand_proxy(const OperandView& v, const char* which) {
+  const ProxyState& s = proxy_state();
+  uint32_t last = UINT32_MAX;
+  for (uint32_t a : v.addr) {
+    if (a / kProxyChunk == last) continue;
+    last = a / kProxyChunk;
+    proxy_check_chunk(s, a, which);
+  }
+}
+
 struct WgmmaOp {
   int n = 0;
   bool bf16 = true, a_in_regs = false, scale_d = false;
   int scale_a = 1, scale_b = 1;
   OperandView a, b;                       // SS: A's 64 x 16 elements; always B's N x 16
   std::vector<uint32_t> a_regs;           // RS: 128 threads x 4 registers, taken at issue
+  std::vector<const uint32_t*> a_ptr;     // RS: each thread's A array, compared with a_regs at the wait
   std::vector<float*> d;                  // each thread's accumulator array (N / 2 floats)
   std::vector<float> expected;            // what the accumulators must still hold when the op executes
+};
+
+// What the model last knew of one register array of one thread (see "Ordering" above).
+struct KnownRegs {
+  std::vector<uint32_t> bits;
+  uint64_t fences = 0;  // the thread's wgmma.fence count when `bits` was recorded
 };
 
 struct WgmmaState {
   struct Warpgroup {
     std::vector<WgmmaOp> open;
     std::deque<std::vector<WgmmaOp>> committed;
+    uint64_t fences[kWarpgroupSize] = {};  // wgmma.fence executed, per thread
+    std::unordered_map<const void*, KnownRegs> known[kWarpgroupSize];
   };
   std::unordered_map<int, Warpgroup> warpgroups;
 };
@@ -194,8 +227,48 @@ inline void remember_accumulators(WgmmaOp& op) {
   }
 }
 
+// RS: the A fragment registers are read by the tensor core until the wait too.
+inline void check_a_untouched(const WgmmaOp& op) {
+  if (!op.a_in_regs) return;
+  for (int t = 0; t < kWarpgroupSize; ++t) {
+    if (std::memcmp(op.a_ptr[t], &op.a_regs[static_cast<size_t>(t) * 4], sizeof(uint32_t) * 4) != 0) {
+      fail("wgmma: thread " + std::to_string(t) + " of the warpgroup changed its A-fragment registers between "
+           "wgmma.mma_async and the wgmma.wait_group that completes it");
+    }
+  }
+}
+
+// The register-write check of one thread's array at mma_async, then the record of what it holds now.
+inline void check_fenced(WgmmaState::Warpgroup& wg, int t, const void* regs, size_t bytes, const char* which) {
+  auto [it, fresh] = wg.known[t].try_emplace(regs);
+  KnownRegs& k = it->second;
+  const bool changed = !fresh && (k.bits.size() * sizeof(uint32_t) != bytes ||
+                                  std::memcmp(k.bits.data(), regs, bytes) != 0);
+  if ((fresh && wg.fences[t] == 0) || (changed && k.fences == wg.fences[t])) {
+    fail("wgmma.mma_async: thread " + std::to_string(t) + " of the warpgroup " +
+         (fresh ? std::string("issues its first wgmma with no wgmma.fence before it")
+                : std::string("wrote its ") + which + " registers since they were last used by a wgmma with no "
+                  "wgmma.fence in between"));
+  }
+  k.bits.resize(bytes / sizeof(uint32_t));
+  std::memcpy(k.bits.data(), regs, bytes);
+  k.fences = wg.fences[t];
+}
+
+// After `op` executed: its accumulators hold values the async proxy wrote (no fence needed for them).
+inline void note_results(WgmmaState::Warpgroup& wg, const WgmmaOp& op) {
+  const size_t bytes = sizeof(float) * static_cast<size_t>(op.n / 2);
+  for (int t = 0; t < kWarpgroupSize; ++t) {
+    auto it = wg.known[t].find(op.d[t]);
+    if (it == wg.known[t].end()) continue;
+    it->second.bits.resize(bytes / sizeof(uint32_t));
+    std::memcpy(it->second.bits.data(), op.d[t], bytes);
+  }
+}
+
 inline void execute(const WgmmaOp& op) {
   check_untouched(op);
+  check_a_untouched(op);
   const int n = op.n;
   std::vector<double> a(kWgmmaM * kWgmmaK), b(static_cast<size_t>(kWgmmaK) * n);  // A[m][k], B[k][n]
   for (int k = 0; k < kWgmmaK; ++k) {
@@ -234,6 +307,7 @@ inline void execute(const WgmmaOp& op) {
 
 struct WgmmaIssue {
   float* d;
+  const uint32_t* a_ptr;  // RS: the thread's A array
   uint64_t desc_a, desc_b;
   uint32_t a[4];
   uint32_t scale_d;
@@ -266,14 +340,22 @@ inline void wgmma_record(const WgmmaIssue& in) {
         op.scale_b = first.scale_b;
         if (!op.a_in_regs) op.a = operand_view(first.desc_a, first.trans_a != 0, kWgmmaM, "operand A");
         op.b = operand_view(first.desc_b, first.trans_b != 0, op.n, "operand B");
+        if (!proxy_all_clean()) {
+          if (!op.a_in_regs) check_operand_proxy(op.a, "wgmma.mma_async operand A");
+          check_operand_proxy(op.b, "wgmma.mma_async operand B");
+        }
+        WgmmaState::Warpgroup& wg = my_warpgroup_state();
         op.d.resize(kWarpgroupSize);
-        if (op.a_in_regs) op.a_regs.resize(kWarpgroupSize * 4);
+        if (op.a_in_regs) op.a_regs.resize(kWarpgroupSize * 4), op.a_ptr.resize(kWarpgroupSize);
         for (int t = 0; t < kWarpgroupSize; ++t) {
           op.d[t] = ins[t]->d;
           for (int r = 0; r < 4 && op.a_in_regs; ++r) op.a_regs[t * 4 + r] = ins[t]->a[r];
+          if (op.a_in_regs) op.a_ptr[t] = ins[t]->a_ptr;
+          check_fenced(wg, t, op.d[t], sizeof(float) * static_cast<size_t>(op.n / 2), "accumulator");
+          if (op.a_in_regs) check_fenced(wg, t, op.a_ptr[t], sizeof(uint32_t) * 4, "A-fragment");
         }
         remember_accumulators(op);
-        my_warpgroup_state().open.push_back(std::move(op));
+        wg.open.push_back(std::move(op));
       });
 }
 
@@ -312,6 +394,7 @@ inline void wgmma_wait_model(int pending) {
                                    while (static_cast<int>(wg.committed.size()) > *ins[0]) {
                                      for (const WgmmaOp& op : wg.committed.front()) {
                                        execute(op);
+                                       note_results(wg, op);
                                        handed_on(wg, op);
                                      }
                                      wg.committed.pop_front();
@@ -331,7 +414,10 @@ inline int wgmma_pending_ops() {
 
 namespace flashcore::sm90::ptx {
 
-inline void wgmma_fence() {}  // register / shared-memory ordering: nothing to order on one OS thread
+// Counted per thread (not a rendezvous: the model needs only "did this thread fence since", see Ordering).
+inline void wgmma_fence() {
+  ++cuda_emu::my_warpgroup_state().fences[cuda_emu::linear_thread() % cuda_emu::kWarpgroupSize];
+}
 inline void wgmma_commit() { cuda_emu::wgmma_commit_model(); }
 
 template <int kPending>
@@ -352,12 +438,12 @@ struct WgmmaEmu {
   static constexpr int kAccRegs = N / 2;
   template <MmaType kType, int kScaleA, int kScaleB, int kTransA, int kTransB>
   static void ss(float (&d)[kAccRegs], uint64_t desc_a, uint64_t desc_b, uint32_t scale_d) {
-    cuda_emu::wgmma_record(cuda_emu::WgmmaIssue{d, desc_a, desc_b, {0, 0, 0, 0}, scale_d, N, 0,
+    cuda_emu::wgmma_record(cuda_emu::WgmmaIssue{d, nullptr, desc_a, desc_b, {0, 0, 0, 0}, scale_d, N, 0,
                                                 kType == MmaType::kBf16, kScaleA, kScaleB, kTransA, kTransB});
   }
   template <MmaType kType, int kScaleA, int kScaleB, int kTransB>
   static void rs(float (&d)[kAccRegs], const uint32_t (&a)[4], uint64_t desc_b, uint32_t scale_d) {
-    cuda_emu::wgmma_record(cuda_emu::WgmmaIssue{d, 0, desc_b, {a[0], a[1], a[2], a[3]}, scale_d, N, 1,
+    cuda_emu::wgmma_record(cuda_emu::WgmmaIssue{d, a, 0, desc_b, {a[0], a[1], a[2], a[3]}, scale_d, N, 1,
                                                 kType == MmaType::kBf16, kScaleA, kScaleB, 0, kTransB});
   }
 };

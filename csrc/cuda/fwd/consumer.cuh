@@ -62,7 +62,8 @@ __device__ __forceinline__ void issue_pv(float (&o)[FwdTraits<D>::kORegs], const
   constexpr uint32_t kSliceBytes = 16 * ptx::kSwizzle128Row;
 #pragma unroll
   for (int j = 0; j < T::kPvSteps; ++j) {
-    const uint32_t a[frag::kARegs] = {p[4 * j], p[4 * j + 1], p[4 * j + 2], p[4 * j + 3]};
+    // P's own registers, not a copy: the tensor core reads them until the wait (the CPU model checks that array).
+    const auto& a = *reinterpret_cast<const uint32_t(*)[frag::kARegs]>(&p[frag::kARegs * j]);
     const uint64_t desc_v = ptx::mnmajor_sw128_desc(v_tile + j * kSliceBytes, T::kKvPanelBytes);
     ptx::wgmma_rs<D, kType, /*kTransB=*/1>(o, a, desc_v, true);
   }
