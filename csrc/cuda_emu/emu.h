@@ -4,7 +4,8 @@
 // - Every CUDA thread of every CTA of the grid is a fiber; all of them run on the one OS thread that called
 //   launch(), so the model needs no locks and a seed fixes the interleaving. A fiber runs alone, in program order,
 //   until it reaches a synchronisation point (a warp or warpgroup collective, a barrier, an mbarrier wait, a spin
-//   iteration); then the engine picks the next fiber (seeded random choice among the runnable ones, or round robin).
+//   iteration); then the engine picks the next fiber (seeded random choice among the runnable ones, round robin,
+//   random warp priorities, or greedily the lowest / highest warp: Schedule).
 // - Asynchronous work (TMA loads and stores, which the hardware's copy engine does in the background) is queued and
 //   runs later, at a scheduling point chosen by the engine, never inside the issuing instruction: a kernel that
 //   reads a TMA destination before its mbarrier says the bytes landed reads stale data (shared memory starts
@@ -133,6 +134,13 @@ enum class Schedule : int {
   // warp's priority is redrawn. Warps run far ahead of each other: a producer laps a slow consumer, one warp
   // finishes its loop before another starts (races that the near lock step of uniform choice rarely shows).
   kRandomPriority = 2,
+  // Greedy, deterministic (the fiber order does not depend on the seed; only asynchronous delays do): the lowest-
+  // numbered warp of the grid (CTA-major) with a runnable lane that is not spinning always runs, its lowest such
+  // lane first; a warp keeps running until every lane waits. Spinning lanes run only when no warp has other work,
+  // then in round robin, so a spinning consumer cannot starve its producer. One warp runs as far ahead of the next as
+  // the kernel's synchronisation allows: a missing barrier between warps shows on every run.
+  kLowestFirst = 3,
+  kHighestFirst = 4,  // the same from the highest-numbered warp (and lane) down
 };
 
 struct LaunchOptions {

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -119,19 +120,44 @@ bool Launch::all_stuck() {
   return true;
 }
 
+int Launch::next_round_robin() {  // the next runnable fiber after the last one picked, in fiber order
+  const int n = static_cast<int>(fibers.size());
+  for (int step = 1; step <= n; ++step) {
+    const int i = (rr_cursor + step) % n;
+    const uint64_t word = runnable_bits[i / 64] >> (i % 64);
+    if (word == 0) {  // skip to the next word
+      step += 63 - i % 64;
+      continue;
+    }
+    if (word & 1) return rr_cursor = i;
+  }
+  return -1;
+}
+
+int Launch::pick_greedy(bool lowest) {  // kLowestFirst / kHighestFirst
+  const int words = static_cast<int>(working_warp_bits.size());
+  for (int k = 0; k < words; ++k) {
+    const int wi = lowest ? k : words - 1 - k;
+    const uint64_t word = working_warp_bits[wi];
+    if (word == 0) continue;
+    const int w = wi * 64 + (lowest ? std::countr_zero(word) : 63 - std::countl_zero(word));
+    const int first = w / warps_per_cta * block_threads + w % warps_per_cta * kWarpSize;
+    const int lanes = std::min(kWarpSize, block_threads - w % warps_per_cta * kWarpSize);
+    for (int l = 0; l < lanes; ++l) {
+      const Fiber& f = fibers[first + (lowest ? l : lanes - 1 - l)];
+      if (f.runnable_pos >= 0 && f.wait != Wait::kSpin) return static_cast<int>(&f - fibers.data());
+    }
+    std::abort();  // warp_working out of step with the fibers: an engine bug
+  }
+  return next_round_robin();  // every runnable fiber spins: each in turn, so the one whose wait ended gets to run
+}
+
 int Launch::pick() {
   if (options.schedule == Schedule::kRoundRobin) {
-    const int n = static_cast<int>(fibers.size());
-    for (int step = 1; step <= n; ++step) {
-      const int i = (rr_cursor + step) % n;
-      const uint64_t word = runnable_bits[i / 64] >> (i % 64);
-      if (word == 0) {  // skip to the next word
-        step += 63 - i % 64;
-        continue;
-      }
-      if (word & 1) return rr_cursor = i;
-    }
+    const int i = next_round_robin();
+    if (i >= 0) return i;
   }
+  if (greedy) return pick_greedy(options.schedule == Schedule::kLowestFirst);
   if (by_priority) {
     if (random() % kPriorityRedrawPoints == 0) {
       set_warp_priority(fibers[runnable[random() % runnable.size()]], random() | kWorkingPriority);
@@ -389,6 +415,9 @@ std::string launch(Dim3 grid, Dim3 block, size_t dynamic_smem_bytes, const std::
   l.warps_per_cta = warps;
   l.warp_priority.assign(num_ctas * warps, 0);
   l.warp_runnable.assign(num_ctas * warps, 0);
+  l.greedy = options.schedule == Schedule::kLowestFirst || options.schedule == Schedule::kHighestFirst;
+  l.warp_working.assign(num_ctas * warps, 0);
+  l.working_warp_bits.assign((num_ctas * warps + 63) / 64, 0);
   for (uint64_t i = 0; i < num_ctas; ++i) {
     Cta& c = l.ctas[i];
     c.idx = Dim3{static_cast<unsigned>(i % grid.x), static_cast<unsigned>(i / grid.x % grid.y),

@@ -119,6 +119,11 @@ struct Launch {
   std::vector<uint64_t> warp_priority;
   std::vector<int> warp_runnable;
   std::set<std::pair<uint64_t, int>> ready_warps;
+  // kLowestFirst / kHighestFirst: per warp of the grid, its working lanes (runnable and not spinning), and a bit per
+  // warp that has any.
+  bool greedy = false;
+  std::vector<int> warp_working;
+  std::vector<uint64_t> working_warp_bits;
   int live = 0;
   uint64_t rng = 0, points = 0, epoch = 0, stuck_epoch = ~uint64_t(0);
   int stuck = 0, rr_cursor = -1;
@@ -138,6 +143,22 @@ struct Launch {
     warp_priority[w] = priority;
   }
 
+  void count_working(const Fiber& f, int delta) {  // kLowestFirst / kHighestFirst
+    const int w = grid_warp(f);
+    warp_working[w] += delta;
+    if (warp_working[w] == 0) {
+      working_warp_bits[w / 64] &= ~(uint64_t(1) << (w % 64));
+    } else {
+      working_warp_bits[w / 64] |= uint64_t(1) << (w % 64);
+    }
+  }
+
+  // A runnable fiber enters or leaves a spin (spin()); the greedy schedules run spinners only when no warp works.
+  void set_spinning(Fiber& f, bool on) {
+    if (greedy && f.runnable_pos >= 0 && on != (f.wait == Wait::kSpin)) count_working(f, on ? -1 : 1);
+    f.wait = on ? Wait::kSpin : Wait::kRunning;
+  }
+
   uint64_t random() {
     uint64_t z = (rng += kSplitmixIncrement);
     z = (z ^ (z >> 30)) * kSplitmixMul1;
@@ -154,6 +175,7 @@ struct Launch {
       runnable_bits[index / 64] |= uint64_t(1) << (index % 64);
       const int w = grid_warp(f);
       if (by_priority && warp_runnable[w]++ == 0) ready_warps.insert({warp_priority[w], w});
+      if (greedy && f.wait != Wait::kSpin) count_working(f, 1);
     } else {
       const int last = runnable.back();
       runnable[f.runnable_pos] = last;
@@ -163,6 +185,7 @@ struct Launch {
       runnable_bits[index / 64] &= ~(uint64_t(1) << (index % 64));
       const int w = grid_warp(f);
       if (by_priority && --warp_runnable[w] == 0) ready_warps.erase({warp_priority[w], w});
+      if (greedy && f.wait != Wait::kSpin) count_working(f, -1);
     }
   }
 
@@ -223,6 +246,8 @@ struct Launch {
   void complete_barrier(Cta& c, int id);
   void check_whole_cta_barriers(Cta& c);
   bool all_stuck();
+  int next_round_robin();
+  int pick_greedy(bool lowest);
   int pick();
   std::string describe(const Fiber& f) const;
   std::string report() const;

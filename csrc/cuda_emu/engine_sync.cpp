@@ -195,9 +195,9 @@ void spin(const char* what) {
     ++l.stuck;
   }
   if (l.options.schedule == Schedule::kRandomPriority) l.set_warp_priority(f, l.random() & ~kWorkingPriority);
-  f.wait = Wait::kSpin;
+  l.set_spinning(f, true);
   l.yield();
-  f.wait = Wait::kRunning;
+  l.set_spinning(f, false);
 }
 
 void progress() { ++current_launch().epoch; }
