@@ -43,12 +43,12 @@ LOWEST_FIRST, HIGHEST_FIRST = 3, 4  # Schedule::kLowestFirst / kHighestFirst (em
 class RunSpec(ctypes.Structure):  # csrc/cuda_emu/harness_engine.cpp RunSpec
     _fields_ = [("seed", ctypes.c_uint64), ("schedule", ctypes.c_int32), ("max_async_delay", ctypes.c_int32),
                 ("timeout_seconds", ctypes.c_double), ("registers_per_thread", ctypes.c_int32),
-                ("pad", ctypes.c_int32), ("stats", ctypes.c_uint64 * 6)]
+                ("max_resident_ctas", ctypes.c_int32), ("stats", ctypes.c_uint64 * 6)]
 
 
 def spec(seed: int = 1, schedule: int = 0, max_async_delay: int = 64, timeout: float = 60.0,
-         registers: int = 0) -> RunSpec:
-    return RunSpec(seed, schedule, max_async_delay, timeout, registers, 0)
+         registers: int = 0, resident: int = 0) -> RunSpec:
+    return RunSpec(seed, schedule, max_async_delay, timeout, registers, resident)
 
 
 @pytest.fixture(scope="module")
@@ -375,3 +375,34 @@ def test_warp_specialized_pipeline(lib, seed, schedule):
     print(f"pipeline {ctas} x 384 threads, {rounds} rounds: {r.stats[1]} switches in {time.monotonic() - start:.2f} s")
     assert list(out) == [sum(range(i * tile, (i + 1) * tile)) for i in range(ctas * rounds)]
     assert r.stats[4] == 2 * ctas * rounds
+
+
+# ---- grids larger than what is resident --------------------------------------------------------------------------
+@pytest.mark.parametrize("ctas,threads,resident,schedule",
+                         [(7, 64, 3, 0), (7, 64, 3, 2), (7, 64, 1, 3), (9, 96, 4, HIGHEST_FIRST), (5, 32, 0, 0),
+                          (100, 384, 0, 0)])
+def test_grid_runs_in_waves(lib, ctas, threads, resident, schedule):
+    """At most `resident` CTAs at once (0: as many as fit in 24 K threads, 64 of 384); each later one starts in an
+    exited one's slot with fresh shared memory (0xff) and fresh per-CTA state."""
+    running, flags, out = ints(2), ints(ctas), (ctypes.c_uint32 * (4 * ctas))()
+    r = spec(seed=3, schedule=schedule, resident=resident)
+    assert call(lib.fc_waves, r, ctas, threads, 0, running, flags, out) == ""
+    rows = [list(out[4 * c:4 * c + 4]) for c in range(ctas)]
+    assert all(row[0] == 0xFFFFFFFF and row[1] == 0 and row[3] == 1000 + c for c, row in enumerate(rows)), rows
+    limit = min(ctas, resident or 24 * 1024 // threads)
+    assert max(row[2] for row in rows) == running[1] <= limit and running[0] == 0
+    if schedule == 0:  # uniform choice starts (nearly) every resident CTA before one finishes
+        assert running[1] >= limit * 3 // 4, running[1]
+    assert r.stats[0] == ctas and list(flags) == [1] * ctas
+
+
+def test_waiting_for_a_cta_that_has_not_started_is_a_deadlock(lib):
+    """CTA c waits for CTA c + 1: fine when all 6 are resident, a deadlock (as on the hardware) with 4 slots."""
+    running, flags, out = ints(2), ints(6), (ctypes.c_uint32 * 24)()
+    assert call(lib.fc_waves, spec(resident=6), 6, 64, 1, running, flags, out) == ""
+    running, flags, out = ints(2), ints(6), (ctypes.c_uint32 * 24)()
+    err = call(lib.fc_waves, spec(resident=4), 6, 64, 1, running, flags, out)
+    assert err.startswith("deadlock") and "spinning: ld.acquire.gpu polling" in err, err
+    assert "2 CTAs of the grid have not started (at most 4 resident at once" in err, err
+    err = call(lib.fc_waves, spec(resident=400), 6, 64, 1, running, flags, out)
+    assert "max_resident_ctas 400 with 64-thread CTAs: the model holds at most 24576 threads" in err, err

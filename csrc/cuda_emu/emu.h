@@ -1,8 +1,9 @@
 // A thread-accurate CPU model of how an sm_90a grid runs: enough to execute flashcore's Hopper kernels
 // (csrc/cuda/) unchanged on a machine without a GPU, with TMA, wgmma and mbarriers modelled from the PTX ISA.
 //
-// - Every CUDA thread of every CTA of the grid is a fiber; all of them run on the one OS thread that called
-//   launch(), so the model needs no locks and a seed fixes the interleaving. A fiber runs alone, in program order,
+// - Every CUDA thread of every resident CTA is a fiber; all of them run on the one OS thread that called launch(),
+//   so the model needs no locks and a seed fixes the interleaving. A grid larger than the resident CTAs runs in
+//   waves, as on the hardware: a CTA starts when one exits. A fiber runs alone, in program order,
 //   until it reaches a synchronisation point (a warp or warpgroup collective, a barrier, an mbarrier wait, a spin
 //   iteration); then the engine picks the next fiber (seeded random choice among the runnable ones, round robin,
 //   random warp priorities, or greedily the lowest / highest warp: Schedule).
@@ -159,6 +160,10 @@ struct LaunchOptions {
   // setmaxnreg checks that the CTA's pool (this x block threads) covers every warpgroup's request. 0 = unknown:
   // the pool check is skipped (the warpgroup rendezvous and the range checks stay).
   int registers_per_thread = 0;
+  // CTAs resident at once (an SM's worth each, as on the hardware): a grid with more runs in waves, the next CTA
+  // (in linear order) starting, with fresh shared memory and per-CTA state, in the slot of one whose threads all
+  // exited. 0 = as many as fit in the model's 24 K resident threads (kMaxFibers in engine.cpp); more is refused.
+  int max_resident_ctas = 0;
 };
 
 struct LaunchStats {
@@ -167,9 +172,11 @@ struct LaunchStats {
 };
 
 // Runs `kernel` (the kernel body, called once per thread) over `grid` CTAs of `block` threads with
-// `dynamic_smem_bytes` of dynamic shared memory, every CTA resident at once (the kernels under test are
-// persistent: the harness picks a grid the size of the machine it pretends to be). Returns "" on success, else
-// the first error. Fails up front when block has more than 1024 threads or dynamic_smem_bytes exceeds
+// `dynamic_smem_bytes` of dynamic shared memory, at most LaunchOptions::max_resident_ctas CTAs resident at once
+// (the persistent kernels' grids fit: the harness picks a grid the size of the machine it pretends to be; the
+// others run in waves). A resident CTA waiting for one that has not started is reported as a deadlock, as it is on
+// the hardware. Asynchronous work a CTA leaves pending when its threads exit is dropped. Returns "" on success,
+// else the first error. Fails up front when block has more than 1024 threads or dynamic_smem_bytes exceeds
 // kMaxDynamicSmemBytes.
 std::string launch(Dim3 grid, Dim3 block, size_t dynamic_smem_bytes, const std::function<void()>& kernel,
                    const LaunchOptions& options = {}, LaunchStats* stats = nullptr);

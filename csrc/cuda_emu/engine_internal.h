@@ -42,7 +42,7 @@ enum class Wait : uint8_t { kRunning, kSpin, kGroup, kBarrier, kExited, kAbandon
 struct Fiber {
   FiberContext context;
   FiberStack stack;
-  int cta = 0, tid = 0;  // tid: linear thread index in the CTA
+  int cta = 0, tid = 0;  // cta: the residency slot (index in Launch::ctas); tid: linear thread index in the CTA
   Wait wait = Wait::kRunning;
   int group_size = 0;    // kGroup: 32 or 128
   int barrier = -1;      // kBarrier: the id
@@ -79,7 +79,8 @@ struct StateEntry {
   void (*destroy)(void*);
 };
 
-struct Cta {
+struct Cta {  // a residency slot and the CTA running in it
+  int linear = -1;  // the CTA's index in the grid (its linear_block()); -1 once the grid has no CTA left for it
   Dim3 idx;
   uint8_t* window = nullptr;
   int live = 0, live_warps = 0;
@@ -91,7 +92,7 @@ struct Cta {
 
 struct AsyncItem {
   uint64_t ticket;
-  int cta;
+  int cta;  // slot
   std::function<void()> work;
 };
 
@@ -104,8 +105,12 @@ struct Launch {
   size_t dynamic_bytes = 0;
   LaunchOptions options;
   LaunchStats stats;
+  // The resident CTAs (slots) and their threads, fibers[slot * block_threads + tid]. A grid larger than the slots
+  // runs in waves: when a CTA's last thread exits, the grid's next CTA starts in its slot.
   std::vector<Cta> ctas;
   std::vector<Fiber> fibers;
+  uint64_t grid_ctas = 0, next_cta = 0;  // CTAs in the grid; the next one to start
+  std::vector<int> finished;             // slots whose CTA's threads have all exited
   FiberContext scheduler;
   Fiber* current = nullptr;
   int async_cta = -1;            // the CTA asynchronous work runs on behalf of
@@ -196,6 +201,13 @@ struct Launch {
 
   void yield() { emu_common::fiber_switch(current->context, scheduler); }  // back to the scheduler loop
 
+  int slot_of(int linear) const {  // the slot holding grid CTA `linear`, or -1 (not started, or its slot reused)
+    for (size_t i = 0; i < ctas.size(); ++i) {
+      if (ctas[i].linear == linear) return static_cast<int>(i);
+    }
+    return -1;
+  }
+
   std::string cta_name(int cta) const {
     const Dim3& b = ctas[cta].idx;
     return "CTA (" + std::to_string(b.x) + ", " + std::to_string(b.y) + ", " + std::to_string(b.z) + ")";
@@ -238,6 +250,16 @@ struct Launch {
     fail_here(std::string(op) + " called with no CTA current");
   }
 
+  void* slot_state(int slot, const void* key, void* (*make)(), void (*destroy)(void*)) {  // cta_state of a slot
+    for (const StateEntry& e : ctas[slot].state) {
+      if (e.key == key) return e.object;
+    }
+    ctas[slot].state.push_back(StateEntry{key, make(), destroy});
+    return ctas[slot].state.back().object;
+  }
+
+  void start_cta(int slot);
+  bool retire_finished();
   void run_item(AsyncItem& item);
   bool run_queued(std::map<std::pair<uint64_t, uint64_t>, AsyncItem>::iterator it);
   bool run_due();

@@ -47,6 +47,7 @@ void Launch::exit_current() {
     --c.live_warps;
     check_whole_cta_barriers(c);
   }
+  if (c.live == 0) finished.push_back(f.cta);  // the scheduler frees the slot (it cannot while on this stack)
   yield();
   std::abort();  // an exited fiber is never resumed
 }
