@@ -604,10 +604,10 @@ def test_backward_unseen_keys_and_empty_rows(emu):
     assert torch.equal(got[0][0, :110], torch.zeros_like(got[0][0, :110]))
 
 
-def test_backward_preprocess_in_chunks(emu):
-    """A preprocess grid too large to hold at once in the model (114 CTAs of 256 threads): the harness runs the
-    kernel per (sequence, head); delta and the gradients must not notice."""
-    check_bwd(emu, 2, 600, 300, 3, 1, 64, torch.bfloat16, causal=True)
+def test_backward_large_non_persistent_grids(emu):
+    """Grids larger than the model holds at once (24 K threads) run in waves: the preprocess at batch 2, seqlen 400,
+    6 heads (156 CTAs of 256 threads) and, at 16 pretend SMs, the dq convert (128 CTAs of 256 threads)."""
+    check_bwd(emu, 2, 400, 200, 6, 2, 64, torch.bfloat16, causal=True, run=dict(num_sms=16))
 
 
 @pytest.mark.parametrize("head_dim", [64, 192])
