@@ -8,7 +8,9 @@ the same kernel with the wait (uniform, priority and lazy-copy schedules); misus
 reports; setmaxnreg's register pool; acquire / release semaphores between CTAs; a warp-specialized pipeline;
 seeds (same seed = same interleaving, different seeds differ); warps running far ahead under the priority schedule;
 the greedy lowest / highest warp first schedules (one warp to its end, spinners never starving their producer);
-the timeout and the watchdog; failures naming CTA, warp and lane; fiber stack depth of 384-thread CTAs.
+the timeout and the watchdog; failures naming CTA, warp and lane; fiber stack depth of 384-thread CTAs; grids larger
+than what is resident running in waves (fresh shared memory and per-CTA state; waiting on a CTA that has not started
+is a deadlock).
 """
 
 from __future__ import annotations
