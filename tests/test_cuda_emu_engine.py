@@ -7,7 +7,10 @@ asynchronous copies; a missing mbarrier wait that the random schedule exposes (s
 the same kernel with the wait (uniform, priority and lazy-copy schedules); misuse errors; deadlock and divergence
 reports; setmaxnreg's register pool; acquire / release semaphores between CTAs; a warp-specialized pipeline;
 seeds (same seed = same interleaving, different seeds differ); warps running far ahead under the priority schedule;
-the timeout and the watchdog; failures naming CTA, warp and lane; fiber stack depth of 384-thread CTAs.
+the greedy lowest / highest warp first schedules (one warp to its end, spinners never starving their producer);
+the timeout and the watchdog; failures naming CTA, warp and lane; fiber stack depth of 384-thread CTAs; grids larger
+than what is resident running in waves (fresh shared memory and per-CTA state; waiting on a CTA that has not started
+is a deadlock).
 """
 
 from __future__ import annotations
@@ -36,17 +39,18 @@ CXX_FLAGS = ["-std=c++20", "-O2", "-fPIC", "-pthread", "-DFLASHCORE_SM90_EMU", f
 FULL = 0xFFFFFFFF
 FIBER_STACK_BYTES = 1 << 20  # engine.cpp's kFiberStackBytes
 LAZY = 1 << 30  # max_async_delay that leaves asynchronous work until nothing else can run
+LOWEST_FIRST, HIGHEST_FIRST = 3, 4  # Schedule::kLowestFirst / kHighestFirst (emu.h)
 
 
 class RunSpec(ctypes.Structure):  # csrc/cuda_emu/harness_engine.cpp RunSpec
     _fields_ = [("seed", ctypes.c_uint64), ("schedule", ctypes.c_int32), ("max_async_delay", ctypes.c_int32),
                 ("timeout_seconds", ctypes.c_double), ("registers_per_thread", ctypes.c_int32),
-                ("pad", ctypes.c_int32), ("stats", ctypes.c_uint64 * 6)]
+                ("max_resident_ctas", ctypes.c_int32), ("stats", ctypes.c_uint64 * 6)]
 
 
 def spec(seed: int = 1, schedule: int = 0, max_async_delay: int = 64, timeout: float = 60.0,
-         registers: int = 0) -> RunSpec:
-    return RunSpec(seed, schedule, max_async_delay, timeout, registers, 0)
+         registers: int = 0, resident: int = 0) -> RunSpec:
+    return RunSpec(seed, schedule, max_async_delay, timeout, registers, resident)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +124,7 @@ def expected_shuffles(v: list[int]) -> list[list[int]]:
     return rows
 
 
-@pytest.mark.parametrize("schedule", [0, 1, 2])
+@pytest.mark.parametrize("schedule", [0, 1, 2, 3, 4])
 def test_shuffles_every_lane(lib, schedule):
     ctas, threads, k = 2, 96, 15
     out = ints(ctas * threads * k, -1)
@@ -161,7 +165,7 @@ def test_divergent_collectives_are_reported(lib):
 
 
 # ---- named barriers --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("seed,schedule", [(1, 0), (2, 0), (3, 0), (1, 1), (1, 2), (2, 2)])
+@pytest.mark.parametrize("seed,schedule", [(1, 0), (2, 0), (3, 0), (1, 1), (1, 2), (2, 2), (1, 3), (1, 4)])
 def test_named_barriers_with_arrive_only_producers(lib, seed, schedule):
     rounds = 5
     out = ints(2 * 128 * rounds, -1)
@@ -189,7 +193,7 @@ def ring_expected(ctas: int, rounds: int) -> list[int]:
 
 @pytest.mark.parametrize("seed,schedule,delay",
                          [(1, 0, 64), (2, 0, 1), (3, 0, 500), (4, 1, 64), (5, 2, 64), (6, 2, 500),
-                          (7, 0, LAZY), (8, 2, LAZY)])
+                          (7, 0, LAZY), (8, 2, LAZY), (9, 3, 64), (10, 4, 64), (11, 3, LAZY), (12, 4, LAZY)])
 def test_mbarrier_ring_with_async_copies(lib, seed, schedule, delay):
     ctas, rounds = 3, 9
     out = ints(ctas * rounds, -1)
@@ -271,6 +275,33 @@ def test_random_priority_lets_warps_run_far_ahead(lib):
     assert mean_run(2, 7) == mean_run(2, 7) and mean_run(2, 7) != mean_run(2, 8)
 
 
+@pytest.mark.parametrize("schedule", [LOWEST_FIRST, HIGHEST_FIRST])
+def test_greedy_schedules_run_one_warp_to_its_end(lib, schedule):
+    """kLowestFirst / kHighestFirst run the lowest / highest warp with work until it waits: with nothing but
+    __syncwarp between steps, each warp finishes before the next starts; the seed does not change the order."""
+    def run(seed):
+        counter, order = ints(1), ints(4 * 128 * 8, -1)
+        r = spec(seed=seed, schedule=schedule)
+        assert call(lib.fc_warp_runs, r, 4, 8, counter, order) == ""
+        return list(order), list(r.stats)
+
+    warps = range(16) if schedule == LOWEST_FIRST else reversed(range(16))
+    assert run(1)[0] == [w for w in warps for _ in range(32 * 8)]
+    assert run(1) == run(2)
+
+
+@pytest.mark.parametrize("schedule", [LOWEST_FIRST, HIGHEST_FIRST])
+def test_greedy_schedules_let_spinners_wait_for_their_producer(lib, schedule):
+    """A spinning thread runs only when no warp has other work: under kHighestFirst CTA 3 polls a semaphore that
+    CTAs 0-2 release in turn (it must not starve them); a semaphore never released is still a deadlock."""
+    sem, order, sums = ints(2), ints(4, -1), floats(8)
+    assert call(lib.fc_semaphore, spec(schedule=schedule), 4, 1, sem, order, sums) == ""
+    assert list(order) == [0, 1, 2, 3] and sem[0] == 4
+    sem, order, sums = ints(2), ints(4, -1), floats(8)
+    err = call(lib.fc_semaphore, spec(schedule=schedule), 4, 0, sem, order, sums)
+    assert err.startswith("deadlock") and "spinning: ld.acquire.gpu polling" in err, err
+
+
 def test_timeout_stops_a_launch_that_never_ends(lib):
     counter = ints(1)
     start = time.monotonic()
@@ -335,7 +366,7 @@ def test_fiber_stacks_of_eight_384_thread_ctas(lib):
     assert all(x == x for x in out)  # every thread wrote a number
 
 
-@pytest.mark.parametrize("seed,schedule", [(1, 0), (2, 0), (1, 1), (1, 2), (2, 2)])
+@pytest.mark.parametrize("seed,schedule", [(1, 0), (2, 0), (1, 1), (1, 2), (2, 2), (1, 3), (1, 4)])
 def test_warp_specialized_pipeline(lib, seed, schedule):
     ctas, rounds, tile = 4, 12, 256
     src = (ctypes.c_int32 * (ctas * rounds * tile))(*range(ctas * rounds * tile))
@@ -346,3 +377,34 @@ def test_warp_specialized_pipeline(lib, seed, schedule):
     print(f"pipeline {ctas} x 384 threads, {rounds} rounds: {r.stats[1]} switches in {time.monotonic() - start:.2f} s")
     assert list(out) == [sum(range(i * tile, (i + 1) * tile)) for i in range(ctas * rounds)]
     assert r.stats[4] == 2 * ctas * rounds
+
+
+# ---- grids larger than what is resident --------------------------------------------------------------------------
+@pytest.mark.parametrize("ctas,threads,resident,schedule",
+                         [(7, 64, 3, 0), (7, 64, 3, 2), (7, 64, 1, 3), (9, 96, 4, HIGHEST_FIRST), (5, 32, 0, 0),
+                          (100, 384, 0, 0)])
+def test_grid_runs_in_waves(lib, ctas, threads, resident, schedule):
+    """At most `resident` CTAs at once (0: as many as fit in 24 K threads, 64 of 384); each later one starts in an
+    exited one's slot with fresh shared memory (0xff) and fresh per-CTA state."""
+    running, flags, out = ints(2), ints(ctas), (ctypes.c_uint32 * (4 * ctas))()
+    r = spec(seed=3, schedule=schedule, resident=resident)
+    assert call(lib.fc_waves, r, ctas, threads, 0, running, flags, out) == ""
+    rows = [list(out[4 * c:4 * c + 4]) for c in range(ctas)]
+    assert all(row[0] == 0xFFFFFFFF and row[1] == 0 and row[3] == 1000 + c for c, row in enumerate(rows)), rows
+    limit = min(ctas, resident or 24 * 1024 // threads)
+    assert max(row[2] for row in rows) == running[1] <= limit and running[0] == 0
+    if schedule == 0:  # uniform choice starts (nearly) every resident CTA before one finishes
+        assert running[1] >= limit * 3 // 4, running[1]
+    assert r.stats[0] == ctas and list(flags) == [1] * ctas
+
+
+def test_waiting_for_a_cta_that_has_not_started_is_a_deadlock(lib):
+    """CTA c waits for CTA c + 1: fine when all 6 are resident, a deadlock (as on the hardware) with 4 slots."""
+    running, flags, out = ints(2), ints(6), (ctypes.c_uint32 * 24)()
+    assert call(lib.fc_waves, spec(resident=6), 6, 64, 1, running, flags, out) == ""
+    running, flags, out = ints(2), ints(6), (ctypes.c_uint32 * 24)()
+    err = call(lib.fc_waves, spec(resident=4), 6, 64, 1, running, flags, out)
+    assert err.startswith("deadlock") and "spinning: ld.acquire.gpu polling" in err, err
+    assert "2 CTAs of the grid have not started (at most 4 resident at once" in err, err
+    err = call(lib.fc_waves, spec(resident=400), 6, 64, 1, running, flags, out)
+    assert "max_resident_ctas 400 with 64-thread CTAs: the model holds at most 24576 threads" in err, err

@@ -12,8 +12,8 @@ temp dir (FLASHCORE_EMU_CACHE=<dir> keeps it across sessions, keyed by a hash of
   tile schedules, seeds, interleavings and SM counts give bit-identical results;
 - the backward (preprocess, main kernel, dq postprocess) against flashcore.reference's backward in float64, with
   keys no query sees getting dK = dV = 0; deterministic mode bit-identical across seeds, SM counts and schedules;
-- the pipelines under adversarial interleavings (random warp priorities, a lazy copy engine): bench/notes/
-  emu_findings.md lists the injected bugs each one catches, and the kernel bugs found.
+- the pipelines under adversarial interleavings (random warp priorities, greedy lowest / highest warp first, a
+  lazy copy engine): bench/notes/emu_findings.md lists the injected bugs each one catches, and the kernel bugs found.
 FLASHCORE_EMU_FULL=1 adds a larger sweep, FLASHCORE_EMU_FUZZ=<n> n random problems; FLASHCORE_EMU_SCHEDULE /
 _ASYNC_DELAY / _SEED rerun everything under another interleaving.
 """
@@ -156,7 +156,7 @@ def _registers(match: str) -> int:
 
 
 # The engine's choice of the next fiber (csrc/cuda_emu/emu.h Schedule)
-RANDOM, ROUND_ROBIN, RANDOM_PRIORITY = 0, 1, 2
+RANDOM, ROUND_ROBIN, RANDOM_PRIORITY, LOWEST_FIRST, HIGHEST_FIRST = 0, 1, 2, 3, 4
 LAZY_ASYNC = 100_000  # max_async_delay: TMA copies land only when nothing else can run (exposes early reuse)
 # FLASHCORE_EMU_SCHEDULE / FLASHCORE_EMU_ASYNC_DELAY / FLASHCORE_EMU_SEED: the defaults of every call (to rerun the
 # file under other interleavings)
@@ -167,14 +167,18 @@ DEFAULT_SEED = int(os.environ.get("FLASHCORE_EMU_SEED", 1))
 
 # Interleavings that expose races a fair random one rarely hits (each was needed to catch a mutation of the kernels,
 # emu_findings.md): seeded random warp priorities (RANDOM_PRIORITY: one warp runs far ahead of another, as far as the
-# barriers allow) and TMA copies and stores landing only when nothing else can run (LAZY_ASYNC: a buffer reused
-# before its copy finished reads or stores the wrong bytes).
-# Several priority seeds: one catches a missing barrier between the consumer warpgroups only now and then.
+# barriers allow), the greedy lowest / highest warp first schedules (the same, deterministically: a missing barrier
+# between the consumer warpgroups shows on every run, where one priority seed catches it only now and then), and TMA
+# copies and stores landing only when nothing else can run (LAZY_ASYNC: a buffer reused before its copy finished
+# reads or stores the wrong bytes).
 INTERLEAVINGS = {"random": dict(), "round_robin": dict(schedule=ROUND_ROBIN),
                  **{f"priority_{seed}": dict(schedule=RANDOM_PRIORITY, seed=seed) for seed in (1, 2, 3)},
+                 "lowest_first": dict(schedule=LOWEST_FIRST), "highest_first": dict(schedule=HIGHEST_FIRST),
                  "lazy_async": dict(max_async_delay=LAZY_ASYNC, seed=3),
                  **{f"priority_lazy_{seed}": dict(schedule=RANDOM_PRIORITY, max_async_delay=LAZY_ASYNC, seed=seed)
-                    for seed in (4, 5, 6)}}
+                    for seed in (4, 5, 6)},
+                 "lowest_lazy": dict(schedule=LOWEST_FIRST, max_async_delay=LAZY_ASYNC),
+                 "highest_lazy": dict(schedule=HIGHEST_FIRST, max_async_delay=LAZY_ASYNC)}
 
 
 def _run(registers: int, num_sms=PRETEND_SMS, seed=DEFAULT_SEED, schedule=DEFAULT_SCHEDULE, static=False,
@@ -357,6 +361,7 @@ def test_forward_schedules_bit_identical(emu):
     out0, lse0, stats = emu_fwd(emu, q, k, v, causal=True)
     assert stats["ctas"] == PRETEND_SMS
     for run in (dict(static=True), dict(seed=7), dict(seed=12345, max_async_delay=512), dict(schedule=1),
+                dict(schedule=LOWEST_FIRST), dict(schedule=HIGHEST_FIRST, max_async_delay=LAZY_ASYNC),
                 dict(num_sms=1), dict(num_sms=5), dict(l2_bytes=64 * 1024)):
         out, lse, _ = emu_fwd(emu, q, k, v, causal=True, **run)
         assert torch.equal(out, out0) and torch.equal(lse, lse0), f"differs with {run}"
@@ -529,10 +534,10 @@ def test_backward_unseen_keys_and_empty_rows(emu):
     assert torch.equal(got[0][0, :110], torch.zeros_like(got[0][0, :110]))
 
 
-def test_backward_preprocess_in_chunks(emu):
-    """A preprocess grid too large to hold at once in the model (114 CTAs of 256 threads): the harness runs the
-    kernel per (sequence, head); delta and the gradients must not notice."""
-    check_bwd(emu, 2, 600, 300, 3, 1, 64, torch.bfloat16, causal=True)
+def test_backward_large_non_persistent_grids(emu):
+    """Grids larger than the model holds at once (24 K threads) run in waves: the preprocess at batch 2, seqlen 400,
+    6 heads (156 CTAs of 256 threads) and, at 16 pretend SMs, the dq convert (128 CTAs of 256 threads)."""
+    check_bwd(emu, 2, 400, 200, 6, 2, 64, torch.bfloat16, causal=True, run=dict(num_sms=16))
 
 
 @pytest.mark.parametrize("head_dim", [64, 192])
@@ -546,7 +551,8 @@ def test_backward_deterministic_bit_identical(emu, head_dim):
     first = None
     for run in (dict(), dict(seed=5), dict(schedule=ROUND_ROBIN), dict(num_sms=1), dict(num_sms=2),
                 dict(num_sms=4, seed=9), dict(num_sms=8), dict(static=True, seed=3), dict(static=True, num_sms=2),
-                dict(schedule=RANDOM_PRIORITY, seed=2), dict(schedule=RANDOM_PRIORITY, max_async_delay=LAZY_ASYNC)):
+                dict(schedule=RANDOM_PRIORITY, seed=2), dict(schedule=RANDOM_PRIORITY, max_async_delay=LAZY_ASYNC),
+                dict(schedule=LOWEST_FIRST), dict(schedule=HIGHEST_FIRST, max_async_delay=LAZY_ASYNC)):
         dq, dk, dv, _, _ = emu_bwd(emu, q, k, v, out, lse, dout, causal=True, deterministic=True, **run)
         if first is None:
             first = (dq, dk, dv)
@@ -590,7 +596,7 @@ def _fuzz_case(rng):
     options = dict(window=window, softcap=rng.choice([0.0, 0.0, 5.0, 30.0]),
                    softmax_scale=rng.choice([None, None, -0.3, 0.05]))
     run = dict(num_sms=rng.choice([1, 2, 3, 5]), seed=rng.randrange(1, 1 << 30),
-               schedule=rng.choice([RANDOM, ROUND_ROBIN, RANDOM_PRIORITY]),
+               schedule=rng.choice([RANDOM, ROUND_ROBIN, RANDOM_PRIORITY, LOWEST_FIRST, HIGHEST_FIRST]),
                max_async_delay=rng.choice([64, 64, LAZY_ASYNC]), static=rng.random() < 0.2)
     dtype = rng.choice(list(DTYPES.values()))
     if rng.random() < 0.3:

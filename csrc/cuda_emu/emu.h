@@ -1,10 +1,12 @@
 // A thread-accurate CPU model of how an sm_90a grid runs: enough to execute flashcore's Hopper kernels
 // (csrc/cuda/) unchanged on a machine without a GPU, with TMA, wgmma and mbarriers modelled from the PTX ISA.
 //
-// - Every CUDA thread of every CTA of the grid is a fiber; all of them run on the one OS thread that called
-//   launch(), so the model needs no locks and a seed fixes the interleaving. A fiber runs alone, in program order,
+// - Every CUDA thread of every resident CTA is a fiber; all of them run on the one OS thread that called launch(),
+//   so the model needs no locks and a seed fixes the interleaving. A grid larger than the resident CTAs runs in
+//   waves, as on the hardware: a CTA starts when one exits. A fiber runs alone, in program order,
 //   until it reaches a synchronisation point (a warp or warpgroup collective, a barrier, an mbarrier wait, a spin
-//   iteration); then the engine picks the next fiber (seeded random choice among the runnable ones, or round robin).
+//   iteration); then the engine picks the next fiber (seeded random choice among the runnable ones, round robin,
+//   random warp priorities, or greedily the lowest / highest warp: Schedule).
 // - Asynchronous work (TMA loads and stores, which the hardware's copy engine does in the background) is queued and
 //   runs later, at a scheduling point chosen by the engine, never inside the issuing instruction: a kernel that
 //   reads a TMA destination before its mbarrier says the bytes landed reads stale data (shared memory starts
@@ -133,6 +135,13 @@ enum class Schedule : int {
   // warp's priority is redrawn. Warps run far ahead of each other: a producer laps a slow consumer, one warp
   // finishes its loop before another starts (races that the near lock step of uniform choice rarely shows).
   kRandomPriority = 2,
+  // Greedy, deterministic (the fiber order does not depend on the seed; only asynchronous delays do): the lowest-
+  // numbered warp of the grid (CTA-major) with a runnable lane that is not spinning always runs, its lowest such
+  // lane first; a warp keeps running until every lane waits. Spinning lanes run only when no warp has other work,
+  // then in round robin, so a spinning consumer cannot starve its producer. One warp runs as far ahead of the next as
+  // the kernel's synchronisation allows: a missing barrier between warps shows on every run.
+  kLowestFirst = 3,
+  kHighestFirst = 4,  // the same from the highest-numbered warp (and lane) down
 };
 
 struct LaunchOptions {
@@ -151,6 +160,10 @@ struct LaunchOptions {
   // setmaxnreg checks that the CTA's pool (this x block threads) covers every warpgroup's request. 0 = unknown:
   // the pool check is skipped (the warpgroup rendezvous and the range checks stay).
   int registers_per_thread = 0;
+  // CTAs resident at once (an SM's worth each, as on the hardware): a grid with more runs in waves, the next CTA
+  // (in linear order) starting, with fresh shared memory and per-CTA state, in the slot of one whose threads all
+  // exited. 0 = as many as fit in the model's 24 K resident threads (kMaxFibers in engine.cpp); more is refused.
+  int max_resident_ctas = 0;
 };
 
 struct LaunchStats {
@@ -159,9 +172,11 @@ struct LaunchStats {
 };
 
 // Runs `kernel` (the kernel body, called once per thread) over `grid` CTAs of `block` threads with
-// `dynamic_smem_bytes` of dynamic shared memory, every CTA resident at once (the kernels under test are
-// persistent: the harness picks a grid the size of the machine it pretends to be). Returns "" on success, else
-// the first error. Fails up front when block has more than 1024 threads or dynamic_smem_bytes exceeds
+// `dynamic_smem_bytes` of dynamic shared memory, at most LaunchOptions::max_resident_ctas CTAs resident at once
+// (the persistent kernels' grids fit: the harness picks a grid the size of the machine it pretends to be; the
+// others run in waves). A resident CTA waiting for one that has not started is reported as a deadlock, as it is on
+// the hardware. Asynchronous work a CTA leaves pending when its threads exit is dropped. Returns "" on success,
+// else the first error. Fails up front when block has more than 1024 threads or dynamic_smem_bytes exceeds
 // kMaxDynamicSmemBytes.
 std::string launch(Dim3 grid, Dim3 block, size_t dynamic_smem_bytes, const std::function<void()>& kernel,
                    const LaunchOptions& options = {}, LaunchStats* stats = nullptr);

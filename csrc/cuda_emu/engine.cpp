@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -47,6 +48,10 @@ namespace {
 constexpr size_t kFiberStackBytes = 1024 * 1024;
 constexpr uint64_t kClockCheckPoints = 1024;   // scheduling points between two reads of the wall clock (timeout)
 constexpr size_t kReportLines = 160;           // the report lists at most this many lane groups
+// Every resident thread is a fiber whose stack (a mapping, plus its guard page) lives until the launch ends: past
+// about 32 K of them the process's map limit (vm.max_map_count, 65530 by default) makes FiberStack abort. Larger
+// grids run in waves of at most this many resident threads.
+constexpr uint64_t kMaxFibers = 24 * 1024;
 constexpr size_t kWindowAlign = 4096;          // windows page-aligned: a generic address and its shared-window
                                                // address agree modulo any tile alignment (1024 for the swizzle)
 
@@ -65,6 +70,69 @@ void fiber_entry() {  // first code every fiber runs
 }
 
 }  // namespace
+
+void Launch::start_cta(int slot) {  // the grid's next CTA, in `slot`, with fresh shared memory and state
+  Cta& c = ctas[slot];
+  const uint64_t i = next_cta++;
+  c.linear = static_cast<int>(i);
+  c.idx = Dim3{static_cast<unsigned>(i % grid.x), static_cast<unsigned>(i / grid.x % grid.y),
+               static_cast<unsigned>(i / (uint64_t(grid.x) * grid.y))};
+  std::memset(c.window, 0xff, kSmemWindowBytes);  // NaN in bf16/fp16/fp32: unwritten reads show
+  const int warps = warps_per_cta, warpgroups = (block_threads + kWarpgroupSize - 1) / kWarpgroupSize;
+  c.live = block_threads;
+  c.live_warps = warps;
+  c.warp_live.assign(warps, 0);
+  c.warpgroup_live.assign(warpgroups, 0);
+  for (int t = 0; t < block_threads; ++t) ++c.warp_live[t / kWarpSize], ++c.warpgroup_live[t / kWarpgroupSize];
+  c.warps.assign(warps, Group{});
+  c.warpgroups.assign(warpgroups, Group{});
+  for (auto [groups, size] : {std::pair{&c.warps, kWarpSize}, std::pair{&c.warpgroups, kWarpgroupSize}}) {
+    for (Group& g : *groups) g.in.assign(size, nullptr), g.out.assign(size, nullptr), g.present.assign(size, 0);
+  }
+  for (Barrier& b : c.barriers) b = Barrier{};
+  for (int t = 0; t < block_threads; ++t) {
+    Fiber& f = fibers[size_t(slot) * block_threads + t];
+    f.cta = slot;
+    f.tid = t;
+    f.wait = Wait::kRunning;
+    f.spin_epoch = ~uint64_t(0);
+    f.spins = 0;
+    f.what[0] = '\0';
+    emu_common::fiber_prepare(f.context, f.stack, &fiber_entry);
+    if (t % kWarpSize == 0) set_warp_priority(f, random() | kWorkingPriority);
+    set_runnable(f, true);
+  }
+  live += block_threads;
+  ++epoch;
+}
+
+// Frees the slots of CTAs whose threads have all exited and starts the grid's next CTAs in them. Asynchronous work
+// a CTA left pending is dropped, as at the end of a launch (the kernel exited without waiting for it).
+bool Launch::retire_finished() {
+  for (const int slot : finished) {
+    for (auto it = queue.begin(); it != queue.end();) {
+      if (it->second.cta != slot) {
+        ++it;
+        continue;
+      }
+      due_of.erase(it->second.ticket);
+      it = queue.erase(it);
+    }
+    Cta& c = ctas[slot];
+    async_cta = slot;  // the models' destructors may look at their CTA
+    for (const StateEntry& e : c.state) e.destroy(e.object);
+    async_cta = -1;
+    c.state.clear();
+    c.linear = -1;
+    for (int t = 0; t < block_threads; ++t) {  // measured before the next CTA reuses the stacks
+      const FiberStack& stack = fibers[size_t(slot) * block_threads + t].stack;
+      stats.max_stack_bytes = std::max<uint64_t>(stats.max_stack_bytes, stack.resident_bytes());
+    }
+    if (next_cta < grid_ctas) start_cta(slot);
+  }
+  finished.clear();
+  return error.empty();
+}
 
 void Launch::run_item(AsyncItem& item) {
   Fiber* const saved_current = current;
@@ -119,19 +187,44 @@ bool Launch::all_stuck() {
   return true;
 }
 
+int Launch::next_round_robin() {  // the next runnable fiber after the last one picked, in fiber order
+  const int n = static_cast<int>(fibers.size());
+  for (int step = 1; step <= n; ++step) {
+    const int i = (rr_cursor + step) % n;
+    const uint64_t word = runnable_bits[i / 64] >> (i % 64);
+    if (word == 0) {  // skip to the next word
+      step += 63 - i % 64;
+      continue;
+    }
+    if (word & 1) return rr_cursor = i;
+  }
+  return -1;
+}
+
+int Launch::pick_greedy(bool lowest) {  // kLowestFirst / kHighestFirst
+  const int words = static_cast<int>(working_warp_bits.size());
+  for (int k = 0; k < words; ++k) {
+    const int wi = lowest ? k : words - 1 - k;
+    const uint64_t word = working_warp_bits[wi];
+    if (word == 0) continue;
+    const int w = wi * 64 + (lowest ? std::countr_zero(word) : 63 - std::countl_zero(word));
+    const int first = w / warps_per_cta * block_threads + w % warps_per_cta * kWarpSize;
+    const int lanes = std::min(kWarpSize, block_threads - w % warps_per_cta * kWarpSize);
+    for (int l = 0; l < lanes; ++l) {
+      const Fiber& f = fibers[first + (lowest ? l : lanes - 1 - l)];
+      if (f.runnable_pos >= 0 && f.wait != Wait::kSpin) return static_cast<int>(&f - fibers.data());
+    }
+    std::abort();  // warp_working out of step with the fibers: an engine bug
+  }
+  return next_round_robin();  // every runnable fiber spins: each in turn, so the one whose wait ended gets to run
+}
+
 int Launch::pick() {
   if (options.schedule == Schedule::kRoundRobin) {
-    const int n = static_cast<int>(fibers.size());
-    for (int step = 1; step <= n; ++step) {
-      const int i = (rr_cursor + step) % n;
-      const uint64_t word = runnable_bits[i / 64] >> (i % 64);
-      if (word == 0) {  // skip to the next word
-        step += 63 - i % 64;
-        continue;
-      }
-      if (word & 1) return rr_cursor = i;
-    }
+    const int i = next_round_robin();
+    if (i >= 0) return i;
   }
+  if (greedy) return pick_greedy(options.schedule == Schedule::kLowestFirst);
   if (by_priority) {
     if (random() % kPriorityRedrawPoints == 0) {
       set_warp_priority(fibers[runnable[random() % runnable.size()]], random() | kWorkingPriority);
@@ -206,7 +299,9 @@ void Launch::run() {
   const auto start = std::chrono::steady_clock::now();
   emu_common::Watchdog watchdog("flashcore cuda_emu", options.timeout_seconds);
   uint64_t next_clock_check = kClockCheckPoints;
-  while (live > 0 && error.empty()) {
+  while (error.empty()) {
+    if (!finished.empty() && !retire_finished()) break;
+    if (live == 0) break;
     ++points;
     if (points >= next_clock_check &&
         (next_clock_check = points + kClockCheckPoints,
@@ -227,6 +322,11 @@ void Launch::run() {
       }
       error = "deadlock: no thread can make progress and no asynchronous work is pending; every live warp waits:" +
               report();
+      if (next_cta < grid_ctas) {
+        error += "\n  " + std::to_string(grid_ctas - next_cta) + " CTAs of the grid have not started (at most " +
+                 std::to_string(ctas.size()) + " resident at once; one waiting for a CTA that cannot start is a " +
+                 "deadlock on the hardware too)";
+      }
       break;
     }
     current = &fibers[pick()];
@@ -234,7 +334,7 @@ void Launch::run() {
     g_thread_idx = {t % block.x, t / block.x % block.y, t / (block.x * block.y)};
     const Dim3& b = ctas[current->cta].idx;
     g_block_idx = {b.x, b.y, b.z};
-    watchdog.beat(current->cta, current->tid);
+    watchdog.beat(ctas[current->cta].linear, current->tid);
     ++stats.fiber_switches;
     emu_common::fiber_switch(scheduler, current->context);
     current = nullptr;
@@ -259,7 +359,10 @@ Dim3 block_idx() {
 Dim3 grid_dim() { return current_launch().grid; }
 Dim3 block_dim() { return current_launch().block; }
 int linear_thread() { return current_launch().self("linear_thread").tid; }
-int linear_block() { return current_launch().cta_index("linear_block"); }
+int linear_block() {
+  Launch& l = current_launch();
+  return l.ctas[l.cta_index("linear_block")].linear;
+}
 
 uint8_t* dynamic_smem() {
   Launch& l = current_launch();
@@ -272,7 +375,7 @@ uint32_t smem_address(const void* generic) {
   const auto p = reinterpret_cast<uintptr_t>(generic), base = reinterpret_cast<uintptr_t>(l.ctas[cta].window);
   const uintptr_t limit = kDynamicSmemOffset + l.dynamic_bytes;
   if (p < base || p - base > limit) {  // one past the end is a valid address to form
-    const int owner = smem_owner(generic);
+    const int owner = l.slot_of(smem_owner(generic));
     l.fail_here("generic address " + std::to_string(p) + " is not in this CTA's shared memory (" +
                 (owner >= 0 ? "it is in " + l.cta_name(owner) + "'s window"
                             : "window bytes [0, " + std::to_string(limit) + ") in use") + ")");
@@ -319,25 +422,22 @@ bool async_done(uint64_t ticket) { return current_launch().due_of.count(ticket) 
 
 void* cta_state_raw(const void* key, void* (*make)(), void (*destroy)(void*)) {
   Launch& l = current_launch();
-  return cta_state_raw_of(l.cta_index("cta_state"), key, make, destroy);
+  return l.slot_state(l.cta_index("cta_state"), key, make, destroy);
 }
 
 void* cta_state_raw_of(int cta, const void* key, void* (*make)(), void (*destroy)(void*)) {
   Launch& l = current_launch();
-  if (cta < 0 || cta >= static_cast<int>(l.ctas.size())) l.fail_here("cta_state of CTA " + std::to_string(cta));
-  for (const StateEntry& e : l.ctas[cta].state) {
-    if (e.key == key) return e.object;
-  }
-  l.ctas[cta].state.push_back(StateEntry{key, make(), destroy});
-  return l.ctas[cta].state.back().object;
+  const int slot = cta >= 0 ? l.slot_of(cta) : -1;
+  if (slot < 0) l.fail_here("cta_state of CTA " + std::to_string(cta) + ", which is not resident");
+  return l.slot_state(slot, key, make, destroy);
 }
 
 int smem_owner(const void* generic) {
   if (tl_launch == nullptr) return -1;
   const auto p = reinterpret_cast<uintptr_t>(generic);
-  for (size_t i = 0; i < tl_launch->ctas.size(); ++i) {
-    const auto base = reinterpret_cast<uintptr_t>(tl_launch->ctas[i].window);
-    if (p >= base && p - base < kSmemWindowBytes) return static_cast<int>(i);
+  for (const Cta& c : tl_launch->ctas) {
+    const auto base = reinterpret_cast<uintptr_t>(c.window);
+    if (p >= base && p - base < kSmemWindowBytes) return c.linear;
   }
   return -1;
 }
@@ -361,14 +461,15 @@ std::string launch(Dim3 grid, Dim3 block, size_t dynamic_smem_bytes, const std::
     return "dynamic shared memory of " + std::to_string(dynamic_smem_bytes) + " bytes exceeds the sm_90 limit of " +
            std::to_string(kMaxDynamicSmemBytes);
   }
-  // Every thread of the grid is a fiber whose stack (a mapping, plus its guard page) lives until the launch ends:
-  // past about 32 K of them the process's map limit (vm.max_map_count, 65530 by default) makes FiberStack abort.
-  // Refuse such a grid with a message instead (the sm_90a kernels are persistent; harnesses split the others).
-  constexpr uint64_t kMaxFibers = 24 * 1024;
-  if (num_ctas * threads > kMaxFibers) {
-    return "grid of " + std::to_string(num_ctas) + " CTAs x " + std::to_string(threads) + " threads: the model holds " +
-           "every thread of a launch at once, at most " + std::to_string(kMaxFibers);
+  // Resident CTAs: as many as the option asks, at most what fits in kMaxFibers threads, at most the grid.
+  const uint64_t fit = kMaxFibers / threads;
+  if (options.max_resident_ctas < 0 || uint64_t(options.max_resident_ctas) > fit) {
+    return "max_resident_ctas " + std::to_string(options.max_resident_ctas) + " with " + std::to_string(threads) +
+           "-thread CTAs: the model holds at most " + std::to_string(kMaxFibers) + " threads at once (" +
+           std::to_string(fit) + " CTAs; 0 = that many)";
   }
+  const uint64_t slots = std::min(options.max_resident_ctas > 0 ? uint64_t(options.max_resident_ctas) : fit,
+                                  num_ctas);
   if (tl_launch != nullptr) return "launch() called from inside a kernel";
   static std::mutex one_launch_at_a_time;  // the built-in variables are process-wide
   const std::lock_guard<std::mutex> lock(one_launch_at_a_time);
@@ -380,42 +481,21 @@ std::string launch(Dim3 grid, Dim3 block, size_t dynamic_smem_bytes, const std::
   l.dynamic_bytes = dynamic_smem_bytes;
   l.options = options;
   l.rng = options.seed;
+  l.grid_ctas = num_ctas;
   const int warps = (l.block_threads + kWarpSize - 1) / kWarpSize;
-  const int warpgroups = (l.block_threads + kWarpgroupSize - 1) / kWarpgroupSize;
-  l.ctas.resize(num_ctas);
-  l.fibers.resize(num_ctas * threads);
+  l.warps_per_cta = warps;
+  l.ctas.resize(slots);
+  l.fibers.resize(slots * threads);
   l.runnable_bits.assign((l.fibers.size() + 63) / 64, 0);
   l.by_priority = options.schedule == Schedule::kRandomPriority;
-  l.warps_per_cta = warps;
-  l.warp_priority.assign(num_ctas * warps, 0);
-  l.warp_runnable.assign(num_ctas * warps, 0);
-  for (uint64_t i = 0; i < num_ctas; ++i) {
-    Cta& c = l.ctas[i];
-    c.idx = Dim3{static_cast<unsigned>(i % grid.x), static_cast<unsigned>(i / grid.x % grid.y),
-                 static_cast<unsigned>(i / (uint64_t(grid.x) * grid.y))};
-    c.window = static_cast<uint8_t*>(std::aligned_alloc(kWindowAlign, kSmemWindowBytes));
-    std::memset(c.window, 0xff, kSmemWindowBytes);  // NaN in bf16/fp16/fp32: unwritten reads show
-    c.live = l.block_threads;
-    c.live_warps = warps;
-    c.warp_live.assign(warps, 0);
-    c.warpgroup_live.assign(warpgroups, 0);
-    for (int t = 0; t < l.block_threads; ++t) ++c.warp_live[t / kWarpSize], ++c.warpgroup_live[t / kWarpgroupSize];
-    c.warps.resize(warps);
-    c.warpgroups.resize(warpgroups);
-    for (auto [groups, size] : {std::pair{&c.warps, kWarpSize}, std::pair{&c.warpgroups, kWarpgroupSize}}) {
-      for (Group& g : *groups) g.in.assign(size, nullptr), g.out.assign(size, nullptr), g.present.assign(size, 0);
-    }
-  }
-  for (size_t i = 0; i < l.fibers.size(); ++i) {
-    Fiber& f = l.fibers[i];
-    f.cta = static_cast<int>(i / threads);
-    f.tid = static_cast<int>(i % threads);
-    f.stack = FiberStack(kFiberStackBytes);
-    emu_common::fiber_prepare(f.context, f.stack, &fiber_entry);
-    if (f.tid % kWarpSize == 0) l.set_warp_priority(f, l.random() | kWorkingPriority);
-    l.set_runnable(f, true);
-  }
-  l.live = static_cast<int>(l.fibers.size());
+  l.warp_priority.assign(slots * warps, 0);
+  l.warp_runnable.assign(slots * warps, 0);
+  l.greedy = options.schedule == Schedule::kLowestFirst || options.schedule == Schedule::kHighestFirst;
+  l.warp_working.assign(slots * warps, 0);
+  l.working_warp_bits.assign((slots * warps + 63) / 64, 0);
+  for (Cta& c : l.ctas) c.window = static_cast<uint8_t*>(std::aligned_alloc(kWindowAlign, kSmemWindowBytes));
+  for (Fiber& f : l.fibers) f.stack = FiberStack(kFiberStackBytes);
+  for (uint64_t slot = 0; slot < slots; ++slot) l.start_cta(static_cast<int>(slot));
   g_block_dim = {block.x, block.y, block.z};
   g_grid_dim = {grid.x, grid.y, grid.z};
   tl_launch = &l;

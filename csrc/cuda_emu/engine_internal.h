@@ -42,7 +42,7 @@ enum class Wait : uint8_t { kRunning, kSpin, kGroup, kBarrier, kExited, kAbandon
 struct Fiber {
   FiberContext context;
   FiberStack stack;
-  int cta = 0, tid = 0;  // tid: linear thread index in the CTA
+  int cta = 0, tid = 0;  // cta: the residency slot (index in Launch::ctas); tid: linear thread index in the CTA
   Wait wait = Wait::kRunning;
   int group_size = 0;    // kGroup: 32 or 128
   int barrier = -1;      // kBarrier: the id
@@ -79,7 +79,8 @@ struct StateEntry {
   void (*destroy)(void*);
 };
 
-struct Cta {
+struct Cta {  // a residency slot and the CTA running in it
+  int linear = -1;  // the CTA's index in the grid (its linear_block()); -1 once the grid has no CTA left for it
   Dim3 idx;
   uint8_t* window = nullptr;
   int live = 0, live_warps = 0;
@@ -91,7 +92,7 @@ struct Cta {
 
 struct AsyncItem {
   uint64_t ticket;
-  int cta;
+  int cta;  // slot
   std::function<void()> work;
 };
 
@@ -104,8 +105,12 @@ struct Launch {
   size_t dynamic_bytes = 0;
   LaunchOptions options;
   LaunchStats stats;
+  // The resident CTAs (slots) and their threads, fibers[slot * block_threads + tid]. A grid larger than the slots
+  // runs in waves: when a CTA's last thread exits, the grid's next CTA starts in its slot.
   std::vector<Cta> ctas;
   std::vector<Fiber> fibers;
+  uint64_t grid_ctas = 0, next_cta = 0;  // CTAs in the grid; the next one to start
+  std::vector<int> finished;             // slots whose CTA's threads have all exited
   FiberContext scheduler;
   Fiber* current = nullptr;
   int async_cta = -1;            // the CTA asynchronous work runs on behalf of
@@ -119,6 +124,11 @@ struct Launch {
   std::vector<uint64_t> warp_priority;
   std::vector<int> warp_runnable;
   std::set<std::pair<uint64_t, int>> ready_warps;
+  // kLowestFirst / kHighestFirst: per warp of the grid, its working lanes (runnable and not spinning), and a bit per
+  // warp that has any.
+  bool greedy = false;
+  std::vector<int> warp_working;
+  std::vector<uint64_t> working_warp_bits;
   int live = 0;
   uint64_t rng = 0, points = 0, epoch = 0, stuck_epoch = ~uint64_t(0);
   int stuck = 0, rr_cursor = -1;
@@ -138,6 +148,22 @@ struct Launch {
     warp_priority[w] = priority;
   }
 
+  void count_working(const Fiber& f, int delta) {  // kLowestFirst / kHighestFirst
+    const int w = grid_warp(f);
+    warp_working[w] += delta;
+    if (warp_working[w] == 0) {
+      working_warp_bits[w / 64] &= ~(uint64_t(1) << (w % 64));
+    } else {
+      working_warp_bits[w / 64] |= uint64_t(1) << (w % 64);
+    }
+  }
+
+  // A runnable fiber enters or leaves a spin (spin()); the greedy schedules run spinners only when no warp works.
+  void set_spinning(Fiber& f, bool on) {
+    if (greedy && f.runnable_pos >= 0 && on != (f.wait == Wait::kSpin)) count_working(f, on ? -1 : 1);
+    f.wait = on ? Wait::kSpin : Wait::kRunning;
+  }
+
   uint64_t random() {
     uint64_t z = (rng += kSplitmixIncrement);
     z = (z ^ (z >> 30)) * kSplitmixMul1;
@@ -154,6 +180,7 @@ struct Launch {
       runnable_bits[index / 64] |= uint64_t(1) << (index % 64);
       const int w = grid_warp(f);
       if (by_priority && warp_runnable[w]++ == 0) ready_warps.insert({warp_priority[w], w});
+      if (greedy && f.wait != Wait::kSpin) count_working(f, 1);
     } else {
       const int last = runnable.back();
       runnable[f.runnable_pos] = last;
@@ -163,6 +190,7 @@ struct Launch {
       runnable_bits[index / 64] &= ~(uint64_t(1) << (index % 64));
       const int w = grid_warp(f);
       if (by_priority && --warp_runnable[w] == 0) ready_warps.erase({warp_priority[w], w});
+      if (greedy && f.wait != Wait::kSpin) count_working(f, -1);
     }
   }
 
@@ -172,6 +200,13 @@ struct Launch {
   }
 
   void yield() { emu_common::fiber_switch(current->context, scheduler); }  // back to the scheduler loop
+
+  int slot_of(int linear) const {  // the slot holding grid CTA `linear`, or -1 (not started, or its slot reused)
+    for (size_t i = 0; i < ctas.size(); ++i) {
+      if (ctas[i].linear == linear) return static_cast<int>(i);
+    }
+    return -1;
+  }
 
   std::string cta_name(int cta) const {
     const Dim3& b = ctas[cta].idx;
@@ -215,6 +250,16 @@ struct Launch {
     fail_here(std::string(op) + " called with no CTA current");
   }
 
+  void* slot_state(int slot, const void* key, void* (*make)(), void (*destroy)(void*)) {  // cta_state of a slot
+    for (const StateEntry& e : ctas[slot].state) {
+      if (e.key == key) return e.object;
+    }
+    ctas[slot].state.push_back(StateEntry{key, make(), destroy});
+    return ctas[slot].state.back().object;
+  }
+
+  void start_cta(int slot);
+  bool retire_finished();
   void run_item(AsyncItem& item);
   bool run_queued(std::map<std::pair<uint64_t, uint64_t>, AsyncItem>::iterator it);
   bool run_due();
@@ -223,6 +268,8 @@ struct Launch {
   void complete_barrier(Cta& c, int id);
   void check_whole_cta_barriers(Cta& c);
   bool all_stuck();
+  int next_round_robin();
+  int pick_greedy(bool lowest);
   int pick();
   std::string describe(const Fiber& f) const;
   std::string report() const;

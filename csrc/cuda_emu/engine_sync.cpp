@@ -47,6 +47,7 @@ void Launch::exit_current() {
     --c.live_warps;
     check_whole_cta_barriers(c);
   }
+  if (c.live == 0) finished.push_back(f.cta);  // the scheduler frees the slot (it cannot while on this stack)
   yield();
   std::abort();  // an exited fiber is never resumed
 }
@@ -195,9 +196,9 @@ void spin(const char* what) {
     ++l.stuck;
   }
   if (l.options.schedule == Schedule::kRandomPriority) l.set_warp_priority(f, l.random() & ~kWorkingPriority);
-  f.wait = Wait::kSpin;
+  l.set_spinning(f, true);
   l.yield();
-  f.wait = Wait::kRunning;
+  l.set_spinning(f, false);
 }
 
 void progress() { ++current_launch().epoch; }

@@ -9,7 +9,6 @@
 //   3. the dq postprocess (bwd_sm90_dq_convert.cuh) over the plan's grid.
 // One object per head dim and element type: -DFLASHCORE_EMU_HEAD_DIM=<D> -DFLASHCORE_EMU_BF16=<0|1>; the symbol
 // is emu_sm90_bwd_d<D>_<bf16|fp16>.
-#include <algorithm>
 #include <string>
 
 #include "../cuda/bwd_preprocess_kernel.cuh"
@@ -27,9 +26,6 @@ namespace h = emu_harness;
 constexpr int D = FLASHCORE_EMU_HEAD_DIM;
 constexpr HalfType kType = FLASHCORE_EMU_BF16 ? HalfType::kBf16 : HalfType::kFp16;
 constexpr size_t kAllocatorAlign = 512;  // the caching allocator's block alignment (bwd.cpp relies on >= 256)
-// CTAs of one preprocess launch: 64 x 256 threads = 16 K fibers, well inside the model's stack reservations (a
-// 1 MiB stack per thread, two mappings each against the kernel's ~64 K map limit)
-constexpr int64_t kMaxPreprocessCtas = 64;
 
 // delta = rowsum(dout * out) - dlse into `delta` (laid out like lse), as bwd.cpp computes it: dense out / dout
 // (batch, seqlen_q, heads, d); varlen (total, heads, d) as one sequence (unsqueeze(0)), delta (1, heads, total).
@@ -51,38 +47,13 @@ std::string run_preprocess(const FwdParams& f, const Strided& out, const Strided
   if (dlse != nullptr) {  // contiguous like lse
     pp.dlse_stride_b = int64_t(pp.heads) * pp.seqlen, pp.dlse_stride_h = pp.seqlen, pp.dlse_stride_s = 1;
   }
-  const auto launch = [&run](const BwdPreprocessParams& q) {
-    const int64_t tiles = (int64_t(q.seqlen) + kBwdPreprocessRowsPerBlock - 1) / kBwdPreprocessRowsPerBlock;
-    const int64_t blocks = int64_t(q.batch) * q.heads * tiles;
-    if (blocks == 0) return std::string();
-    return h::launch_1d(
-        static_cast<int>(blocks), kBwdPreprocessThreads, 0,
-        [&q] { sm90::preprocess::bwd_preprocess_kernel<kType>(q); }, run, 0, nullptr);
-  };
   const int64_t tiles = (int64_t(pp.seqlen) + kBwdPreprocessRowsPerBlock - 1) / kBwdPreprocessRowsPerBlock;
-  if (int64_t(pp.batch) * pp.heads * tiles <= kMaxPreprocessCtas) return launch(pp);
-  // Too many CTAs to hold at once (the model keeps every CTA of a grid resident, a fiber stack per thread; this
-  // kernel is not persistent): the same kernel over sub-problems of one (sequence, head) and at most
-  // kMaxPreprocessCtas tiles each, with the pointers moved to them. Each block does exactly the work it does in the
-  // whole grid; only its blockIdx -> (b, h, tile) decode differs (the whole grid runs it in the smaller tests).
-  constexpr int32_t kChunkRows = kMaxPreprocessCtas * kBwdPreprocessRowsPerBlock;
-  const auto* o = static_cast<const uint16_t*>(pp.out);
-  const auto* g = static_cast<const uint16_t*>(pp.dout);
-  for (int32_t b = 0; b < pp.batch; ++b) {
-    for (int32_t hd = 0; hd < pp.heads; ++hd) {
-      for (int32_t s0 = 0; s0 < pp.seqlen; s0 += kChunkRows) {
-        BwdPreprocessParams q = pp;
-        q.batch = 1, q.heads = 1, q.seqlen = std::min(kChunkRows, pp.seqlen - s0);
-        q.out = o + b * pp.out_stride_b + int64_t(s0) * pp.out_stride_s + hd * pp.out_stride_h;
-        q.dout = g + b * pp.dout_stride_b + int64_t(s0) * pp.dout_stride_s + hd * pp.dout_stride_h;
-        if (dlse != nullptr) q.dlse = dlse + b * pp.dlse_stride_b + hd * pp.dlse_stride_h + s0 * pp.dlse_stride_s;
-        q.d = delta + (int64_t(b) * pp.heads + hd) * pp.seqlen + s0;  // d: (batch, heads, seqlen) contiguous
-        const std::string message = launch(q);
-        if (!message.empty()) return message;
-      }
-    }
-  }
-  return "";
+  const int64_t blocks = int64_t(pp.batch) * pp.heads * tiles;
+  if (blocks == 0) return "";
+  // Not persistent: a large grid runs in waves on the model, as on the hardware.
+  return h::launch_1d(
+      static_cast<int>(blocks), kBwdPreprocessThreads, 0,
+      [&pp] { sm90::preprocess::bwd_preprocess_kernel<kType>(pp); }, run, 0, nullptr);
 }
 
 }  // namespace

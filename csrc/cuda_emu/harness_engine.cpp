@@ -23,7 +23,7 @@ struct RunSpec {  // mirrored by tests/test_cuda_emu_engine.py (RunSpec)
   int32_t max_async_delay;
   double timeout_seconds;
   int32_t registers_per_thread;
-  int32_t pad;
+  int32_t max_resident_ctas;
   uint64_t stats[6];  // ctas, fiber_switches, collectives, barriers, async_ops, max_stack_bytes
 };
 
@@ -35,6 +35,7 @@ int run(RunSpec* spec, emu::Dim3 grid, emu::Dim3 block, size_t smem, const std::
   options.max_async_delay = spec->max_async_delay;
   options.timeout_seconds = spec->timeout_seconds;
   options.registers_per_thread = spec->registers_per_thread;
+  options.max_resident_ctas = spec->max_resident_ctas;
   emu::LaunchStats stats;
   const std::string message = emu::launch(grid, block, smem, kernel, options, &stats);
   const uint64_t values[6] = {stats.ctas, stats.fiber_switches, stats.collectives, stats.barriers, stats.async_ops,
@@ -418,6 +419,37 @@ int fc_pipeline(RunSpec* spec, int ctas, int rounds, const int32_t* src, int32_t
         out[cta * rounds + r] = sum;
       }
       ptx::named_barrier_sync(2, 256);  // partial[] is reused next round
+    }
+  }, error, error_bytes);
+}
+
+// A grid larger than what is resident runs in waves. Per CTA c (thread 0 reports): out[4c] = the first word of its
+// dynamic shared memory before it writes it (0xffffffff: fresh), out[4c + 1] = its per-CTA state before it counts
+// (0: fresh), out[4c + 2] = CTAs running when it started (counted in running[0], the most ever in running[1]).
+// chain = 1: CTA c first waits for CTA c + 1's flag (flags[c + 1]), a dependency on a later CTA that only holds
+// when every CTA is resident at once.
+int fc_waves(RunSpec* spec, int ctas, int threads, int chain, int32_t* running, int32_t* flags, uint32_t* out,
+             char* error, int error_bytes) {
+  static const char kCountKey = 0;  // the per-CTA state's key
+  return run(spec, {static_cast<unsigned>(ctas)}, {static_cast<unsigned>(threads)}, 64, [=] {
+    const int c = static_cast<int>(blockIdx.x);
+    auto* word = reinterpret_cast<uint32_t*>(emu::dynamic_smem());
+    if (threadIdx.x == 0) {
+      out[4 * c] = *word;
+      *word = 1000 + c;
+      out[4 * c + 1] = emu::cta_state<int>(&kCountKey)++;
+      out[4 * c + 2] = static_cast<uint32_t>(atomicAdd(running, 1) + 1);
+      atomicMax(running + 1, running[0]);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      if (chain && c + 1 < ctas) {
+        while (ptx::ld_acquire_gpu(flags + c + 1) == 0) {
+        }
+      }
+      out[4 * c + 3] = *word;
+      ptx::red_release_gpu_add(flags + c, 1);
+      atomicAdd(running, -1);
     }
   }, error, error_bytes);
 }
