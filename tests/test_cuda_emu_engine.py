@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from emu_build import compile_objects, compiler, link_library
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
@@ -55,30 +54,17 @@ def spec(seed: int = 1, schedule: int = 0, max_async_delay: int = 64, timeout: f
 
 @pytest.fixture(scope="module")
 def lib():
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    cxx = compiler()
     if cxx is None:
         pytest.skip("no C++ compiler (g++) to build the CPU model")
     if not (CUDA_HOME / "include" / "cuda_runtime.h").exists():
         pytest.skip(f"no CUDA headers under {CUDA_HOME}/include (set CUDA_HOME): the prelude builds on them")
     out = Path(tempfile.mkdtemp(prefix="cuda_emu_engine_"))
     start = time.monotonic()
-
-    def compile_one(index: int) -> Path:
-        source, prelude = SOURCES[index]
-        obj = out / f"{index}_{Path(source).stem}.o"
-        extra = ["-include", str(CSRC / "cuda_emu/prelude.h")] if prelude else []
-        subprocess.run([cxx, *CXX_FLAGS, *extra, "-c", str(CSRC / source), "-o", str(obj)], check=True,
-                       capture_output=True, text=True)
-        return obj
-
-    try:
-        with ThreadPoolExecutor(max_workers=len(SOURCES)) as pool:
-            objects = list(pool.map(compile_one, range(len(SOURCES))))
-        library = out / "libflashcore_cuda_emu_engine.so"
-        subprocess.run([cxx, "-shared", "-pthread", *map(str, objects), "-o", str(library)], check=True,
-                       capture_output=True, text=True)
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(f"building the CPU model failed:\n{' '.join(exc.cmd)}\n{exc.stderr}")
+    prelude = ["-include", str(CSRC / "cuda_emu/prelude.h")]
+    jobs = [(CSRC / source, [*CXX_FLAGS, *(prelude if with_prelude else [])]) for source, with_prelude in SOURCES]
+    objects = compile_objects(cxx, jobs, out, "the CPU model")
+    library = link_library(cxx, objects, out / "libflashcore_cuda_emu_engine.so", "the CPU model")
     print(f"sm_90a CPU model built in {time.monotonic() - start:.1f} s")
     return ctypes.CDLL(str(library))
 

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from emu_build import compile_objects, compiler, link_library
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
@@ -44,7 +42,7 @@ _u64p, _u32p, _i32p = ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_u
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    cxx = os.environ.get("CXX") or shutil.which("g++")
+    cxx = compiler()
     if cxx is None:
         pytest.skip("no C++ compiler (g++) to build the CPU harness")
     if not (CUDA_HOME / "include" / "cuda.h").exists():
@@ -53,22 +51,10 @@ def emu(tmp_path_factory):
     sources = [*sorted((CSRC / "cuda_emu").glob("engine*.cpp")), *sorted((CSRC / "emu_common").glob("*.cpp")),
                CSRC / "cuda_emu" / "harness_ptx.cpp"]
     out = tmp_path_factory.mktemp("cuda_emu_ptx")
-
-    def compile_one(source: Path) -> Path:
-        obj = out / (source.stem + ".o")
-        prelude = ["-include", str(CSRC / "cuda_emu" / "prelude.h")] if source.name.startswith("harness") else []
-        subprocess.run([cxx, *CXX_FLAGS, *prelude, "-c", str(source), "-o", str(obj)], check=True,
-                       capture_output=True, text=True)
-        return obj
-
-    try:
-        with ThreadPoolExecutor(max_workers=len(sources)) as pool:
-            objects = list(pool.map(compile_one, sources))
-        library = out / "libcuda_emu_ptx.so"
-        subprocess.run([cxx, "-shared", "-pthread", *map(str, objects), "-o", str(library)], check=True,
-                       capture_output=True, text=True)
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(f"building the harness failed:\n{exc.stderr[-6000:]}")
+    prelude = ["-include", str(CSRC / "cuda_emu" / "prelude.h")]
+    jobs = [(s, [*CXX_FLAGS, *(prelude if s.name.startswith("harness") else [])]) for s in sources]
+    objects = compile_objects(cxx, jobs, out, "the harness")
+    library = link_library(cxx, objects, out / "libcuda_emu_ptx.so", "the harness")
     return ctypes.CDLL(str(library))
 
 

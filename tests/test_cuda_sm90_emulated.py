@@ -24,14 +24,12 @@ import ctypes
 import hashlib
 import json
 import os
-import shutil
-import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+from emu_build import compile_objects, compiler, link_library
 from emu_checks import (assert_fwd_matches, assert_grads_match, forward_for, random_qkv, reference_bwd,
                          reference_fwd)
 
@@ -91,7 +89,7 @@ def _tree_hash(flags: list[str]) -> str:
 @pytest.fixture(scope="session")
 def libraries(tmp_path_factory) -> dict[str, ctypes.CDLL]:
     """The harness libraries (MAIN, OUT_IN_Q), built once per session from objects compiled in parallel."""
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    cxx = compiler()
     if cxx is None:
         pytest.skip("no C++ compiler (g++) to build the CPU model")
     include = _cuda_include()
@@ -106,23 +104,11 @@ def libraries(tmp_path_factory) -> dict[str, ctypes.CDLL]:
         out.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
         sources = _sources()
-
-        def compile_one(index: int) -> Path:
-            source, extra, _ = sources[index]
-            obj = out / f"{index}_{Path(source).stem}.o"
-            subprocess.run([cxx, *flags, *extra, "-x", "c++", "-c", str(CSRC / source), "-o", str(obj)], check=True,
-                           capture_output=True, text=True)
-            return obj
-
-        try:
-            with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-                objects = list(pool.map(compile_one, range(len(sources))))
-            for group, path in paths.items():
-                members = [str(o) for o, (_, _, g) in zip(objects, sources) if g in (ENGINE, group)]
-                subprocess.run([cxx, "-shared", "-pthread", *members, "-o", str(path)], check=True,
-                               capture_output=True, text=True)
-        except subprocess.CalledProcessError as exc:
-            pytest.fail(f"building the CPU model failed:\n{' '.join(exc.cmd)}\n{exc.stderr[-8000:]}")
+        jobs = [(CSRC / source, [*flags, *extra, "-x", "c++"]) for source, extra, _ in sources]
+        objects = compile_objects(cxx, jobs, out, "the CPU model")
+        for group, path in paths.items():
+            members = [o for o, (_, _, g) in zip(objects, sources) if g in (ENGINE, group)]
+            link_library(cxx, members, path, "the CPU model")
         print(f"sm_90a CPU model built in {time.monotonic() - start:.1f} s")
     return {group: ctypes.CDLL(str(path)) for group, path in paths.items()}  # RTLD_LOCAL: no symbols shared
 

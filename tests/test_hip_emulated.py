@@ -18,15 +18,12 @@ with ctypes. What is checked here:
 from __future__ import annotations
 
 import ctypes
-import os
-import shutil
-import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+from emu_build import compile_objects, compiler, link_library
 from emu_checks import assert_fwd_matches, random_qkv, reference_fwd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,34 +35,17 @@ HARNESS_SOURCES = [("emu_common/fiber.cpp", []), ("hip_emu/emu.cpp", []), ("hip_
 CXX_FLAGS = ["-std=c++20", "-O2", "-fPIC", "-pthread", "-DFLASHCORE_HIP_EMU", "-Wno-psabi", f"-I{CSRC}"]
 
 
-def _compiler() -> str | None:
-    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-
-
 @pytest.fixture(scope="session")
 def emu(tmp_path_factory):
     """The harness library, built once per session (one object file per source, compiled in parallel)."""
-    cxx = _compiler()
+    cxx = compiler()
     if cxx is None:
         pytest.skip("no C++ compiler (g++) to build the CPU harness")
     out = tmp_path_factory.mktemp("hip_emu")
     start = time.monotonic()
-
-    def compile_one(index: int) -> Path:
-        source, flags = HARNESS_SOURCES[index]
-        obj = out / f"{index}_{Path(source).stem}.o"
-        subprocess.run([cxx, *CXX_FLAGS, *flags, "-x", "c++", "-c", str(CSRC / source), "-o", str(obj)], check=True,
-                       capture_output=True, text=True)
-        return obj
-
-    try:
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            objects = list(pool.map(compile_one, range(len(HARNESS_SOURCES))))
-        library = out / "libflashcore_hip_emu.so"
-        subprocess.run([cxx, "-shared", "-pthread", *map(str, objects), "-o", str(library)], check=True,
-                       capture_output=True, text=True)
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(f"building the CPU harness failed:\n{' '.join(exc.cmd)}\n{exc.stderr}")
+    jobs = [(CSRC / source, [*CXX_FLAGS, *flags, "-x", "c++"]) for source, flags in HARNESS_SOURCES]
+    objects = compile_objects(cxx, jobs, out, "the CPU harness")
+    library = link_library(cxx, objects, out / "libflashcore_hip_emu.so", "the CPU harness")
     print(f"CPU harness built in {time.monotonic() - start:.1f} s")
     return ctypes.CDLL(str(library))
 

@@ -18,15 +18,12 @@ What is checked here:
 from __future__ import annotations
 
 import ctypes
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-import shutil
-import subprocess
 
 import pytest
 import torch
+from emu_build import compile_objects, compiler, link_library
 from emu_checks import assert_grads_match, forward_for, reference_bwd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,28 +42,15 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @pytest.fixture(scope="module")
 def emu():
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    cxx = compiler()
     if cxx is None:
         pytest.skip("no C++ compiler (g++) to build the CPU harness")
     import tempfile
     out = Path(tempfile.mkdtemp(prefix="hip_emu_bwd_"))
     start = time.monotonic()
-
-    def compile_one(index: int) -> Path:
-        source, flags = SOURCES[index]
-        obj = out / f"{index}_{Path(source).stem}.o"
-        subprocess.run([cxx, *CXX_FLAGS, *flags, "-x", "c++", "-c", str(CSRC / source), "-o", str(obj)], check=True,
-                       capture_output=True, text=True)
-        return obj
-
-    try:
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            objects = list(pool.map(compile_one, range(len(SOURCES))))
-        library = out / "libflashcore_hip_emu_bwd.so"
-        subprocess.run([cxx, "-shared", "-pthread", *map(str, objects), "-o", str(library)], check=True,
-                       capture_output=True, text=True)
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(f"building the CPU harness failed:\n{' '.join(exc.cmd)}\n{exc.stderr}")
+    jobs = [(CSRC / source, [*CXX_FLAGS, *flags, "-x", "c++"]) for source, flags in SOURCES]
+    objects = compile_objects(cxx, jobs, out, "the CPU harness")
+    library = link_library(cxx, objects, out / "libflashcore_hip_emu_bwd.so", "the CPU harness")
     print(f"CPU harness (backward) built in {time.monotonic() - start:.1f} s")
     return ctypes.CDLL(str(library))
 
