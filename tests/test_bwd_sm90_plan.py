@@ -94,5 +94,6 @@ def test_tile_table_rows():
     for head_dim, (block_m, block_n, stages, warpgroups, ctas) in table.items():
         assert block_m == 64 and block_n in (64, 128) and warpgroups == 3 and ctas == 1, head_dim
         d_smem = -(-head_dim // col_block) * col_block  # tiles are stored as whole 64-column blocks
-        smem = (2 * block_n * d_smem + stages * 2 * block_m * d_smem + 2 * block_n * block_m) * elem
+        p_and_ds = 1 if block_n == 128 else 2  # dS^T; P^T too where dV / dK are SS (shared keys, block_n = 64)
+        smem = (2 * block_n * d_smem + stages * 2 * block_m * d_smem + p_and_ds * block_n * block_m) * elem
         assert smem + 1024 + 2048 <= 227 * 1024, f"D={head_dim}: {smem} B of tiles (+ alignment, LSE, barriers)"

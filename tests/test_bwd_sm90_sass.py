@@ -56,3 +56,21 @@ def test_one_item_claim(compiled):
         atomics = [i.split()[0] for i in code if i.split()[0].startswith("ATOM")]
         assert atomics == ["ATOMG.E.ADD.STRONG.GPU"], (name, atomics)
         assert not [i for i in code if i.split()[0].startswith(("LDL", "STL"))], name
+
+
+# Register-A (RS) HGMMAs of the dV += P^T dO and dK += dS^T Q GEMMs (bwd_sm90_config.cuh kRsDkv): 2 GEMMs x 4 K
+# steps of 16 queries x the consumer's column pieces (D = 64: one of 64; 96: 64 + 32; 128: 64 + 64). D = 192 / 256
+# share their keys between the consumers and keep the SS form.
+RS_HGMMAS = {64: 8, 96: 16, 128: 16, 192: 0, 256: 0}
+
+
+def test_dkv_gemms_take_a_from_registers(compiled):
+    _, kernels = compiled
+    for name, code in kernels.items():
+        m = re.search(r"bwd_sm90_kernelILi(\d+)E", name)
+        if m is None:
+            continue
+        hgmma = [i for i in code if i.startswith("HGMMA.")]
+        rs = [i for i in hgmma if re.match(r"HGMMA\.\S+ R\d+, R\d+, gdesc", i)]
+        assert len(rs) == RS_HGMMAS[int(m.group(1))], (name, rs)
+        assert all(".tnspB" in i for i in rs), (name, rs)  # B (dO or Q) is MN-major, as TMA wrote it

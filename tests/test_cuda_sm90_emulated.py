@@ -39,6 +39,7 @@ HEAD_DIMS = [64, 96, 128, 192, 256]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 FULL = os.environ.get("FLASHCORE_EMU_FULL") == "1"
 OUT_IN_Q_HEAD_DIMS = [64, 128]  # head dims that stage the output in a buffer of their own by default
+SS_DKV_HEAD_DIMS = [64, 96, 128]  # head dims whose backward takes dV / dK's A operand from registers by default
 PRETEND_SMS = 3  # CTAs of the persistent grids: small, so that each CTA runs several tiles / items
 RESOURCES = json.loads((CSRC / "cuda" / "resources.json").read_text())["kernels"]
 
@@ -52,14 +53,14 @@ def _cuda_include() -> Path | None:
     return None
 
 
-ENGINE, MAIN, OUT_IN_Q = "engine", "main", "out_in_q"  # object groups; ENGINE's objects go into every library
+ENGINE, MAIN, SWITCHES = "engine", "main", "switches"  # object groups; ENGINE's objects go into every library
 
 
 def _sources() -> list[tuple[str, list[str], str]]:
     """(source under csrc, extra flags, group): the engine and its shared fiber code, one harness object per kernel
-    instantiation (so that they compile in parallel), and the forward's bisecting switch in a library of its own: it
-    changes FwdTraits<D> and SharedStorage<D>, and two definitions of one template in one library would be an ODR
-    violation (the linker keeps one: a kernel mixing both layouts)."""
+    instantiation (so that they compile in parallel), and the bisecting switches (the forward's and the backward's)
+    in a library of their own: each changes its kernel's traits and SharedStorage, and two definitions of one
+    template in one library would be an ODR violation (the linker keeps one: a kernel mixing both layouts)."""
     engine = sorted(str(p.relative_to(CSRC)) for p in (CSRC / "cuda_emu").glob("*.cpp")
                     if not p.name.startswith("harness_"))
     engine += sorted(str(p.relative_to(CSRC)) for p in (CSRC / "emu_common").glob("*.cpp"))
@@ -71,7 +72,10 @@ def _sources() -> list[tuple[str, list[str], str]]:
                 out.append((f"cuda_emu/harness_{op}.cpp", flags, MAIN))
     for d in OUT_IN_Q_HEAD_DIMS:  # output staged in Q's buffer at head dims that have a buffer of their own
         flags = [f"-DFLASHCORE_EMU_HEAD_DIM={d}", "-DFLASHCORE_EMU_BF16=1", "-DFLASHCORE_FWD_SM90_OUT_IN_Q"]
-        out.append(("cuda_emu/harness_fwd.cpp", flags, OUT_IN_Q))
+        out.append(("cuda_emu/harness_fwd.cpp", flags, SWITCHES))
+    for d in SS_DKV_HEAD_DIMS:  # the backward's dV / dK GEMMs with A from shared memory, as for D = 192 / 256
+        flags = [f"-DFLASHCORE_EMU_HEAD_DIM={d}", "-DFLASHCORE_EMU_BF16=1", "-DFLASHCORE_BWD_SM90_SS_DKV"]
+        out.append(("cuda_emu/harness_bwd.cpp", flags, SWITCHES))
     return out
 
 
@@ -88,7 +92,7 @@ def _tree_hash(flags: list[str]) -> str:
 
 @pytest.fixture(scope="session")
 def libraries(tmp_path_factory) -> dict[str, ctypes.CDLL]:
-    """The harness libraries (MAIN, OUT_IN_Q), built once per session from objects compiled in parallel."""
+    """The harness libraries (MAIN, SWITCHES), built once per session from objects compiled in parallel."""
     cxx = compiler()
     if cxx is None:
         pytest.skip("no C++ compiler (g++) to build the CPU model")
@@ -99,7 +103,7 @@ def libraries(tmp_path_factory) -> dict[str, ctypes.CDLL]:
              str(CSRC / "cuda_emu" / "prelude.h"), f"-I{CSRC}", f"-I{include}", "-Wno-psabi"]
     cache = os.environ.get("FLASHCORE_EMU_CACHE")
     out = Path(cache) / _tree_hash(flags) if cache else tmp_path_factory.mktemp("cuda_emu")
-    paths = {group: out / f"libflashcore_cuda_emu_{group}.so" for group in (MAIN, OUT_IN_Q)}
+    paths = {group: out / f"libflashcore_cuda_emu_{group}.so" for group in (MAIN, SWITCHES)}
     if not all(p.exists() for p in paths.values()):
         out.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
@@ -119,8 +123,8 @@ def emu(libraries):
 
 
 @pytest.fixture(scope="session")
-def emu_out_in_q(libraries):
-    return libraries[OUT_IN_Q]
+def emu_switches(libraries):
+    return libraries[SWITCHES]
 
 
 # ------------------------------------------------------------------------------------------------ calling
@@ -357,17 +361,17 @@ def test_forward_schedules_bit_identical(emu):
 
 @pytest.mark.parametrize("interleaving", ["random", "priority_1", "lazy_async", "priority_lazy_4"])
 @pytest.mark.parametrize("head_dim", OUT_IN_Q_HEAD_DIMS)
-def test_forward_out_in_q_switch(emu_out_in_q, head_dim, interleaving):
+def test_forward_out_in_q_switch(emu_switches, head_dim, interleaving):
     """-DFLASHCORE_FWD_SM90_OUT_IN_Q (the GPU bisecting switch): the output staged in Q's buffer, Q freed by the
     stores, at head dims that use a separate buffer by default; varlen for the direct-store path."""
     run = dict(num_sms=2, **INTERLEAVINGS[interleaving])
     for batch, seqlen_q, seqlen_k in [(2, 512, 100), (1, 256, 700)]:
         q, k, v = random_qkv(batch, seqlen_q, seqlen_k, 2, 1, head_dim, torch.bfloat16)
-        out, lse, _ = emu_fwd(emu_out_in_q, q, k, v, causal=True, variant="_out_in_q", **run)
+        out, lse, _ = emu_fwd(emu_switches, q, k, v, causal=True, variant="_out_in_q", **run)
         assert_fwd_matches(out, lse, *reference_fwd(q, k, v, causal=True), torch.bfloat16)
     q, k, v, cu_q, cu_k = _varlen([1, 33, 130, 140], [130, 0, 33, 140], 2, 1, head_dim, torch.bfloat16)
     options = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
-    out, lse, _ = emu_fwd(emu_out_in_q, q, k, v, max_seqlen_q=140, max_seqlen_k=140, variant="_out_in_q", **options,
+    out, lse, _ = emu_fwd(emu_switches, q, k, v, max_seqlen_q=140, max_seqlen_k=140, variant="_out_in_q", **options,
                           **run)
     assert_fwd_matches(out, lse, *reference_fwd(q, k, v, **options), torch.bfloat16)
 
@@ -404,8 +408,9 @@ def test_forward_sweep(emu, head_dim, dtype, causal):
 
 def emu_bwd(emu, q, k, v, out, lse, dout, dlse=None, *, softmax_scale=None, causal=False, window=(-1, -1),
             softcap=0.0, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, deterministic=False,
-            **run):
-    """The backward's three kernels on the model; returns (dq, dk, dv, delta, stats). dq/dk/dv start as NaN."""
+            variant="", **run):
+    """The backward's three kernels on the model; returns (dq, dk, dv, delta, stats). dq/dk/dv start as NaN.
+    variant "_ss_dkv": the build with dV / dK's A operand from shared memory at every head dim."""
     varlen = cu_seqlens_q is not None
     d = q.shape[-1]
     scale = softmax_scale if softmax_scale is not None else d ** -0.5
@@ -414,7 +419,7 @@ def emu_bwd(emu, q, k, v, out, lse, dout, dlse=None, *, softmax_scale=None, caus
     delta = torch.full(lse.shape, float("nan"), dtype=torch.float32)
     batch = len(cu_seqlens_q) - 1 if varlen else q.shape[0]
     bf16 = q.dtype == torch.bfloat16
-    fn = getattr(emu, f"emu_sm90_bwd_d{d}_{_type_name(q.dtype)}")
+    fn = getattr(emu, f"emu_sm90_bwd_d{d}_{_type_name(q.dtype)}{variant}")
     stats = _call(fn, *_views((q, k, v, out, dout, *grads)), _ptr(lse), _ptr(dlse), _ptr(delta), _ptr(cu_seqlens_q),
                   _ptr(cu_seqlens_k), batch, max_seqlen_q, max_seqlen_k, ctypes.c_float(scale), int(causal),
                   window[0], 0 if causal else window[1], ctypes.c_float(softcap), int(deterministic),
@@ -554,6 +559,16 @@ def test_backward_pipeline_interleavings(emu, head_dim, interleaving):
     """Query walks several laps around the Q / dO ring, several K/V blocks per CTA, under each interleaving."""
     check_bwd(emu, 1, 400, 300, 2, 1, head_dim, torch.bfloat16, causal=True,
               run=dict(num_sms=2, **INTERLEAVINGS[interleaving]))
+
+
+@pytest.mark.parametrize("interleaving", ["random", "priority_1", "lowest_first", "priority_lazy_4"])
+@pytest.mark.parametrize("head_dim", SS_DKV_HEAD_DIMS)
+def test_backward_ss_dkv_switch(emu_switches, head_dim, interleaving):
+    """-DFLASHCORE_BWD_SM90_SS_DKV (the GPU bisecting switch): P^T staged in shared memory and dV / dK as SS
+    GEMMs at the head dims that take their A operand from registers by default; causal, and ragged GQA."""
+    run = dict(num_sms=2, variant="_ss_dkv", **INTERLEAVINGS[interleaving])
+    check_bwd(emu_switches, 1, 200, 150, 2, 1, head_dim, torch.bfloat16, causal=True, run=run)
+    check_bwd(emu_switches, 2, 77, 130, 4, 2, head_dim, torch.bfloat16, run=run)
 
 
 @pytest.mark.skipif(not FULL, reason="FLASHCORE_EMU_FULL=1: the larger backward sweep")

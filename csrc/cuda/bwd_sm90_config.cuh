@@ -63,6 +63,17 @@ struct BwdConfig {
   // S^T and dP^T in flight together (dP^T's GEMM overlapping the exponentials) when dK + dV + both fp32 tiles
   // leave room for addresses: every head dim but 128, measured (D = 128 spills with both, 128 + 64 + ~60 > 240).
   static constexpr bool kOverlapSdP = kCols + kSQueries <= 160;
+  // dV += P^T dO and dK += dS^T Q with A from registers (RS): P^T and dS^T are this consumer's accumulator tiles,
+  // packed to 16 bits, and a 16-query slice of an accumulator is exactly wgmma's register-A fragment. That halves
+  // those GEMMs' shared-memory operand traffic (SS m64n64k16 reads 4 KB per 32 tensor cycles: all of the 128 B/clk)
+  // and P^T is never stored. Only when a consumer owns its keys' whole S^T (kParts == 1): with shared keys each
+  // holds half of the queries, and its dV / dK columns need all of them. -DFLASHCORE_BWD_SM90_SS_DKV builds the
+  // SS form everywhere (to bisect on a GPU).
+#if defined(FLASHCORE_BWD_SM90_SS_DKV)
+  static constexpr bool kRsDkv = false;
+#else
+  static constexpr bool kRsDkv = kParts == 1;
+#endif
   static constexpr int kColBlocks = (kHeadDim + kColBlock - 1) / kColBlock;  // D = 96: 2 blocks, the 2nd half zeros
   static constexpr int kKSteps = kHeadDim / kWgmmaK;  // K steps of S^T = K Q^T and dP^T = V dO^T (over D)
 
@@ -94,8 +105,10 @@ struct SharedStorage {
   uint16_t v[C::kColBlocks][C::kBlockN * kColBlock];
   uint16_t q[C::kStages][C::kColBlocks][C::kBlockM * kColBlock];
   uint16_t dout[C::kStages][C::kColBlocks][C::kBlockM * kColBlock];
-  uint16_t p[C::kBlockN * C::kBlockM];   // P^T  [keys][queries], 128B-swizzled rows
   uint16_t ds[C::kBlockN * C::kBlockM];  // dS^T [keys][queries] (softmax_scale and the softcap derivative in)
+  // P^T [keys][queries], 128B-swizzled rows: read by the SS dV GEMM; the RS form keeps P^T in registers, and one
+  // swizzle row stands in (the struct keeps one layout; a 1 KB-aligned offset is all the SS form needs of it).
+  uint16_t p[C::kRsDkv ? kColBlock : C::kBlockN * C::kBlockM];
   float lse[C::kStages][C::kBlockM];     // the forward's lse rows of the tile (natural log), by TMA; rows past
                                          // seqlen_q hold other rows' values or 0: the mask covers them
   float delta[C::kStages][C::kBlockM];   // rowsum(dO * O) - dlse, likewise

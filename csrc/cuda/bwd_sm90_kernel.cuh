@@ -12,8 +12,9 @@
 //             its half of the queries / head-dim columns):
 //               S^T = K Q^T, dP^T = V dO^T                  (SS, K-major operands: as TMA wrote them)
 //               P^T = exp2(S^T * scale * log2e - lse * log2e),  dS^T = P^T (dP^T - delta) * dscore/d(qk)
-//               P^T, dS^T -> shared memory (stmatrix, bf16/fp16)
-//               dV += P^T dO, dK += dS^T Q                  (SS; dO and Q are MN-major B operands)
+//               dS^T (and, with shared keys, P^T) -> shared memory (stmatrix, bf16/fp16)
+//               dV += P^T dO, dK += dS^T Q                  (own keys: RS, P^T / dS^T from registers; shared
+//                                                           keys: SS; dO and Q are MN-major B operands)
 //               dQ_tile[:, half c] = dS K[:, half c]        (SS over all block_n keys; dS^T an MN-major A, K an
 //                                                           MN-major B; consumer c takes half of the columns)
 //               dQ_tile -> fp32 workspace: red.global.add.v2.f32, or in a fixed order (deterministic), each value
@@ -266,6 +267,31 @@ __device__ __forceinline__ void dkv_gemms(float (&dk)[C::kCols / 2], float (&dv)
   wgmma_commit();
 }
 
+// The RS form (C::kRsDkv): acc += A^T-tile B for this consumer's column pieces, A = its packed P^T (dV, B = dO) or
+// dS^T (dK, B = Q) in registers: K step kq (16 queries) takes a[4 kq .. 4 kq + 3], the accumulator layout's 16
+// columns being wgmma's register-A layout (layout.cuh, a_frag_from_acc). One wgmma group; `a` belongs to the tensor
+// core until the wait that completes it, and the caller pins it there (fence_operands) so that its registers are
+// not reused before.
+template <class C, MmaType kMma, int kPart>
+__device__ __forceinline__ void dkv_gemm_rs(float (&acc)[C::kCols / 2], const uint32_t (&a)[C::kBlockM / 4],
+                                            uint32_t b_stage) {
+  constexpr int kC0 = kPart * C::kCols;
+  wgmma_fence();
+#pragma unroll
+  for (int kq = 0; kq < C::kBlockM / kWgmmaK; ++kq) {
+    const uint32_t(&a_k)[4] = *reinterpret_cast<const uint32_t(*)[4]>(&a[4 * kq]);
+    for_each_piece<kC0, C::kCols>([&](auto piece) {
+      constexpr int kStart = piece_start(kC0, C::kCols, decltype(piece)::value);
+      constexpr int kWidth = piece_width(kC0, C::kCols, decltype(piece)::value);
+      constexpr int kReg0 = (kStart - kC0) / 2;
+      constexpr uint32_t kOff = (kStart / kColBlock) * C::kQColBlockBytes + (kStart % kColBlock) * kElemBytes;
+      const uint64_t b = mnmajor_sw128_desc(b_stage + kOff + kq * kK16Rows, C::kQColBlockBytes);
+      wgmma_rs_n<kWidth, kMma, 1>(piece_regs<kWidth, C::kCols>(acc, kReg0), a_k, b, true);
+    });
+  }
+  wgmma_commit();
+}
+
 // dQ_tile[:, piece] = dS K[:, piece] over all block_n keys (K = block_n): one wgmma group. Each consumer computes
 // its own columns of the tile (dq_cols), one piece (<= 64 columns, 32 registers) at a time, so that the
 // accumulator never coexists with more than dK + dV (a whole 64 x 128 dQ tile next to them would need 256
@@ -321,12 +347,13 @@ struct DqCols {
 };
 
 // The dQ GEMMs of one tile, piece by piece, each added to the workspace as soon as it completes. The first wait
-// also completes the dV / dK group, which frees the stage. Deterministic: the block's turn comes when the tile's
+// also completes the dV / dK group, which frees the stage; dkv_done() runs right after it (the RS form pins its
+// A registers up to there). Deterministic: the block's turn comes when the tile's
 // semaphore equals its rank (the contributing blocks add in increasing n); the two consumers add disjoint columns
 // at once, then one thread releases the next block.
-template <class C, MmaType kMma, int kDqPart>
+template <class C, MmaType kMma, int kDqPart, class F>
 __device__ __forceinline__ void dq_phase(const DqTile& d, uint32_t ds_base, uint32_t k_base, uint64_t* empty,
-                                         int consumer) {
+                                         int consumer, F&& dkv_done) {
   using Cols = DqCols<C, kDqPart>;
   for_each_piece<Cols::kC0, Cols::kCols>([&](auto piece) {
     constexpr int kP = decltype(piece)::value;
@@ -337,6 +364,7 @@ __device__ __forceinline__ void dq_phase(const DqTile& d, uint32_t ds_base, uint
     fence_operands(dq);
     if constexpr (kP == 0) {
       wgmma_wait<1>();  // dV / dK group done: Q and dO of this stage are no longer read
+      dkv_done();
       if (d.lane == 0) mbarrier_arrive(empty);
       if (d.sem != nullptr) {
         if (consumer == 0 && d.t == 0) {
@@ -489,17 +517,25 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, i
             issue_gemm(dpt, v_tile, do_stage);
             fence_operands(dpt);
           }
-          // P^T rows are read by their own consumer only when it owns its keys (block_n = 128); with shared keys
-          // (block_n = 64) the other consumer's dV GEMM of the previous tile may still be reading them.
-          if constexpr (C::kParts > 1) named_barrier_sync(kBarPFree, kConsumerThreads);
+          if constexpr (C::kRsDkv) {
+            // dV += P^T dO straight from the registers, on the tensor cores behind dP^T.
+            fence_operands(dv);
+            dkv_gemm_rs<C, kMma, kPart>(dv, pk, do_stage);
+            fence_operands(dv);
+          } else {
+            // P^T rows are read by their own consumer only when it owns its keys (block_n = 128); with shared keys
+            // (block_n = 64) the other consumer's dV GEMM of the previous tile may still be reading them.
+            if constexpr (C::kParts > 1) named_barrier_sync(kBarPFree, kConsumerThreads);
 #pragma unroll
-          for (int j = 0; j < C::kSQueries / 16; ++j) {
-            const uint32_t off = frag::stmatrix_sw128_offset(ln, kg * kWgmmaM + wp * frag::kRowsPerWarp,
-                                                             (kQ0 + 16 * j) / 8);
-            stmatrix_x4(p_tile + off, pk[4 * j], pk[4 * j + 1], pk[4 * j + 2], pk[4 * j + 3]);
+            for (int j = 0; j < C::kSQueries / 16; ++j) {
+              const uint32_t off = frag::stmatrix_sw128_offset(ln, kg * kWgmmaM + wp * frag::kRowsPerWarp,
+                                                               (kQ0 + 16 * j) / 8);
+              stmatrix_x4(p_tile + off, pk[4 * j], pk[4 * j + 1], pk[4 * j + 2], pk[4 * j + 3]);
+            }
           }
           wgmma_wait<0>();
           fence_operands(dpt);
+          if constexpr (C::kRsDkv) fence_operands(pk);  // the dV GEMM has read P^T: its registers become dS^T
 
           // dS^T = P^T (dP^T - delta) * d score / d(q.k), from the 16-bit P (the rounding dS gets anyway). With
           // softcap, tanh is recovered from P: score_log2 = log2(P) + lse log2(e) = softcap_log2 tanh, one MUFU.LG2
@@ -539,18 +575,26 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, i
 
           fence_operands(dk);
           fence_operands(dv);
-          dkv_gemms<C, kMma, kPart>(dk, dv, p_tile, ds_tile, q_stage, do_stage, key_row0_bytes);
+          if constexpr (C::kRsDkv) {
+            dkv_gemm_rs<C, kMma, kPart>(dk, pk, q_stage);  // dK += dS^T Q, dS^T from the registers
+          } else {
+            dkv_gemms<C, kMma, kPart>(dk, dv, p_tile, ds_tile, q_stage, do_stage, key_row0_bytes);
+          }
           fence_operands(dk);
           fence_operands(dv);
+          // The RS form's dS^T registers stay the tensor core's until the dK group completes (in dq_phase).
+          auto dkv_done = [&] {
+            if constexpr (C::kRsDkv) fence_operands(pk);
+          };
 
           // dQ: consumer c computes and adds columns dq_cols(c) of the tile over all block_n keys.
           int32_t* sem = a.deterministic ? a.semaphores + semaphore_index(b, hq, m, a.heads_q, a.m_tiles) : nullptr;
           const DqTile tile{a, si.dq_row0, hq, m * C::kBlockM, si.g.seqlen_q, t, ln, sem,
                             sem != nullptr ? det_rank(si.g, m, n, C::kBlockM, C::kBlockN) : 0};
           if (consumer == 0) {
-            dq_phase<C, kMma, 0>(tile, ds_tile, k_tile, &s.empty[stage], consumer);
+            dq_phase<C, kMma, 0>(tile, ds_tile, k_tile, &s.empty[stage], consumer, dkv_done);
           } else {
-            dq_phase<C, kMma, 1>(tile, ds_tile, k_tile, &s.empty[stage], consumer);
+            dq_phase<C, kMma, 1>(tile, ds_tile, k_tile, &s.empty[stage], consumer, dkv_done);
           }
           fence_operands(dk);
           fence_operands(dv);

@@ -83,13 +83,15 @@ struct ZeroBuffer {
 #else
 #define FLASHCORE_EMU_TYPE_NAME fp16
 #endif
-// Builds of the forward's bisecting switch (traits.cuh) get a symbol of their own.
+// Builds of the bisecting switches (fwd/traits.cuh, bwd_sm90_config.cuh) get a symbol of their own.
 #if defined(FLASHCORE_FWD_SM90_OUT_IN_Q)
 #define FLASHCORE_EMU_VARIANT _out_in_q
+#elif defined(FLASHCORE_BWD_SM90_SS_DKV)
+#define FLASHCORE_EMU_VARIANT _ss_dkv
 #else
 #define FLASHCORE_EMU_VARIANT
 #endif
-// emu_sm90_<op>_d<D>_<bf16|fp16>[_out_in_q]: the C symbol of this build's entry point for `op`.
+// emu_sm90_<op>_d<D>_<bf16|fp16>[_out_in_q | _ss_dkv]: the C symbol of this build's entry point for `op`.
 #define FLASHCORE_EMU_SYMBOL(op)                                                                                 \
   FLASHCORE_CAT(FLASHCORE_CAT(FLASHCORE_CAT(FLASHCORE_CAT(op, _d), FLASHCORE_EMU_HEAD_DIM),                     \
                               FLASHCORE_CAT(_, FLASHCORE_EMU_TYPE_NAME)),                                        \

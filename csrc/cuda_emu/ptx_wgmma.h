@@ -431,7 +431,7 @@ inline void fence_operands(float (&)[kRegs]) {}
 template <int kRegs>
 inline void fence_operands(uint32_t (&)[kRegs]) {}
 
-// The m64nNk16 forms for any N; Wgmma<N> (wgmma.cuh's N) and WgmmaSsExtra<32> (wgmma_mn.cuh) derive from it.
+// The m64nNk16 forms for any N; Wgmma<N> (wgmma.cuh's N) and WgmmaExtra<32> (wgmma_mn.cuh) derive from it.
 template <int N>
 struct WgmmaEmu {
   static_assert(N % 8 == 0 && N >= 8 && N <= 256, "wgmma N is a multiple of 8 in [8, 256]");

@@ -11,10 +11,12 @@
 //          256 it would be 192 / 256 registers, so block_n drops to 64: both warpgroups share the 64 keys, each
 //          holds dK and dV for half of the head dim (D / 2 registers) and computes S^T / dP^T for half of the
 //          queries. (block_n = 64 reads each Q / dO tile and adds each dQ tile twice as often per key.)
-// stages:  depth of the Q / dO / LSE / delta ring. Shared memory (K + V + stages x (Q + dO) + P^T + dS^T):
-//            D=64:  32 + 3 x 16 + 32 = 112 KB
-//            D=96:  64 + 2 x 32 + 32 = 160 KB  (stored as 128 columns: TMA boxes are 64 columns, the rest is 0)
-//            D=128: 64 + 2 x 32 + 32 = 160 KB  (3 stages: 192 KB, fits; 2 until a GPU says the ring runs dry)
+// stages:  depth of the Q / dO / LSE / delta ring. Shared memory (K + V + stages x (Q + dO) + dS^T [+ P^T]; P^T
+//          is stored only where dV / dK are SS GEMMs, block_n = 64: with block_n = 128 each consumer feeds its own
+//          P^T and dS^T to them from registers):
+//            D=64:  32 + 3 x 16 + 16 = 96 KB
+//            D=96:  64 + 2 x 32 + 16 = 144 KB  (stored as 128 columns: TMA boxes are 64 columns, the rest is 0)
+//            D=128: 64 + 2 x 32 + 16 = 144 KB  (3 stages: 176 KB, fits; 2 until a GPU says the ring runs dry)
 //            D=192: 48 + 2 x 48 + 16 = 160 KB  (3 stages: 208 KB, fits; likewise)
 //            D=256: 64 + 2 x 64 + 16 = 208 KB  (3 stages would need 272 KB: over the 227 KB per-block limit)
 //          plus 0.5 KB of LSE / delta rows per stage. A stage is one query tile of work ahead of the consumers
