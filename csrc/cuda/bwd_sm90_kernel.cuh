@@ -241,29 +241,39 @@ __device__ __forceinline__ float (&piece_regs(float (&acc)[kCols / 2], int reg0)
 constexpr uint32_t kK16Bytes = kWgmmaK * kElemBytes;  // next 16 values inside a K-major 128-byte row
 constexpr uint32_t kK16Rows = kWgmmaK * kRowBytes;     // next 16 rows of an MN-major tile (two 1024 B atoms)
 
-// dV += P^T dO and dK += dS^T Q for this consumer's 64 keys and column pieces (K = block_m queries): one wgmma
+// The wgmmas of a consumer's dV / dK GEMMs (K = block_m queries): f(kq, width, reg0, b_off) for every K step kq
+// (16 queries) and column piece, whose accumulator registers start at reg0 (width and reg0 as integral constants)
+// and whose MN-major B operand (dO or Q) starts b_off bytes into the stage's tile.
+template <class C, int kPart, class F>
+__device__ __forceinline__ void for_each_dkv_wgmma(F&& f) {
+  constexpr int kC0 = kPart * C::kCols;
+#pragma unroll
+  for (int kq = 0; kq < C::kBlockM / kWgmmaK; ++kq) {
+    for_each_piece<kC0, C::kCols>([&](auto piece) {
+      constexpr int kStart = piece_start(kC0, C::kCols, decltype(piece)::value);
+      constexpr uint32_t kOff = (kStart / kColBlock) * C::kQColBlockBytes + (kStart % kColBlock) * kElemBytes;
+      f(kq, std::integral_constant<int, piece_width(kC0, C::kCols, decltype(piece)::value)>{},
+        std::integral_constant<int, (kStart - kC0) / 2>{}, kOff + kq * kK16Rows);
+    });
+  }
+}
+
+// dV += P^T dO and dK += dS^T Q for this consumer's 64 keys and column pieces, A from shared memory (SS): one wgmma
 // group, the only one that reads the stage (Q, dO) after S^T / dP^T, so the stage is released when it completes.
 template <class C, MmaType kMma, int kPart>
 __device__ __forceinline__ void dkv_gemms(float (&dk)[C::kCols / 2], float (&dv)[C::kCols / 2], uint32_t p_base,
                                           uint32_t ds_base, uint32_t q_stage, uint32_t do_stage,
                                           uint32_t key_row0_bytes) {
-  constexpr int kC0 = kPart * C::kCols;
   wgmma_fence();
-#pragma unroll
-  for (int kq = 0; kq < C::kBlockM / kWgmmaK; ++kq) {
+  for_each_dkv_wgmma<C, kPart>([&](int kq, auto width, auto reg0, uint32_t b_off) {
+    constexpr int kWidth = decltype(width)::value;
     const uint64_t a_p = kmajor_sw128_desc(p_base + key_row0_bytes + kq * kK16Bytes);
     const uint64_t a_ds = kmajor_sw128_desc(ds_base + key_row0_bytes + kq * kK16Bytes);
-    for_each_piece<kC0, C::kCols>([&](auto piece) {
-      constexpr int kStart = piece_start(kC0, C::kCols, decltype(piece)::value);
-      constexpr int kWidth = piece_width(kC0, C::kCols, decltype(piece)::value);
-      constexpr int kReg0 = (kStart - kC0) / 2;
-      constexpr uint32_t kOff = (kStart / kColBlock) * C::kQColBlockBytes + (kStart % kColBlock) * kElemBytes;
-      const uint64_t b_do = mnmajor_sw128_desc(do_stage + kOff + kq * kK16Rows, C::kQColBlockBytes);
-      const uint64_t b_q = mnmajor_sw128_desc(q_stage + kOff + kq * kK16Rows, C::kQColBlockBytes);
-      wgmma_ss_n<kWidth, kMma, 0, 1>(piece_regs<kWidth, C::kCols>(dv, kReg0), a_p, b_do, true);
-      wgmma_ss_n<kWidth, kMma, 0, 1>(piece_regs<kWidth, C::kCols>(dk, kReg0), a_ds, b_q, true);
-    });
-  }
+    const uint64_t b_do = mnmajor_sw128_desc(do_stage + b_off, C::kQColBlockBytes);
+    const uint64_t b_q = mnmajor_sw128_desc(q_stage + b_off, C::kQColBlockBytes);
+    wgmma_ss_n<kWidth, kMma, 0, 1>(piece_regs<kWidth, C::kCols>(dv, reg0), a_p, b_do, true);
+    wgmma_ss_n<kWidth, kMma, 0, 1>(piece_regs<kWidth, C::kCols>(dk, reg0), a_ds, b_q, true);
+  });
   wgmma_commit();
 }
 
@@ -275,20 +285,13 @@ __device__ __forceinline__ void dkv_gemms(float (&dk)[C::kCols / 2], float (&dv)
 template <class C, MmaType kMma, int kPart>
 __device__ __forceinline__ void dkv_gemm_rs(float (&acc)[C::kCols / 2], const uint32_t (&a)[C::kBlockM / 4],
                                             uint32_t b_stage) {
-  constexpr int kC0 = kPart * C::kCols;
   wgmma_fence();
-#pragma unroll
-  for (int kq = 0; kq < C::kBlockM / kWgmmaK; ++kq) {
+  for_each_dkv_wgmma<C, kPart>([&](int kq, auto width, auto reg0, uint32_t b_off) {
+    constexpr int kWidth = decltype(width)::value;
     const uint32_t(&a_k)[4] = *reinterpret_cast<const uint32_t(*)[4]>(&a[4 * kq]);
-    for_each_piece<kC0, C::kCols>([&](auto piece) {
-      constexpr int kStart = piece_start(kC0, C::kCols, decltype(piece)::value);
-      constexpr int kWidth = piece_width(kC0, C::kCols, decltype(piece)::value);
-      constexpr int kReg0 = (kStart - kC0) / 2;
-      constexpr uint32_t kOff = (kStart / kColBlock) * C::kQColBlockBytes + (kStart % kColBlock) * kElemBytes;
-      const uint64_t b = mnmajor_sw128_desc(b_stage + kOff + kq * kK16Rows, C::kQColBlockBytes);
-      wgmma_rs_n<kWidth, kMma, 1>(piece_regs<kWidth, C::kCols>(acc, kReg0), a_k, b, true);
-    });
-  }
+    wgmma_rs_n<kWidth, kMma, 1>(piece_regs<kWidth, C::kCols>(acc, reg0), a_k,
+                                mnmajor_sw128_desc(b_stage + b_off, C::kQColBlockBytes), true);
+  });
   wgmma_commit();
 }
 
