@@ -564,6 +564,14 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, i
               pk[i / 2] = pack_half2<kType>(ds2[0], ds2[1]);
             }
           }
+          fence_operands(dk);
+          fence_operands(dv);
+          if constexpr (C::kRsDkv) {
+            // dK += dS^T Q straight from the registers: it needs no other warp's data, so it runs on the tensor
+            // cores while this warpgroup stores dS^T and meets the other at the two barriers below.
+            dkv_gemm_rs<C, kMma, kPart>(dk, pk, q_stage);
+            fence_operands(dk);
+          }
           // dS^T is read by both consumers' dQ GEMMs: wait until the previous tile's have completed (each consumer
           // reaches this barrier only after its last wgmma_wait of that tile).
           named_barrier_sync(kBarDsFree, kConsumerThreads);
@@ -576,15 +584,11 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, i
           fence_proxy_async_shared();  // this thread's P^T and dS^T stores before the readers' wgmmas
           named_barrier_sync(kBarDsReady, kConsumerThreads);
 
-          fence_operands(dk);
-          fence_operands(dv);
-          if constexpr (C::kRsDkv) {
-            dkv_gemm_rs<C, kMma, kPart>(dk, pk, q_stage);  // dK += dS^T Q, dS^T from the registers
-          } else {
+          if constexpr (!C::kRsDkv) {
             dkv_gemms<C, kMma, kPart>(dk, dv, p_tile, ds_tile, q_stage, do_stage, key_row0_bytes);
+            fence_operands(dk);
+            fence_operands(dv);
           }
-          fence_operands(dk);
-          fence_operands(dv);
           // The RS form's dS^T registers stay the tensor core's until the dK group completes (in dq_phase).
           auto dkv_done = [&] {
             if constexpr (C::kRsDkv) fence_operands(pk);
