@@ -18,6 +18,7 @@ import pytest
 from test_build_checks import find_cuobjdump
 from test_fwd_sm90_sass import ROOT, _include_flags, parse_sass
 from test_ptx_probe import find_nvcc
+from wgmma_hazards import wgmma_register_hazards
 
 KERNELS = 10  # head dims 64 / 96 / 128 / 192 / 256 x fp16 / bf16
 
@@ -74,3 +75,30 @@ def test_dkv_gemms_take_a_from_registers(compiled):
         rs = [i for i in hgmma if re.match(r"HGMMA\.\S+ R\d+, R\d+, gdesc", i)]
         assert len(rs) == RS_HGMMAS[int(m.group(1))], (name, rs)
         assert all(".tnspB" in i for i in rs), (name, rs)  # B (dO or Q) is MN-major, as TMA wrote it
+
+
+def test_no_register_writes_under_inflight_wgmmas(compiled):
+    """ptxas kept every in-flight wgmma's registers untouched (tests/wgmma_hazards.py): the register-A P^T / dS^T
+    of dV / dK until their waits, and every accumulator."""
+    _, kernels = compiled
+    for name, code in kernels.items():
+        if "bwd_sm90_kernel" in name:
+            assert wgmma_register_hazards(code) == [], name
+
+
+def test_register_hazard_check_can_fail():
+    """The check itself, on hand-written listings: a write to an in-flight A fragment or accumulator is reported,
+    the same write after the completing wait is not, and wait_group N counts the groups committed since."""
+    rs = "HGMMA.64x64x16.F32.BF16 R56, R184, gdesc[UR12].tnspB, R56, gsb0"
+    ss = "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], R24, gsb0"
+    pack = "F2FP.BF16.F32.PACK_AB R186, R25, R24"
+    scale = "FMUL R60, R60, R3"
+    assert wgmma_register_hazards([rs, pack, "WARPGROUP.DEPBAR.LE gsb0, 0x0"])  # A overwritten in flight
+    assert wgmma_register_hazards([rs, scale, "WARPGROUP.DEPBAR.LE gsb0, 0x0"])  # accumulator touched in flight
+    assert wgmma_register_hazards([rs, "WARPGROUP.DEPBAR.LE gsb0, 0x0", pack, scale]) == []
+    assert wgmma_register_hazards([rs, ss, "WARPGROUP.DEPBAR.LE gsb0, 0x1", pack,  # 1 later group: rs done
+                                   "WARPGROUP.DEPBAR.LE gsb0, 0x0"]) == []
+    assert wgmma_register_hazards([rs, "WARPGROUP.DEPBAR.LE gsb0, 0x1", pack, "WARPGROUP.DEPBAR.LE gsb0, 0x0"])
+    assert wgmma_register_hazards([rs, pack])  # never completed
+    assert wgmma_register_hazards([rs, "HGMMA.64x64x16.F32.BF16 R184, gdesc[UR8], R184, gsb0",
+                                   "WARPGROUP.DEPBAR.LE gsb0, 0x0"])  # another wgmma's accumulators over A

@@ -97,3 +97,13 @@ def test_one_tile_claim(compiled):
         if "fwd_kernel" in name:
             atomics = [i for i in code if i.split()[0].startswith(("ATOM", "RED"))]
             assert [i.split()[0] for i in atomics] == ["ATOMG.E.ADD.STRONG.GPU"], atomics
+
+
+def test_no_register_writes_under_inflight_wgmmas(compiled):
+    """ptxas kept every in-flight wgmma's registers untouched (tests/wgmma_hazards.py): the O accumulator and the
+    packed P of O += P V until its wait, although the next tile's softmax runs while it is in flight."""
+    from wgmma_hazards import wgmma_register_hazards
+    _, _, kernels = compiled
+    for name, code in kernels.items():
+        if "fwd_kernel" in name:
+            assert wgmma_register_hazards(code) == [], name
