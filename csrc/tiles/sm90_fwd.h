@@ -18,8 +18,8 @@
 //          and the other softmax ALU work, not the tensor cores: a 64-row warpgroup's softmax of a tile takes about
 //          as long as its two GEMMs, so with two consumers the tensor cores idle whenever one softmax runs late;
 //          a third gives the ping-pong that slack (two softmaxes under each warpgroup's GEMMs). N=128: 32 + 64 + 32
-//          + ~40 = ~168 regs estimated against 160: ptxas fits it (fewer address registers than the estimate;
-//          resources.json has the figure). Q 24 KB + output 24 KB + 4 stages x 32 KB = 176 KB + 2 KB = 178 KB;
+//          + ~40 = ~168 regs estimated against 160: ptxas fits it in 157 without spills (the ~40 is ~30 here; the
+//          same 157 as under the 240 cap of 2 consumers). Q 24 KB + output 24 KB + 4 stages x 32 KB = 176 KB + 2 KB = 178 KB;
 //          the fourth stage is free at this size: a stage is now held from the first consumer's S GEMM to the
 //          third's, two turns later, and D=64 has the least math per byte loaded.
 //          (-DFLASHCORE_FWD_SM90_D64_TWO_CONSUMERS builds the previous 128 x 128, 3 stages, 2 consumers instead:
