@@ -589,7 +589,8 @@ def run_dense(dtype, head_dim, sq, sk, mask, heads=(2, 2), batch=2, scale=None):
     check_fwd_close(out, lse, ref_out, ref_lse, f"D={head_dim} {dtype} sq={sq} sk={sk} {mask} heads={heads}")
 
 
-FWD_SHAPES = [(1, 1), (17, 17), (1000, 1000), (17, 1000), (1000, 17), (129, 300), (300, 129)]
+# 129 / 300: past 128-row blocks; 193 / 385: past D=64's 192-row blocks (3 consumers), ending in each one's rows
+FWD_SHAPES = [(1, 1), (17, 17), (1000, 1000), (17, 1000), (1000, 17), (129, 300), (300, 129), (193, 385), (385, 193)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -603,7 +604,8 @@ def test_fwd_dense_matches_reference(dtype, head_dim, mask, sq, sk):
 @pytest.mark.parametrize("head_dim", FWD_HEAD_DIMS)
 @pytest.mark.parametrize("causal", [False, True])
 def test_fwd_long_ragged_sequence(head_dim, causal):
-    """4097 = 32 full query blocks + 1 row; several tiles per CTA (the ring's phases wrap across tiles)."""
+    """4097 = 32 full 128-row query blocks + 1 row (D=64: 21 of 192 + 65); several tiles per CTA (the ring's phases
+    wrap across tiles)."""
     run_dense(torch.bfloat16, head_dim, 4097, 4097, (causal, -1, -1, 0.0), heads=(4, 4), batch=1)
 
 
@@ -624,7 +626,8 @@ def test_fwd_negative_scale(head_dim, softcap):
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_fwd_many_tiles(head_dim):
-    """batch 3 x 16 heads x 8 query blocks = 384 tiles on 132 CTAs; causal longest-first order, head groups."""
+    """batch 3 x 16 heads x 8 query blocks = 384 tiles on 132 CTAs (D=64: 6 blocks of 192 rows, 288 tiles); causal
+    longest-first order, head groups."""
     run_dense(torch.float16, head_dim, 1000, 1000, "causal", heads=(16, 4), batch=3)
 
 

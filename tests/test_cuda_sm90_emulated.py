@@ -40,6 +40,9 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 FULL = os.environ.get("FLASHCORE_EMU_FULL") == "1"
 OUT_IN_Q_HEAD_DIMS = [64, 128]  # head dims that stage the output in a buffer of their own by default
 SS_DKV_HEAD_DIMS = [64, 96, 128]  # head dims whose backward takes dV / dK's A operand from registers by default
+# -DFLASHCORE_FWD_SM90_D64_TWO_CONSUMERS: D=64 as 128-row blocks of 2 consumers (v3), for bisecting on a GPU. Not in
+# the extension's binary, so not in resources.json: its cap at entry is ptxas' 168 of __launch_bounds__(384, 1).
+TWO_CONSUMER_REGISTERS = 168
 PRETEND_SMS = 3  # CTAs of the persistent grids: small, so that each CTA runs several tiles / items
 RESOURCES = json.loads((CSRC / "cuda" / "resources.json").read_text())["kernels"]
 
@@ -53,14 +56,16 @@ def _cuda_include() -> Path | None:
     return None
 
 
-ENGINE, MAIN, SWITCHES = "engine", "main", "switches"  # object groups; ENGINE's objects go into every library
+ENGINE, MAIN, SWITCHES, TWO_CONSUMERS = "engine", "main", "switches", "two_consumers"  # object groups; ENGINE's
+# objects go into every library
 
 
 def _sources() -> list[tuple[str, list[str], str]]:
     """(source under csrc, extra flags, group): the engine and its shared fiber code, one harness object per kernel
     instantiation (so that they compile in parallel), and the bisecting switches (the forward's and the backward's)
-    in a library of their own: each changes its kernel's traits and SharedStorage, and two definitions of one
-    template in one library would be an ODR violation (the linker keeps one: a kernel mixing both layouts)."""
+    in libraries of their own: each changes its kernel's traits and SharedStorage, and two definitions of one
+    template in one library would be an ODR violation (the linker keeps one: a kernel mixing both layouts). The
+    forward's two switches both change FwdTraits<64>, so the D=64 two-consumer build gets a third library."""
     engine = sorted(str(p.relative_to(CSRC)) for p in (CSRC / "cuda_emu").glob("*.cpp")
                     if not p.name.startswith("harness_"))
     engine += sorted(str(p.relative_to(CSRC)) for p in (CSRC / "emu_common").glob("*.cpp"))
@@ -76,6 +81,8 @@ def _sources() -> list[tuple[str, list[str], str]]:
     for d in SS_DKV_HEAD_DIMS:  # the backward's dV / dK GEMMs with A from shared memory, as for D = 192 / 256
         flags = [f"-DFLASHCORE_EMU_HEAD_DIM={d}", "-DFLASHCORE_EMU_BF16=1", "-DFLASHCORE_BWD_SM90_SS_DKV"]
         out.append(("cuda_emu/harness_bwd.cpp", flags, SWITCHES))
+    flags = ["-DFLASHCORE_EMU_HEAD_DIM=64", "-DFLASHCORE_EMU_BF16=1", "-DFLASHCORE_FWD_SM90_D64_TWO_CONSUMERS"]
+    out.append(("cuda_emu/harness_fwd.cpp", flags, TWO_CONSUMERS))
     return out
 
 
@@ -92,7 +99,8 @@ def _tree_hash(flags: list[str]) -> str:
 
 @pytest.fixture(scope="session")
 def libraries(tmp_path_factory) -> dict[str, ctypes.CDLL]:
-    """The harness libraries (MAIN, SWITCHES), built once per session from objects compiled in parallel."""
+    """The harness libraries (MAIN, SWITCHES, TWO_CONSUMERS), built once per session from objects compiled in
+    parallel."""
     cxx = compiler()
     if cxx is None:
         pytest.skip("no C++ compiler (g++) to build the CPU model")
@@ -103,7 +111,7 @@ def libraries(tmp_path_factory) -> dict[str, ctypes.CDLL]:
              str(CSRC / "cuda_emu" / "prelude.h"), f"-I{CSRC}", f"-I{include}", "-Wno-psabi"]
     cache = os.environ.get("FLASHCORE_EMU_CACHE")
     out = Path(cache) / _tree_hash(flags) if cache else tmp_path_factory.mktemp("cuda_emu")
-    paths = {group: out / f"libflashcore_cuda_emu_{group}.so" for group in (MAIN, SWITCHES)}
+    paths = {group: out / f"libflashcore_cuda_emu_{group}.so" for group in (MAIN, SWITCHES, TWO_CONSUMERS)}
     if not all(p.exists() for p in paths.values()):
         out.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
@@ -125,6 +133,11 @@ def emu(libraries):
 @pytest.fixture(scope="session")
 def emu_switches(libraries):
     return libraries[SWITCHES]
+
+
+@pytest.fixture(scope="session")
+def emu_two_consumers(libraries):
+    return libraries[TWO_CONSUMERS]
 
 
 # ------------------------------------------------------------------------------------------------ calling
@@ -235,10 +248,11 @@ def test_gemm_matches_float64(emu, shape, interleaving):
 # ------------------------------------------------------------------------------------------------ forward
 
 def emu_fwd(emu, q, k, v, *, softmax_scale=None, causal=False, window=(-1, -1), softcap=0.0, cu_seqlens_q=None,
-            cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, out=None, variant="", **run):
+            cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, out=None, variant="", registers=None, **run):
     """csrc/cuda/fwd on the model. Dense q (b, sq, hq, d) or varlen (total, hq, d) with cu_seqlens; returns
     (out, lse, stats). out (or the given out view) and lse start as NaN. variant "_out_in_q": the build with
-    -DFLASHCORE_FWD_SM90_OUT_IN_Q."""
+    -DFLASHCORE_FWD_SM90_OUT_IN_Q; "_two_consumers": with -DFLASHCORE_FWD_SM90_D64_TWO_CONSUMERS. registers: the
+    kernel's cap at entry (default: resources.json's)."""
     varlen = cu_seqlens_q is not None
     d = q.shape[-1]
     scale = softmax_scale if softmax_scale is not None else d ** -0.5
@@ -252,7 +266,8 @@ def emu_fwd(emu, q, k, v, *, softmax_scale=None, causal=False, window=(-1, -1), 
     fn = getattr(emu, f"emu_sm90_fwd_d{d}_{_type_name(q.dtype)}{variant}")
     stats = _call(fn, *_views((q, k, v, out)), _ptr(lse), _ptr(cu_seqlens_q), _ptr(cu_seqlens_k), batch, max_seqlen_q,
                   max_seqlen_k, ctypes.c_float(scale), int(causal), window[0], 0 if causal else window[1],
-                  ctypes.c_float(softcap), ctypes.byref(_run(_registers(f"fwd_kernelILi{d}ELb{int(bf16)}E"), **run)))
+                  ctypes.c_float(softcap),
+                  ctypes.byref(_run(registers or _registers(f"fwd_kernelILi{d}ELb{int(bf16)}E"), **run)))
     return out, lse, stats
 
 
@@ -373,6 +388,45 @@ def test_forward_out_in_q_switch(emu_switches, head_dim, interleaving):
     options = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
     out, lse, _ = emu_fwd(emu_switches, q, k, v, max_seqlen_q=140, max_seqlen_k=140, variant="_out_in_q", **options,
                           **run)
+    assert_fwd_matches(out, lse, *reference_fwd(q, k, v, **options), torch.bfloat16)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("seqlens", [(191, 191), (192, 192), (193, 385), (385, 193), (384, 130), (1000, 17)])
+def test_forward_d64_block_edges(emu, seqlens, causal):
+    """D=64's 192-row blocks (3 consumers of 64 rows): lengths just below, at and above multiples of 192, so the last
+    block has 1, 2 or 3 consumers with rows, and the causal diagonal crosses each consumer's rows."""
+    check_fwd(emu, 1, *seqlens, 2, 1, 64, torch.bfloat16, causal=causal, run=dict(num_sms=2))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_forward_d64_varlen_block_edges(emu, causal):
+    """Varlen D=64: sequences ending inside the first, second and third consumer's rows of a 192-row block (the
+    warpgroups past the end store from registers, the others through TMA) and one row past a whole block."""
+    lens_q, lens_k = [65, 130, 191, 193, 1, 192], [200, 130, 191, 100, 17, 0]
+    q, k, v, cu_q, cu_k = _varlen(lens_q, lens_k, 2, 1, 64, torch.bfloat16)
+    options = dict(causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    out, lse, _ = emu_fwd(emu, q, k, v, max_seqlen_q=max(lens_q), max_seqlen_k=max(lens_k), num_sms=2, **options)
+    assert_fwd_matches(out, lse, *reference_fwd(q, k, v, **options), torch.bfloat16)
+
+
+@pytest.mark.parametrize("interleaving", ["random", "priority_1", "lowest_first", "highest_lazy", "priority_lazy_4"])
+def test_forward_d64_two_consumer_switch(emu, emu_two_consumers, interleaving):
+    """-DFLASHCORE_FWD_SM90_D64_TWO_CONSUMERS (the GPU bisecting switch back to v3's 128-row blocks at D=64) matches
+    the reference, and the default 3-consumer kernel bit for bit: every row walks its keys in the same 128-key tiles,
+    last first, and tiles a row sees nothing of (the larger block's span) add exact zeros."""
+    run = dict(num_sms=2, **INTERLEAVINGS[interleaving])
+    for batch, seqlen_q, seqlen_k, causal in [(2, 512, 100, True), (1, 256, 700, True), (1, 300, 385, False)]:
+        q, k, v = random_qkv(batch, seqlen_q, seqlen_k, 2, 1, 64, torch.bfloat16)
+        out, lse, _ = emu_fwd(emu_two_consumers, q, k, v, causal=causal, variant="_two_consumers",
+                              registers=TWO_CONSUMER_REGISTERS, **run)
+        assert_fwd_matches(out, lse, *reference_fwd(q, k, v, causal=causal), torch.bfloat16)
+        out3, lse3, _ = emu_fwd(emu, q, k, v, causal=causal, **run)
+        assert torch.equal(out, out3) and torch.equal(lse, lse3), f"2 and 3 consumers differ: {seqlen_q, seqlen_k}"
+    q, k, v, cu_q, cu_k = _varlen([1, 33, 130, 140], [130, 0, 33, 140], 2, 1, 64, torch.bfloat16)
+    options = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    out, lse, _ = emu_fwd(emu_two_consumers, q, k, v, max_seqlen_q=140, max_seqlen_k=140, variant="_two_consumers",
+                          registers=TWO_CONSUMER_REGISTERS, **options, **run)
     assert_fwd_matches(out, lse, *reference_fwd(q, k, v, **options), torch.bfloat16)
 
 

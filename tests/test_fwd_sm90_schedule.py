@@ -5,13 +5,14 @@
   four small block shapes, plus kernel-sized blocks on the GPU tests' lengths, against brute force: the key tiles a
   query block visits are exactly those holding a key some valid row sees (no visible key missed, no fully masked
   tile visited); a tile is left unmasked exactly when every (valid row, key) in it is visible, also per consumer
-  half; the persistent order schedules every work tile once, head groups contiguous, longest-first inside a group.
-  And the dynamic scheduler's hand-off (tile_handoff.h, shared with the backward): a model of each CTA's producer
-  and 8 consumer warps with the kernel's barriers (tile-index ring, Q buffer, K/V rings, the epilogue's named
-  barrier), stepped through
-  random interleavings of 1-5 CTAs claiming from one counter: every tile handed out once and run by all 8 warps of
-  one CTA, all roles of a CTA see one sequence ending in the sentinel, equal ping-pong turns, no deadlock, and every
-  mbarrier parity wait means the phase it names (no role laps another).
+  part (2 or 3 of them); the persistent order schedules every work tile once, head groups contiguous,
+  longest-first inside a group. And the dynamic scheduler's hand-off (tile_handoff.h, shared with the backward): a
+  model of each CTA's producer and 8 or 12 consumer warps (2 or 3 consumer warpgroups) with the kernel's barriers
+  (tile-index ring, Q buffer, K/V rings, the consumers' ping-pong named barriers, the epilogue's named barrier),
+  stepped through random interleavings of 1-5 CTAs claiming from one counter: every tile handed out once and run by
+  all consumer warps of one CTA, all roles of a CTA see one sequence ending in the sentinel, equal ping-pong turns
+  opened in consumer order with no named barrier left pending, no deadlock, and every mbarrier parity wait means
+  the phase it names (no role laps another).
 * tests/cpp/fwd_sm90_layout_check.cu (nvcc for sm_90a, run on the host): wgmma accumulator / register-A fragment
   formulas against the PTX ISA figures re-encoded, the masking shortcut, the S -> P packing order, the epilogue's
   stmatrix addresses against the 128B-swizzled panel a TMA store reads, descriptor fields, shared-memory budgets.
@@ -82,4 +83,6 @@ def test_tile_table_is_what_the_kernel_compiles(layout_check_output):
     assert [r[0] for r in rows] == [64, 96, 128, 192, 256], rows
     for head_dim, block_m, block_n, stages, warpgroups, ctas_per_sm in rows:
         assert f"D={head_dim} block_m={block_m} block_n={block_n} stages={stages} " in layout_check_output
-        assert (warpgroups, ctas_per_sm) == (3, 1)  # static_assert in fwd/traits.cuh
+        # static_asserts in fwd/traits.cuh: 1 producer + 2 or 3 consumers of 64 rows each, one CTA per SM
+        assert warpgroups in (3, 4) and block_m == 64 * (warpgroups - 1) and ctas_per_sm == 1, head_dim
+        assert f"D={head_dim} consumers={warpgroups - 1} threads={128 * warpgroups} " in layout_check_output

@@ -112,6 +112,11 @@ static void report() {
   std::printf("D=%d block_m=%d block_n=%d stages=%d panels=%d smem=%d (limit %d) regs O=%d S=%d P=%d\n", D, T::kBlockM,
               T::kBlockN, T::kStages, T::kPanels, smem, fwd::kMaxSmemPerBlock, T::kORegs, T::kSRegs, T::kPRegs);
   EXPECT(smem <= fwd::kMaxSmemPerBlock, "smem D %d", D);
+  std::printf("D=%d consumers=%d threads=%d regs at entry %u, producer %u, consumers %u\n", D, T::kConsumers,
+              T::kThreads, T::kRegsAtEntry, T::kProducerRegs, T::kConsumerRegs);
+  EXPECT(T::kProducerRegs * 128 + T::kConsumerRegs * 128 * T::kConsumers <= T::kRegsAtEntry * T::kThreads &&
+             T::kBlockM == 64 * T::kConsumers && T::kEpilogueBarrier + T::kConsumers <= 16,
+         "register pool, rows per consumer, named barriers D %d", D);
   // Every TMA / wgmma tile starts on a 1024-byte boundary (128B swizzle atoms), given a 1024-aligned base.
   alignas(1024) static fwd::SharedStorage<D> st;
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 1024 == 0; };

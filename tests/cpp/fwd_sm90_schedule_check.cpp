@@ -62,15 +62,19 @@ static void check_band(int sq, int sk, int wl, int wr, int block_m, int block_n)
                t, unmasked, all, sq, sk, wl, wr, row0, block_m, block_n);
       }
     }
-    // The kernel splits a CTA block into two consumer halves that walk the CTA's span but mask per half.
-    const int half = block_m / 2;
-    for (int h = 0; h < 2 && half > 0; ++h) {
-      const int r0 = row0 + h * half;
-      for (int t = span.first; t < span.end; ++t) {
-        if (!tile_unmasked(band, r0, half, t * block_n, block_n)) continue;
-        for (int r = r0; r < r0 + half && r < sq; ++r)
-          for (int j = t * block_n; j < (t + 1) * block_n; ++j)
-            EXPECT(brute_visible(sq, sk, wl, wr, r, j), "half %d tile %d unmasked but (%d, %d) invisible", h, t, r, j);
+    // The kernel splits a CTA block into 2 or 3 consumer parts that walk the CTA's span but mask per part.
+    for (int parts = 2; parts <= 3; ++parts) {
+      if (block_m % parts != 0) continue;
+      const int part = block_m / parts;
+      for (int h = 0; h < parts; ++h) {
+        const int r0 = row0 + h * part;
+        for (int t = span.first; t < span.end; ++t) {
+          if (!tile_unmasked(band, r0, part, t * block_n, block_n)) continue;
+          for (int r = r0; r < r0 + part && r < sq; ++r)
+            for (int j = t * block_n; j < (t + 1) * block_n; ++j)
+              EXPECT(brute_visible(sq, sk, wl, wr, r, j), "part %d/%d tile %d unmasked but (%d, %d) invisible", h,
+                     parts, t, r, j);
+        }
       }
     }
   }
@@ -107,12 +111,15 @@ static void check_order(int m_blocks, int pairs, int group) {
 
 
 // ---------------------------------------------------------------------------------------------------------------
-// The dynamic schedule's hand-off (schedule.h), modelled: per CTA one producer and kWarps consumer warps, each a
-// state machine doing what producer.cuh / consumer.cuh / work.cuh do with the barriers (tile-index ring, Q buffer,
-// K and V rings), stepped in a random interleaving over all CTAs; counter claims happen whenever a producer gets
-// to them. Barriers follow the PTX rule (a wait names a parity; "done" when the barrier's phase parity differs)
-// and every wait also checks the absolute phase it means, so a role lapping another is caught, not aliased.
-constexpr int kWarps = 8;  // FwdTraits::kConsumerWarps: 2 consumer warpgroups x 4 warps, each arrives on its own
+// The dynamic schedule's hand-off (schedule.h), modelled: per CTA one producer and 4 warps per consumer warpgroup
+// (2 warpgroups, or 3 at D = 64: FwdTraits::kConsumerWarps = 8 or 12, each warp arrives on its own), each a state
+// machine doing what producer.cuh / consumer.cuh / work.cuh do with the barriers (tile-index ring, Q buffer, K and V
+// rings, the consumers' ping-pong named barriers, the epilogue's), stepped in a random interleaving over all CTAs;
+// counter claims happen whenever a producer gets to them. mbarriers follow the PTX rule (a wait names a parity;
+// "done" when the barrier's phase parity differs) and every wait also checks the absolute phase it means, so a role
+// lapping another is caught, not aliased.
+constexpr int kWarpsPerGroup = 4;    // warps of a warpgroup
+constexpr int kMaxConsumers = 3;     // FwdTraits: 2 or 3 consumer warpgroups
 
 struct MBar {
   int count = 1, pending = 1;
@@ -132,16 +139,33 @@ struct MBar {
   }
 };
 
+// A named barrier of the consumers' ping-pong (consumer.cuh sched_wait / sched_pass), counted in warps: a phase
+// completes with the 4 warps of its consumer waiting (bar.sync) and the 4 of the previous consumer passing
+// (bar.arrive). More of either in one phase is a pass piling onto a pending phase (the hardware would complete it
+// with the wrong warps).
+struct NamedBar {
+  int syncs = 0, arrives = 0, gen = 0;
+  void add(bool sync) {
+    (sync ? syncs : arrives)++;
+    EXPECT(syncs <= kWarpsPerGroup && arrives <= kWarpsPerGroup, "ping-pong barrier: %d waits, %d passes in a phase",
+           syncs, arrives);
+    if (syncs + arrives == 2 * kWarpsPerGroup) syncs = arrives = 0, ++gen;
+  }
+};
+
 struct Cta {
   MBar tile_full[kTileSlots], tile_empty[kTileSlots], q_full, q_empty;
   std::vector<MBar> k_full, k_empty, v_full, v_empty;
   int tile[kTileSlots] = {};
-  int epi_arrived[2] = {}, epi_gen[2] = {};  // per consumer warpgroup: the epilogue's named barrier
+  int epi_arrived[kMaxConsumers] = {}, epi_gen[kMaxConsumers] = {};  // per consumer: the epilogue's named barrier
+  NamedBar sched[kMaxConsumers];  // per consumer: "it may issue its GEMMs now"
+  std::vector<int> grants;        // consumers in the order their turns opened (a phase of their barrier completed)
 };
 
 struct Role {  // a producer (warp < 0) or a consumer warp; a program counter and the loop state of that code
   int cta, warp, pc = 0;
   int t = 0, kt = 0, span = 0, v_stage = 0, turns = 0, epi_gen = 0;
+  int turn_site = 0, sched_gen = 0;  // consumer: which GEMM batch its pending turn issues; the phase it waits on
   uint32_t kv = 0, q_phase = 0, v_phase = 0;
   uint32_t q_uses = 0;  // Q buffer loads (producer) or reads (consumer) so far: the absolute phase of q_full
   HandoffCursor handoff;
@@ -150,7 +174,7 @@ struct Role {  // a producer (warp < 0) or a consumer warp; a program counter an
 };
 
 struct HandoffModel {
-  int grid, num_tiles, stages;
+  int grid, num_tiles, stages, consumers;
   bool dynamic;
   bool q_after_epilogue;  // D = 192 / 256: Q is freed by each consumer's thread 0 after its store, not per warp
   std::vector<int> spans;          // key tiles of each work tile (0: empty, zeros written, nothing loaded)
@@ -159,7 +183,28 @@ struct HandoffModel {
   std::vector<Role> roles;
   std::vector<int> runs;  // per tile: consumer warps that ran it
 
-  int q_empty_arrivals() const { return q_after_epilogue ? 2 : kWarps; }
+  int warps() const { return consumers * kWarpsPerGroup; }  // FwdTraits::kConsumerWarps
+  int q_empty_arrivals() const { return q_after_epilogue ? consumers : warps(); }
+  int group(const Role& r) const { return r.warp / kWarpsPerGroup; }
+
+  // sched_wait, first half: this warp's bar.sync joins its consumer's barrier (a step), then waits for the phase.
+  void sched_join(Role& r, int resume) {
+    Cta& c = ctas[r.cta];
+    NamedBar& b = c.sched[group(r)];
+    r.sched_gen = b.gen;
+    b.add(true);
+    if (b.gen != r.sched_gen) c.grants.push_back(group(r));  // this warp completed the phase
+    r.pc = resume;
+  }
+  bool sched_released(const Role& r) { return ctas[r.cta].sched[group(r)].gen != r.sched_gen; }
+  void sched_pass(Role& r) {
+    Cta& c = ctas[r.cta];
+    const int next = (group(r) + 1) % consumers;
+    NamedBar& b = c.sched[next];
+    const int gen = b.gen;
+    b.add(false);
+    if (b.gen != gen) c.grants.push_back(next);
+  }
   int next_static(int t) const { return static_next_tile(t, grid, num_tiles); }
 
   // One step of role r if it can make one; false when it is blocked on a barrier.
@@ -212,7 +257,11 @@ struct HandoffModel {
     }
     // ---------------- consumer warp
     switch (r.pc) {
-      case 0: r.t = r.cta; r.pc = dynamic ? 1 : 2; return true;
+      case 0:  // the last consumer opens: consumer 0 issues first
+        if (group(r) == consumers - 1) sched_pass(r);
+        r.t = r.cta;
+        r.pc = dynamic ? 1 : 2;
+        return true;
       case 1:  // take_tile
         if (!c.tile_full[r.handoff.slot()].ready(r.handoff.phase(), r.handoff.passed / kTileSlots + 1, "tile_full"))
           return false;
@@ -223,7 +272,11 @@ struct HandoffModel {
         return true;
       case 2:
         r.seq.push_back(r.t);
-        if (r.t == kNoTile) { r.done = true; return true; }
+        if (r.t == kNoTile) {  // consumer 0 absorbs the last consumer's final pass
+          if (group(r) == 0) { sched_join(r, 12); return true; }
+          r.done = true;
+          return true;
+        }
         r.span = spans[r.t], r.kt = 0;
         if (r.span == 0) { ++runs[r.t]; r.pc = 9; return true; }  // store_empty_rows, no barrier
         r.pc = 3;
@@ -234,6 +287,10 @@ struct HandoffModel {
         return true;
       case 4:
         if (!c.k_full[stage].ready(lap & 1u, lap + 1, "k_full")) return false;
+        r.turn_site = 4;
+        sched_join(r, 10);
+        return true;
+      case 40:  // the prologue's turn: S of the first key tile
         ++r.turns;
         c.k_empty[stage].arrive();
         if (!q_after_epilogue && r.span == 1) c.q_empty.arrive();
@@ -247,6 +304,10 @@ struct HandoffModel {
         return true;
       case 6:
         if (!c.v_full[r.v_stage].ready(r.v_phase & 1u, r.v_phase + 1, "v_full")) return false;
+        r.turn_site = 6;
+        sched_join(r, 10);
+        return true;
+      case 60:  // a loop turn: S of tile kt with P V of the previous one
         ++r.turns;
         c.k_empty[stage].arrive();
         if (!q_after_epilogue && r.kt == r.span - 1) c.q_empty.arrive();
@@ -257,17 +318,20 @@ struct HandoffModel {
         return true;
       case 7:  // tail: P V of the last tile, then the epilogue
         if (!c.v_full[r.v_stage].ready(r.v_phase & 1u, r.v_phase + 1, "v_full")) return false;
+        r.turn_site = 7;
+        sched_join(r, 10);
+        return true;
+      case 70:
         ++r.turns;
         c.v_empty[r.v_stage].arrive();
         // The epilogue's named barrier over the consumer's 4 warps (bar.sync, epilogue.cuh) before its store.
-        r.epi_gen = c.epi_gen[r.warp / (kWarps / 2)];
-        if (++c.epi_arrived[r.warp / (kWarps / 2)] == kWarps / 2)
-          c.epi_arrived[r.warp / (kWarps / 2)] = 0, ++c.epi_gen[r.warp / (kWarps / 2)];
+        r.epi_gen = c.epi_gen[group(r)];
+        if (++c.epi_arrived[group(r)] == kWarpsPerGroup) c.epi_arrived[group(r)] = 0, ++c.epi_gen[group(r)];
         r.pc = 8;
         return true;
       case 8:
-        if (c.epi_gen[r.warp / (kWarps / 2)] == r.epi_gen) return false;
-        if (q_after_epilogue && r.warp % (kWarps / 2) == 0) c.q_empty.arrive();  // thread 0 of the consumer
+        if (c.epi_gen[group(r)] == r.epi_gen) return false;
+        if (q_after_epilogue && r.warp % kWarpsPerGroup == 0) c.q_empty.arrive();  // thread 0 of the consumer
         r.q_phase ^= 1, r.q_uses++;
         ++runs[r.t];
         r.pc = 9;
@@ -277,6 +341,15 @@ struct HandoffModel {
         r.t = next_static(r.t);
         r.pc = 2;
         return true;
+      case 10:  // sched_wait, second half: the turn opens when the phase completes; issue, then pass the turn on
+        if (!sched_released(r)) return false;
+        sched_pass(r);
+        r.pc = r.turn_site * 10;
+        return true;
+      case 12:  // the final absorb
+        if (!sched_released(r)) return false;
+        r.done = true;
+        return true;
     }
     return false;
   }
@@ -285,17 +358,17 @@ struct HandoffModel {
   bool run(uint64_t seed) {
     ctas.assign(grid, Cta{});
     for (Cta& c : ctas) {
-      for (int i = 0; i < kTileSlots; ++i) c.tile_full[i].init(1), c.tile_empty[i].init(kWarps);
+      for (int i = 0; i < kTileSlots; ++i) c.tile_full[i].init(1), c.tile_empty[i].init(warps());
       c.q_full.init(1), c.q_empty.init(q_empty_arrivals());
       for (auto* ring : {&c.k_full, &c.v_full, &c.k_empty, &c.v_empty}) {
         ring->assign(stages, MBar{});
-        const int arrivals = ring == &c.k_full || ring == &c.v_full ? 1 : kWarps;
+        const int arrivals = ring == &c.k_full || ring == &c.v_full ? 1 : warps();
         for (MBar& b : *ring) b.init(arrivals);
       }
     }
     roles.clear();
     for (int cta = 0; cta < grid; ++cta)
-      for (int w = -1; w < kWarps; ++w) roles.push_back(Role{cta, w});
+      for (int w = -1; w < warps(); ++w) roles.push_back(Role{cta, w});
     runs.assign(num_tiles, 0);
     counter = 0;
     uint64_t x = seed * 6364136223846793005ull + 1442695040888963407ull;
@@ -315,21 +388,22 @@ struct HandoffModel {
   }
 };
 
-static void check_handoff(int grid, int num_tiles, int stages, bool dynamic, bool q_after_epilogue, int span_seed,
-                          uint64_t seed) {
+static void check_handoff(int grid, int num_tiles, int stages, int consumers, bool dynamic, bool q_after_epilogue,
+                          int span_seed, uint64_t seed) {
   ++cases, ++handoff_runs;
-  HandoffModel m{grid, num_tiles, stages, dynamic, q_after_epilogue};
+  HandoffModel m{grid, num_tiles, stages, consumers, dynamic, q_after_epilogue};
+  const int warps = m.warps();
   for (int t = 0; t < num_tiles; ++t) {
     m.spans.push_back(static_cast<int>((t * 7 + span_seed * 3) % 5));  // 0..4 key tiles: some tiles empty
   }
   const bool finished = m.run(seed);
-  EXPECT(finished, "deadlock: grid %d tiles %d stages %d dynamic %d q_after_epilogue %d seed %llu", grid, num_tiles,
-         stages, dynamic, q_after_epilogue, static_cast<unsigned long long>(seed));
+  EXPECT(finished, "deadlock: grid %d tiles %d stages %d consumers %d dynamic %d q_after_epilogue %d seed %llu", grid,
+         num_tiles, stages, consumers, dynamic, q_after_epilogue, static_cast<unsigned long long>(seed));
   if (!finished) return;
   std::vector<int> produced(num_tiles, 0);
-  int turns[2] = {-1, -1};
+  int turns[kMaxConsumers] = {-1, -1, -1};
   for (const Role& r : m.roles) {
-    const Role& producer = m.roles[r.cta * (kWarps + 1)];
+    const Role& producer = m.roles[r.cta * (warps + 1)];
     // Every role of a CTA walks one sequence, ending in the sentinel; each consumer's warps take equal turns.
     EXPECT(r.seq == producer.seq && !r.seq.empty() && r.seq.back() == kNoTile,
            "cta %d warp %d walked another sequence (grid %d tiles %d dynamic %d)", r.cta, r.warp, grid, num_tiles,
@@ -337,19 +411,36 @@ static void check_handoff(int grid, int num_tiles, int stages, bool dynamic, boo
     if (r.warp < 0) {
       for (size_t i = 0; i + 1 < r.seq.size(); ++i) ++produced[r.seq[i]];
       EXPECT(r.seq.front() == r.cta || r.seq.front() == kNoTile, "cta %d did not start with its own tile", r.cta);
-      turns[0] = turns[1] = -1;
+      for (int& tc : turns) tc = -1;
     } else {
-      int& tc = turns[r.warp / (kWarps / 2)];
+      int& tc = turns[m.group(r)];
       if (tc < 0) tc = r.turns;
       EXPECT(tc == r.turns, "cta %d warp %d: %d turns, its warpgroup's others %d", r.cta, r.warp, r.turns, tc);
-      if (r.warp == kWarps - 1)
-        EXPECT(turns[0] == turns[1], "cta %d: ping-pong turns %d vs %d", r.cta, turns[0], turns[1]);
+      if (r.warp == warps - 1) {
+        for (int g = 1; g < consumers; ++g)
+          EXPECT(turns[g] == turns[0], "cta %d: ping-pong turns %d (consumer %d) vs %d", r.cta, turns[g], g, turns[0]);
+      }
     }
+  }
+  // The ping-pong: turns open in consumer order, cyclically, one more for consumer 0 (the final absorb), and every
+  // named barrier ends with no arrival pending.
+  for (int cta = 0; cta < grid; ++cta) {
+    const Cta& c = m.ctas[cta];
+    const int turns_each = m.roles[cta * (warps + 1) + 1].turns;
+    EXPECT(static_cast<int>(c.grants.size()) == consumers * turns_each + 1, "cta %d: %zu turns opened, not %d + 1",
+           cta, c.grants.size(), consumers * turns_each);
+    for (size_t k = 0; k < c.grants.size(); ++k)
+      EXPECT(c.grants[k] == static_cast<int>(k % consumers), "cta %d: turn %zu went to consumer %d", cta, k,
+             c.grants[k]);
+    for (int g = 0; g < consumers; ++g)
+      EXPECT(c.sched[g].syncs == 0 && c.sched[g].arrives == 0 && c.epi_arrived[g] == 0,
+             "cta %d: consumer %d's barriers end with %d waits, %d passes, %d epilogue arrivals pending", cta, g,
+             c.sched[g].syncs, c.sched[g].arrives, c.epi_arrived[g]);
   }
   for (int t = 0; t < num_tiles; ++t) {
     EXPECT(produced[t] == 1, "tile %d handed out %d times (grid %d tiles %d dynamic %d)", t, produced[t], grid,
            num_tiles, dynamic);
-    EXPECT(m.runs[t] == kWarps, "tile %d run by %d consumer warps, not %d", t, m.runs[t], kWarps);
+    EXPECT(m.runs[t] == warps, "tile %d run by %d consumer warps, not %d", t, m.runs[t], warps);
   }
   if (dynamic) {
     EXPECT(m.counter == num_tiles, "counter ends at %d, not %d: one failed claim per CTA", m.counter, num_tiles);
@@ -365,27 +456,32 @@ int main() {
         for (int wr : windows)
           for (const auto& s : shapes) check_band(sq, sk, wl, wr, s[0], s[1]);
   // Kernel-sized blocks on the lengths the GPU tests use.
-  const int lengths[] = {1, 17, 127, 128, 129, 1000};
+  const int lengths[] = {1, 17, 127, 128, 129, 191, 193, 1000};
   for (int sq : lengths)
     for (int sk : lengths)
       for (int wl : {-1, 0, 64, 300})
-        for (int wr : {-1, 0, 64})
+        for (int wr : {-1, 0, 64}) {
           for (int bn : {80, 96, 128}) check_band(sq, sk, wl, wr, 128, bn);
+          check_band(sq, sk, wl, wr, 192, 128);  // D = 64: 3 consumers
+        }
   for (int m = 1; m <= 9; ++m)
     for (int pairs = 1; pairs <= 13; ++pairs)
       for (int g = 1; g <= pairs + 1; ++g) check_order(m, pairs, g < pairs ? g : pairs);
   EXPECT(heads_per_group(100, 30, 8) == 3 && heads_per_group(10, 30, 8) == 1 && heads_per_group(1000, 30, 8) == 8,
          "heads_per_group clamps");
-  // The hand-off, under many interleavings: grids of 1..5 CTAs, one to several waves, both Q-release modes, 2 and 3
-  // stages; the static walk through the same model (no hand-off) as the reference.
-  for (int grid = 1; grid <= 5; ++grid)
-    for (int num_tiles = grid; num_tiles <= grid + 13; num_tiles += 1 + grid / 2)
-      for (int stages = 2; stages <= 3; ++stages)
-        for (int q_after = 0; q_after <= 1; ++q_after)
-          for (uint64_t seed = 0; seed < 40; ++seed) {
-            check_handoff(grid, num_tiles, stages, true, q_after != 0, static_cast<int>(seed % 3), seed);
-            if (seed < 4) check_handoff(grid, num_tiles, stages, false, q_after != 0, static_cast<int>(seed % 3), seed);
-          }
+  // The hand-off, under many interleavings: grids of 1..5 CTAs, one to several waves, both Q-release modes, 2 to 4
+  // stages, 2 and 3 consumer warpgroups; the static walk through the same model (no hand-off) as the reference.
+  for (int consumers = 2; consumers <= kMaxConsumers; ++consumers)
+    for (int grid = 1; grid <= 5; ++grid)
+      for (int num_tiles = grid; num_tiles <= grid + 13; num_tiles += 1 + grid / 2)
+        for (int stages = 2; stages <= 4; ++stages)
+          for (int q_after = 0; q_after <= 1; ++q_after)
+            for (uint64_t seed = 0; seed < 40; ++seed) {
+              if (stages == 4 && seed >= 10) break;  // 4 stages: D = 64 only, a lighter sweep
+              const int spans = static_cast<int>(seed % 3);
+              check_handoff(grid, num_tiles, stages, consumers, true, q_after != 0, spans, seed);
+              if (seed < 4) check_handoff(grid, num_tiles, stages, consumers, false, q_after != 0, spans, seed);
+            }
   EXPECT(claimed_tile(0, 4, 10) == 4 && claimed_tile(5, 4, 10) == 9 && claimed_tile(6, 4, 10) == kNoTile &&
              claimed_tile(2147483600, 132, 2147483647) == kNoTile,
          "claimed_tile bounds");

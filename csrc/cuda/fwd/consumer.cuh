@@ -1,4 +1,5 @@
-// A consumer warpgroup of the sm_90a forward: 64 query rows of the CTA's 128, the whole key walk in registers.
+// A consumer warpgroup of the sm_90a forward: 64 query rows of the CTA's block_m (128 or 192), the whole key walk
+// in registers.
 //
 // Per key tile j (walked last-first, schedule.h), with S_j = Q K_j^T and P_j = softmax-step(S_j):
 //   prologue      issue S_first                      | wait | softmax -> P_first
@@ -8,12 +9,17 @@
 // (within a warpgroup the next S GEMM is issued before this tile's softmax: the tensor cores work on S_j and P V
 // while the warpgroup's ALUs and MUFU run the exponentials).
 //
-// Ping-pong between the two consumers: each issues its GEMMs only between sched_wait (its turn) and sched_pass
-// (the other's turn), so while one warpgroup's softmax runs, the other's GEMMs own the tensor cores. Consumer 1
-// opens by passing the first turn to consumer 0; consumer 0 absorbs the last pass at the very end. Both walk the
-// same tiles (under the dynamic schedule both read every index from the same hand-off slot, which is not reused
-// before all eight consumer warps have read it) and the same key spans (the CTA's, not their own), so their turn
-// counts always match.
+// Ping-pong between the consumers (2, or 3 at D = 64): each issues its GEMMs only between sched_wait (its turn) and
+// sched_pass (the next consumer's turn, cyclically 0 -> 1 -> ... -> last -> 0), so while one warpgroup's GEMMs own
+// the tensor cores the others run their softmax. The last consumer opens by passing the first turn to consumer 0;
+// consumer 0 absorbs the last consumer's final pass at the very end. Every consumer walks the same tiles (under the
+// dynamic schedule all read every index from the same hand-off slot, which is not reused before every consumer warp
+// has read it) and the same key spans (the CTA's, not their own), so their turn counts always match.
+// Why no barrier is left with a pending arrival: with T turns each, barrier i > 0 gets T passes (from consumer i - 1)
+// against T waits of consumer i; barrier 0 gets the opening pass + T passes from the last consumer against T waits +
+// the final absorb. And no pass piles onto a phase still pending: each wait needs the previous consumer's pass, so
+// the turns form one chain (turn k of consumers 0, 1, ..., last, then turn k + 1 of consumer 0, ...), and the pass
+// that opens consumer i's turn k + 1 is sent after a turn that comes later in the chain than consumer i's turn k.
 #pragma once
 
 #include "epilogue.cuh"
@@ -22,11 +28,20 @@
 
 namespace flashcore::sm90::fwd {
 
+template <int D>
 __device__ __forceinline__ void sched_wait(int consumer) {
-  ptx::named_barrier_sync(kSchedBarrier + consumer, kPingPongThreads);
+  using T = FwdTraits<D>;
+  ptx::named_barrier_sync(T::kSchedBarrier + consumer, T::kPingPongThreads);
 }
+template <int D>
 __device__ __forceinline__ void sched_pass(int consumer) {
-  ptx::named_barrier_arrive(kSchedBarrier + (1 - consumer), kPingPongThreads);
+  using T = FwdTraits<D>;
+  if constexpr (T::kConsumers == 2) {
+    ptx::named_barrier_arrive(T::kSchedBarrier + (1 - consumer), T::kPingPongThreads);
+  } else {
+    const int next = consumer + 1 == T::kConsumers ? 0 : consumer + 1;
+    ptx::named_barrier_arrive(T::kSchedBarrier + next, T::kPingPongThreads);
+  }
 }
 
 // Lane 0 of each consumer warp arrives (the barrier counts kConsumerWarps): every warp's wgmmas reading the stage
@@ -84,7 +99,7 @@ __device__ void consume(SharedStorage<D>& s, const CUtensorMap* tmap_o, const Ke
   const uint32_t k_base = smem_u32(s.k[0]), v_base = smem_u32(s.v[0]);
   if (tid == 0 && consumer == 0) prefetch_tensor_map(tmap_o);
 
-  if (consumer == 1) sched_pass(consumer);  // consumer 0 issues first
+  if (consumer == T::kConsumers - 1) sched_pass<D>(consumer);  // consumer 0 issues first
   int stage = 0;
   uint32_t phase = 0, q_phase = 0;
   // Dynamic schedule: every tile index, and the end, comes from the producer (tile_handoff.cuh take_tile); static: the
@@ -117,10 +132,10 @@ __device__ void consume(SharedStorage<D>& s, const CUtensorMap* tmap_o, const Ke
     int kt = w.span.end - 1;
     mbarrier_wait(&s.q_full, q_phase);
     mbarrier_wait(&s.k_full[stage], phase);
-    sched_wait(consumer);
+    sched_wait<D>(consumer);
     wgmma_fence();
     issue_qk<D, kType>(sc, q_rows, k_base + stage * T::kKvTileBytes);
-    sched_pass(consumer);
+    sched_pass<D>(consumer);
     wgmma_wait<0>();
     fence_operands(sc);
     release(&s.k_empty[stage], lane);
@@ -137,13 +152,13 @@ __device__ void consume(SharedStorage<D>& s, const CUtensorMap* tmap_o, const Ke
     for (--kt; kt >= w.span.first; --kt) {
       mbarrier_wait(&s.k_full[stage], phase);
       mbarrier_wait(&s.v_full[v_stage], v_phase);  // before the fence: no wait loop inside a wgmma batch
-      sched_wait(consumer);
+      sched_wait<D>(consumer);
       fence_operands(o);
       fence_operands(pc);
       wgmma_fence();
       issue_qk<D, kType>(sc, q_rows, k_base + stage * T::kKvTileBytes);
       issue_pv<D, kType>(o, pc, v_base + v_stage * T::kKvTileBytes);
-      sched_pass(consumer);
+      sched_pass<D>(consumer);
       wgmma_wait<1>();  // S done; P V may still run
       fence_operands(sc);
       release(&s.k_empty[stage], lane);
@@ -163,12 +178,12 @@ __device__ void consume(SharedStorage<D>& s, const CUtensorMap* tmap_o, const Ke
 
     // ---- tail: P V of the last tile
     mbarrier_wait(&s.v_full[v_stage], v_phase);
-    sched_wait(consumer);
+    sched_wait<D>(consumer);
     fence_operands(o);
     fence_operands(pc);
     wgmma_fence();
     issue_pv<D, kType>(o, pc, v_base + v_stage * T::kKvTileBytes);
-    sched_pass(consumer);
+    sched_pass<D>(consumer);
     wgmma_wait<0>();
     fence_operands(o);
     fence_operands(pc);
@@ -177,7 +192,7 @@ __device__ void consume(SharedStorage<D>& s, const CUtensorMap* tmap_o, const Ke
     epilogue<D, kBf16>(o, m, l, s, tmap_o, p, w, consumer, tid);
     q_phase ^= 1;
   }
-  if (consumer == 0) sched_wait(consumer);  // absorb consumer 1's last pass: named barriers end balanced
+  if (consumer == 0) sched_wait<D>(consumer);  // absorb the last consumer's final pass: barriers end balanced
   if (tid == 0) bulk_wait_group<0>();       // shared memory must outlive the output stores reading it
 }
 

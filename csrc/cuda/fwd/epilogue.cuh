@@ -72,7 +72,7 @@ __device__ __forceinline__ void epilogue(float (&o)[FwdTraits<D>::kORegs], const
   rescale_rows(o, inv);
 
   const bool tma_store = p.cu_seqlens_q == nullptr || wg_row0 + frag::kWgmmaM <= w.band.seqlen_q;
-  const uint32_t bar = kEpilogueBarrier + consumer;
+  const uint32_t bar = T::kEpilogueBarrier + consumer;
   uint8_t* staging;  // this consumer's 64 rows of the output buffer, or of Q's (T::kSeparateOut)
   if constexpr (T::kSeparateOut) {
     staging = s.out + consumer * frag::kWgmmaM * kSwizzle128Row;

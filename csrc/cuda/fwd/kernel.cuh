@@ -3,8 +3,9 @@
 // instantiate it, fwd_sm90.cu dispatches, csrc/cuda_emu/harness_fwd.cpp runs it on the CPU model.
 //
 //   warpgroup 0  producer (producer.cuh): registers lowered to 24, one thread issues every TMA load
-//   warpgroups 1, 2  consumers (consumer.cuh): registers raised to 240, 64 query rows each: S = Q K^T (SS wgmma),
-//                online softmax (softmax.cuh), O += P V (RS wgmma, P from registers), epilogue (epilogue.cuh)
+//   warpgroups 1 .. kConsumers  consumers (consumer.cuh; 2, or 3 at D = 64): registers raised to 240 (2) or 160 (3),
+//                64 query rows each: S = Q K^T (SS wgmma), online softmax (softmax.cuh), O += P V (RS wgmma, P from
+//                registers), epilogue (epilogue.cuh)
 // Causal, window, softcap, GQA and varlen are runtime parameters (FwdParams); tile shapes come from
 // csrc/tiles/sm90_fwd.h; the tile order, key spans and masking decisions from schedule.h (checked on the CPU).
 // Tiles go to CTAs dynamically (a global counter, the producer hands indices to the consumers: tile_handoff.h,

@@ -29,9 +29,19 @@ constexpr TileRow tile_row(int head_dim) {
   return TileRow{0, 0, 0, 0, 0, 0};
 }
 
+// -DFLASHCORE_FWD_SM90_D64_TWO_CONSUMERS: head dim 64 with its previous row (v3: 128 x 128, 3 stages, 1 producer +
+// 2 consumers) instead of the table's 3 consumers, for bisecting on a GPU (bench/notes/fwd_sm90.md v4).
+template <int D>
+constexpr TileRow fwd_row() {
+#if defined(FLASHCORE_FWD_SM90_D64_TWO_CONSUMERS)
+  if (D == 64) return TileRow{64, 128, 128, 3, 3, 1};
+#endif
+  return tile_row(D);
+}
+
 template <int D>
 struct FwdTraits {
-  static constexpr TileRow kRow = tile_row(D);
+  static constexpr TileRow kRow = fwd_row<D>();
   static_assert(kRow.head_dim == D, "no row for this head dim in csrc/tiles/sm90_fwd.h");
 
   static constexpr int kHeadDim = D;
@@ -39,24 +49,40 @@ struct FwdTraits {
   static constexpr int kBlockN = kRow.block_n;
   static constexpr int kStages = kRow.stages;
 
-  // ---- warpgroup roles: warpgroup 0 loads, 1 and 2 compute (64 query rows each: the M of one wgmma)
+  // ---- warpgroup roles: warpgroup 0 loads, 1 .. kConsumers compute (64 query rows each: the M of one wgmma)
   static constexpr int kWarpgroups = kRow.warpgroups;
   static constexpr int kConsumers = kWarpgroups - 1;
   static constexpr int kWgThreads = frag::kWarpgroupThreads;
   static constexpr int kThreads = kWarpgroups * kWgThreads;
   static constexpr int kConsumerWarps = kConsumers * kWgThreads / frag::kWarpSize;
-  static_assert(kWarpgroups == 3 && kRow.ctas_per_sm == 1, "the kernel is written for 1 producer + 2 consumers");
+  static_assert((kConsumers == 2 || kConsumers == 3) && kRow.ctas_per_sm == 1,
+                "the kernel is written for 1 producer + 2 or 3 consumers, one CTA per SM");
   static_assert(kBlockM == kConsumers * frag::kWgmmaM, "block_m is one 64-row wgmma per consumer warpgroup");
   static_assert(kBlockN % 16 == 0 && kBlockN >= 16 && kBlockN <= 256,
                 "block_n: the K of P*V in steps of 16, the N of one wgmma (<= 256), the rows of one TMA box (<= 256)");
+  static_assert(kBlockM <= 256, "block_m: the rows of one TMA box of Q (<= 256)");
 
-  // ---- registers: 168 x 384 at launch (__launch_bounds__(384, 1)), moved by setmaxnreg. The producer only computes
-  // coordinates; the consumers hold O (D/2), S of the next tile (N/2) and two P fragments (N/4 each): see the table.
-  static constexpr uint32_t kProducerRegs = 24;   // setmaxnreg's minimum
-  static constexpr uint32_t kConsumerRegs = 240;  // (65536/384 rounded down to 8) x 384 - 24 x 128, over 256
-  static constexpr uint32_t kRegsAtEntry = 65536 / kThreads / 8 * 8;
+  // ---- registers: 65536 / kThreads at launch (__launch_bounds__(kThreads, 1)), moved by setmaxnreg. The producer
+  // only computes coordinates; the consumers hold O (D/2), S of the next tile (N/2) and two P fragments (N/4 each):
+  // see the table. They get what the pool has left, in setmaxnreg's granule of 8: 240 with 2 consumers (168 x 384
+  // - 24 x 128 over 256), 160 with 3 (128 x 512 - 24 x 128 over 384).
+  static constexpr uint32_t kRegFile = 65536;  // 32-bit registers per SM (sm_90), one CTA per SM
+  static constexpr uint32_t kRegGranule = 8;   // setmaxnreg counts and the launch cap are multiples of 8
+  static constexpr uint32_t kRegsAtEntry = kRegFile / kThreads / kRegGranule * kRegGranule;
+  static constexpr uint32_t kProducerRegs = 24;  // setmaxnreg's minimum
+  static constexpr uint32_t kConsumerRegs =
+      (kRegsAtEntry * kThreads - kProducerRegs * kWgThreads) / (kConsumers * kWgThreads) / kRegGranule * kRegGranule;
   static_assert(kProducerRegs * kWgThreads + kConsumerRegs * kConsumers * kWgThreads <= kRegsAtEntry * kThreads,
                 "setmaxnreg.inc would wait forever for registers the pool does not have");
+  static_assert(kConsumerRegs <= 256, "setmaxnreg's maximum");
+  static_assert(kConsumers != 2 || kConsumerRegs == 240, "2 consumers: 240 registers each (the table's comment)");
+  static_assert(kConsumers != 3 || kConsumerRegs == 160, "3 consumers: 160 registers each (the table's comment)");
+
+  // ---- named barriers (0 is __syncthreads): the consumers' ping-pong, one per consumer ("it may issue its GEMMs
+  // now"), then one per consumer's epilogue (its 128 threads). 1 + 2 x 3 = 7 of the 16 at most.
+  static constexpr uint32_t kSchedBarrier = 1;                  // + consumer index
+  static constexpr uint32_t kEpilogueBarrier = 1 + kConsumers;  // + consumer index
+  static constexpr uint32_t kPingPongThreads = 2 * frag::kWarpgroupThreads;  // the waiting consumer + the passer
 
   // ---- shared memory: tiles are 64-column panels of 128-byte rows with the 128B swizzle (what TMA writes with a
   // 64-element inner box and what wgmma descriptors read); head dims that are not a multiple of 64 get a last panel
@@ -125,10 +151,5 @@ template <int D>
 constexpr int smem_bytes() {
   return static_cast<int>(sizeof(SharedStorage<D>)) + kSmemAlign;  // the dynamic base is only 16-byte aligned
 }
-
-// Named barriers (0 is __syncthreads): the ping-pong of the two consumers, and one per consumer's epilogue.
-constexpr uint32_t kSchedBarrier = 1;     // + consumer index: "this consumer may issue its GEMMs now"
-constexpr uint32_t kEpilogueBarrier = 3;  // + consumer index: the 128 threads of one consumer
-constexpr uint32_t kPingPongThreads = 2 * frag::kWarpgroupThreads;
 
 }  // namespace flashcore::sm90::fwd
