@@ -318,17 +318,27 @@ __device__ __forceinline__ void dq_piece_gemm(float (&dq)[kWidth / 2], uint32_t 
 // One dQ piece (64 queries x kWidth columns) into this consumer's staging boxes, at column kCol0 of its dQ
 // columns: box kCol0 / 32 on, row = query, one 128-byte row per query with the 128B swizzle of the map that
 // reduces them (tmap_dq), one st.shared.v2.f32 per register pair (columns c, c + 1 of one row).
+// Bank conflicts: an STS.64 is served per half-warp, 16 lanes = 4 query rows x the 2 16-byte chunks of one 8-column
+// group. The swizzle puts chunk k of row r at position k ^ (r % 8), so rows r and r ^ 1 would hit the same two
+// positions (2-way). Lanes of odd rows store, at the same step, the pair 16 columns over (register i ^ 8: column
+// group ^ 2, same box), whose chunks sit at positions ^ 4: the half-warp covers all 8, conflict free.
 template <int kCol0, int kWidth>
 __device__ __forceinline__ void stage_dq(const float (&dq)[kWidth / 2], uint32_t stage, int tid) {
   static_assert(kCol0 % kDqBoxCols == 0 && kWidth % kDqBoxCols == 0, "pieces are whole staging boxes");
   constexpr uint32_t kFloatBytes = sizeof(float);
+  constexpr int kSwapRegs = 8;                        // 16 columns over: 4 registers per 8-column group
+  constexpr uint32_t kSwapBytes = 16 * kFloatBytes;   // ... = column ^ 16 = byte ^ 64 = chunk position ^ 4
+  static_assert(kWidth / 2 >= 2 * kSwapRegs, "the swapped pair stays in the piece (pieces are >= 32 columns)");
+  const bool odd_row = frag::acc_row(tid, 0) % 2 != 0;
+  const uint32_t swap = odd_row ? kSwapBytes : 0u;
 #pragma unroll
   for (int i = 0; i < kWidth / 2; i += 2) {
     const int col = kCol0 + frag::acc_col(tid, i);
     const uint32_t byte = (col % kDqBoxCols) * kFloatBytes;  // within the query's 128-byte row
     const uint32_t addr = stage + (col / kDqBoxCols) * kDqBoxBytes +
                           swizzle128_offset(frag::acc_row(tid, i), byte / kSwizzleChunk) + byte % kSwizzleChunk;
-    st_shared_v2_f32(addr, dq[i], dq[i + 1]);
+    const float x = odd_row ? dq[i ^ kSwapRegs] : dq[i], y = odd_row ? dq[(i ^ kSwapRegs) + 1] : dq[i + 1];
+    st_shared_v2_f32(addr ^ swap, x, y);
   }
 }
 
