@@ -322,8 +322,11 @@ __device__ __forceinline__ void dq_piece_gemm(float (&dq)[kWidth / 2], uint32_t 
 // group. The swizzle puts chunk k of row r at position k ^ (r % 8), so rows r and r ^ 1 would hit the same two
 // positions (2-way). Lanes of odd rows store, at the same step, the pair 16 columns over (register i ^ 8: column
 // group ^ 2, same box), whose chunks sit at positions ^ 4: the half-warp covers all 8, conflict free.
+// Rows from valid_rows on (queries past seqlen_q: the next sequence's or batch's rows of dq_accum, which the map
+// does not clip) are staged as zeros: their dS is 0 times dP, and a non-finite dP there (an inf in this block's V,
+// or in the neighbour's dO) must not turn into NaN in another sequence's dQ.
 template <int kCol0, int kWidth>
-__device__ __forceinline__ void stage_dq(const float (&dq)[kWidth / 2], uint32_t stage, int tid) {
+__device__ __forceinline__ void stage_dq(const float (&dq)[kWidth / 2], uint32_t stage, int tid, int32_t valid_rows) {
   static_assert(kCol0 % kDqBoxCols == 0 && kWidth % kDqBoxCols == 0, "pieces are whole staging boxes");
   constexpr uint32_t kFloatBytes = sizeof(float);
   constexpr int kSwapRegs = 8;                        // 16 columns over: 4 registers per 8-column group
@@ -337,8 +340,9 @@ __device__ __forceinline__ void stage_dq(const float (&dq)[kWidth / 2], uint32_t
     const uint32_t byte = (col % kDqBoxCols) * kFloatBytes;  // within the query's 128-byte row
     const uint32_t addr = stage + (col / kDqBoxCols) * kDqBoxBytes +
                           swizzle128_offset(frag::acc_row(tid, i), byte / kSwizzleChunk) + byte % kSwizzleChunk;
+    const bool valid = frag::acc_row(tid, i) < valid_rows;  // the swapped pair is on the same row
     const float x = odd_row ? dq[i ^ kSwapRegs] : dq[i], y = odd_row ? dq[(i ^ kSwapRegs) + 1] : dq[i + 1];
-    st_shared_v2_f32(addr ^ swap, x, y);
+    st_shared_v2_f32(addr ^ swap, valid ? x : 0.0f, valid ? y : 0.0f);
   }
 }
 
@@ -416,10 +420,10 @@ __device__ __forceinline__ void dq_phase(const DqTile& d, uint32_t ds_base, uint
     if (d.sem != nullptr) {
       add_dq<kStart, kWidth, true>(dq, d.a, d.dq_row0, d.hq, d.q0, d.seqlen_q, d.t);
     } else if constexpr (C::kDqByTma) {
-      // Rows past seqlen_q are added too: they are exact zeros (P = 0 there, dS = 0 * finite), and the map clips
-      // rows past the workspace's end; other columns / heads are never touched (boxes inside head_dim).
+      // Rows past seqlen_q are added too, as zeros (stage_dq), and the map clips rows past the workspace's end;
+      // other columns / heads are never touched (boxes inside head_dim).
       constexpr int kCol0 = kStart - Cols::kC0;
-      stage_dq<kCol0, kWidth>(dq, smem_u32(d.stage), d.t);
+      stage_dq<kCol0, kWidth>(dq, smem_u32(d.stage), d.t, d.seqlen_q - d.q0);
       fence_proxy_async_shared();  // each writer: its generic stores before the TMA unit reads them
       named_barrier_sync(kBarDqStaged + kDqPart, kWarpgroupThreads);  // kDqPart = consumer: a constant id
       if (d.t == 0) {
