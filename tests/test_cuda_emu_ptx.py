@@ -8,6 +8,9 @@ helpers); the instructions underneath are the models. What is checked:
   * TMA loads of 2D..5D boxes, at the tensor's edges and past them, for every modelled swizzle: the shared-memory
     bytes equal torch slicing (zero-filled outside), swizzled by the ISA's table (absolute-address pattern);
   * TMA stores write exactly the in-bounds elements and read shared memory at the copy, not after the read-wait;
+  * TMA reduce-adds (fp32) from several CTAs into one region sum exactly (dyadic values: any order is exact), skip
+    out-of-bounds elements, read a staging buffer (st.shared.v2.f32 at the map's swizzle) until the read-wait and no
+    longer; a missing fence.proxy.async, or the buffer rewritten before the read-wait, stops the launch;
   * wgmma SS and RS for every N the kernels instantiate, bf16 and f16, with operands brought in by TMA as 64-column
     128B-swizzled panels and described as the kernels describe them (K-major, MN-major with LBO = panel bytes,
     slices advanced inside a swizzled row): every thread's registers, read through the ISA's fragment figure,
@@ -269,6 +272,64 @@ def test_tma_store_writes_only_in_bounds_elements(emu, dims, box, coords, span, 
         expected_view[tuple(src)] = tile[tuple(dst)]
     assert region.shape == inside.shape
     assert torch.equal(flat.view(torch.int16), expected_flat.view(torch.int16))  # padding and OOB untouched
+
+
+REDUCE_CASES = [  # (dims innermost first, box, coords): fp32, the inner box 32 floats = one 128-byte swizzled row
+    ((64, 128), (32, 64), (32, 0)),                 # inside
+    ((40, 50), (32, 64), (16, -10)),                # hangs over the inner edge, the top and the bottom
+    ((64, 3, 70), (32, 1, 64), (0, 2, 32)),         # the backward's dQ shape (head_dim, heads, rows): rows clipped
+    ((48, 4, 20), (32, 2, 16), (-8, 3, 10)),        # two heads per box, one of them past the end
+]
+
+
+def _dyadic(shape, gen) -> torch.Tensor:
+    """fp32 multiples of 1/16 in [-4, 4): sums of a few hundred of them are exact in fp32 in any order."""
+    return torch.randint(-64, 64, shape, generator=gen).to(torch.float32) / 16
+
+
+@pytest.mark.parametrize("span", [0, 128])
+@pytest.mark.parametrize("dims, box, coords", REDUCE_CASES)
+@pytest.mark.parametrize("ctas", [1, 5])
+def test_tma_reduce_add_sums_every_cta_in_bounds(emu, dims, box, coords, span, ctas, schedule):
+    """Every CTA's two rounds land (reused staging buffer), the garbage written after the last read-wait does not,
+    out-of-bounds box elements and the tensor's padding are untouched."""
+    gen = torch.Generator().manual_seed(sum(dims) + span + ctas)
+    rounds = 2
+    flat, view, strides = _global(dims, torch.float32, gen)
+    flat.copy_(_dyadic(flat.shape, gen))
+    before = flat.clone()
+    tiles = _dyadic((ctas * rounds, *reversed(box)), gen)
+    _call(emu.emu_tma_reduce, len(dims), _ptr(flat), _arr(ctypes.c_uint64, dims), _arr(ctypes.c_uint64, strides),
+          _arr(ctypes.c_uint32, box), span, _arr(ctypes.c_int32, coords), _ptr(tiles), ctas, rounds, 0,
+          ctypes.c_uint64(11))
+    expected = before.clone().double()
+    expected_view = torch.as_strided(expected, view.shape, view.stride())
+    total = tiles.double().sum(0)
+    src, dst = [], []
+    for d in reversed(range(len(dims))):
+        lo, hi = max(0, coords[d]), min(dims[d], coords[d] + box[d])
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - coords[d], hi - coords[d]))
+    expected_view[tuple(src)] += total[tuple(dst)]
+    assert torch.equal(flat.double(), expected)  # padding and out-of-bounds untouched, every add exact
+
+
+@pytest.mark.parametrize("bug, expected", [
+    (1, "cp.reduce.async.bulk.tensor (add) source (async proxy) accesses shared window address"),
+    (2, "while a bulk copy (TMA store / reduce) still reads it"),
+])
+def test_tma_reduce_ordering_rules(emu, bug, expected):
+    """A staging buffer reduced with no fence.proxy.async after its st.shared writes, or rewritten before the
+    issuing thread's wait_group.read, stops the launch (the model checks the rule, not its effect)."""
+    dims, box, coords = REDUCE_CASES[0]
+    flat = torch.zeros(dims[1] * dims[0])
+    tiles = torch.ones(2, box[1], box[0])
+    message = _call_fails(emu.emu_tma_reduce, 2, _ptr(flat), _arr(ctypes.c_uint64, dims),
+                          _arr(ctypes.c_uint64, (dims[0] * 4,)), _arr(ctypes.c_uint32, box), 128,
+                          _arr(ctypes.c_int32, coords), _ptr(tiles), 1, 2, bug, ctypes.c_uint64(1))
+    assert expected in message, message
+    if bug == 1:
+        assert "(stmatrix / st.shared) by warp" in message and "no fence.proxy.async" in message, message
 
 
 # ---- wgmma ---------------------------------------------------------------------------------------------------------

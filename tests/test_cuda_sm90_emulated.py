@@ -547,11 +547,12 @@ def test_backward_no_dlse_strided(emu):
     assert_grads_match(got, reference_bwd(q, k, v, out, lse, dout, None), dtype)
 
 
-@pytest.mark.parametrize("head_dim", [64, 256])
+@pytest.mark.parametrize("head_dim", [64, 192, 256])
 @pytest.mark.parametrize("causal", [False, True])
 def test_backward_varlen(emu, head_dim, causal):
     """Sequences of lengths (q, k): (1, 130), (0, 5) -> dk = dv = 0, (33, 0) -> dq = 0, (130, 33), (17, 17);
-    deterministic when causal."""
+    deterministic when causal. Not causal: dQ by TMA reduce-add at D = 64 and 192 (tiles overhang into the next
+    sequence's rows, adding zeros there; the last one past total_q, clipped by the map), red.global at D = 256."""
     lens_q, lens_k = [1, 0, 33, 130, 17], [130, 5, 0, 33, 17]
     dtype = torch.bfloat16
     q, k, v, cu_q, cu_k = _varlen(lens_q, lens_k, 2, 1, head_dim, dtype)
@@ -566,6 +567,34 @@ def test_backward_varlen(emu, head_dim, causal):
     assert torch.equal(got[1][130:135], torch.zeros_like(got[1][130:135]))  # keys of the query-less sequence
     assert torch.equal(got[2][130:135], torch.zeros_like(got[2][130:135]))
     assert torch.equal(got[0][1:34], torch.zeros_like(got[0][1:34]))        # queries of the key-less sequence
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 192, 256])
+def test_backward_non_finite_block_keeps_out_of_other_dq(emu, head_dim):
+    """An inf in one sequence's V makes its own gradients non-finite; the query tile that runs past that sequence's
+    end covers the next batch's rows of dq_accum (dense) or the next sequence's (varlen), where the kernel must add
+    nothing: those rows' dS is 0 * inf = NaN (the LSE / delta rows loaded there are the non-finite sequence's).
+    Dense: the next batch's gradients are all exact. Varlen: its dq is; its dK / dV are not protected (a masked
+    P = 0 meets the neighbour's non-finite delta inside the S^T tile, bench/notes/bwd_sm90.md)."""
+    dtype = torch.bfloat16
+    q, k, v = random_qkv(2, 70, 70, 2, 1, head_dim, dtype)  # 70: batch 0's second tile covers batch 1's rows
+    v[0, 3, 0, 5] = float("inf")
+    dout = torch.randn(q.shape).to(dtype)
+    out, lse = forward_for(q, k, v)
+    dq, dk, dv, _, _ = emu_bwd(emu, q, k, v, out, lse, dout)
+    want = reference_bwd(q[1:], k[1:], v[1:], out[1:], lse[1:], dout[1:], None)
+    assert_grads_match((dq[1:], dk[1:], dv[1:]), want, dtype)
+    lens = [70, 60]
+    q, k, v, cu_q, cu_k = _varlen(lens, lens, 2, 1, head_dim, dtype)
+    v[3, 0, 5] = float("inf")  # a key of sequence 0
+    dout = torch.randn(q.shape).to(dtype)
+    options = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    out, lse = forward_for(q, k, v, **options)
+    dq, _, _, _, _ = emu_bwd(emu, q, k, v, out, lse, dout, max_seqlen_q=70, max_seqlen_k=70, **options)
+    one = torch.tensor([0, 60], dtype=torch.int32)
+    want = reference_bwd(q[70:], k[70:], v[70:], out[70:], lse[:, 70:], dout[70:], None, cu_seqlens_q=one,
+                         cu_seqlens_k=one)
+    assert_grads_match((dq[70:],), want[:1], dtype, names=("dq",))
 
 
 def test_backward_unseen_keys_and_empty_rows(emu):

@@ -1,9 +1,10 @@
 """The sm_90a PTX layer (csrc/cuda/ptx/) assembled in every form it offers, checked in SASS; no GPU needed.
 
 csrc/cuda/probe/ptx_probe.cu instantiates what the extension's kernels do not use (wgmma N = 64 and 128, fp16, the
-register-A form, transposes and negation; TMA of rank 3-5; named barriers), so ptxas assembles all of it. The
-SASS must show each flag where the wrapper put it: scale-d = false -> "RZ, !UPT" (D not read), imm-scale-a = -1 ->
-".negA", trans -> ".tnspA" / ".tnspB", register A -> a register operand before the B descriptor.
+register-A form, transposes and negation; TMA of rank 3-5; TMA reduce-add; named barriers), so ptxas assembles all
+of it. The SASS must show each flag where the wrapper put it: scale-d = false -> "RZ, !UPT" (D not read),
+imm-scale-a = -1 -> ".negA", trans -> ".tnspA" / ".tnspB", register A -> a register operand before the B
+descriptor; the reduce-add as UTMAREDG.{2D,3D}.ADD, st.shared.v2.f32 as STS.64.
 
 Needs nvcc (CUDA_HOME, /usr/local/cuda or PATH) and cuobjdump; skipped with the reason otherwise.
 """
@@ -103,7 +104,9 @@ def test_tma_sync_and_register_forms_assemble(kernels):
     for rank in (2, 3, 4, 5):
         assert f"UTMALDG.{rank}D" in opcodes, f"no rank-{rank} TMA load"
         assert f"UTMASTG.{rank}D" in opcodes, f"no rank-{rank} TMA store"
-    for opcode in ("UTMACCTL.PF", "SYNCS.EXCH.64", "SYNCS.ARRIVE.TRANS64", "SYNCS.ARRIVE.TRANS64.A1T0",
+    for rank in (2, 3):  # cp.reduce.async.bulk.tensor .add (the type is the map's: not in the opcode)
+        assert f"UTMAREDG.{rank}D.ADD" in opcodes, f"no rank-{rank} TMA reduce-add"
+    for opcode in ("STS.64", "UTMACCTL.PF", "SYNCS.EXCH.64", "SYNCS.ARRIVE.TRANS64", "SYNCS.ARRIVE.TRANS64.A1T0",
                    "SYNCS.PHASECHK.TRANS64.TRYWAIT", "STSM.16.M88.4", "BAR.ARV", "FENCE.VIEW.ASYNC.S"):
         assert opcode in opcodes, f"{opcode} missing"
     # setmaxnreg with the requested counts: 24 (0x18) down for the producer, 240 (0xf0) up for the consumer.

@@ -35,7 +35,7 @@ void launch_planned(const BwdParams& p) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes));
     kernel<<<plan.blocks, plan.threads, plan.smem_bytes, stream>>>(plan.tmap_q, plan.tmap_k, plan.tmap_v,
                                                                    plan.tmap_do, plan.tmap_lse, plan.tmap_delta,
-                                                                   plan.args);
+                                                                   plan.tmap_dq, plan.args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (plan.convert_vecs > 0) {

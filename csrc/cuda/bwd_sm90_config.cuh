@@ -36,6 +36,9 @@ constexpr int kWarpgroupThreads = frag::kWarpgroupThreads;
 constexpr int kMaxSmemPerBlock = 227 * 1024;    // sm_90 opt-in limit per block
 constexpr int kSmemAlign = static_cast<int>(ptx::kSwizzle128Atom);  // swizzled tiles start on 1024 B
 constexpr int kTmaSmemAlign = 128;  // TMA destinations without swizzle: 128-byte aligned (LSE / delta rows)
+constexpr int kDqBoxCols = 32;      // fp32 per 128-byte swizzled row: the widest box the 128B swizzle allows
+// one [64 queries][32 fp32] dQ staging box: 8 KB
+constexpr int kDqBoxBytes = kWgmmaM * kDqBoxCols * static_cast<int>(sizeof(float));
 
 template <int kHeadDim_>
 struct BwdConfig {
@@ -97,7 +100,33 @@ struct BwdConfig {
   // complete_tx of a stage: Q + dO tiles and the LSE + delta rows (TMA counts whole boxes, zero-filled parts too)
   static constexpr uint32_t kStageTmaBytes = 2u * kColBlocks * kQColBlockBytes + 2u * kRowStatBytes;
   static constexpr int kConsumerWarps = kConsumers * kWarpgroupThreads / frag::kWarpSize;
+
+  // dQ columns: consumer 0 takes [0, kDqSplit), consumer 1 the rest; a multiple of 32 (the pieces' N and the dQ
+  // staging box width), consumer 0 the wider share (D = 96: 64 + 32; D = 192: 96 + 96).
+  static constexpr int kDqSplit = (kHeadDim / 2 + 31) / 32 * 32;
+  // dQ by TMA reduce-add (non-deterministic mode): each consumer stages all its dQ columns of a tile as
+  // [64 queries][32 fp32] boxes (one 128-byte swizzled row per query) and one thread reduce-adds them into the
+  // workspace. Where the staging does not fit next to the tiles (D = 256: 208 + 64 KB), red.global.add stays.
+  static constexpr int kDqBoxes = kDqSplit / kDqBoxCols;  // per consumer: consumer 0's share, the wider
+  static constexpr int kDqStageBytes = kConsumers * kDqBoxes * kDqBoxBytes;
+  // The tiles' bytes (K, V, the Q / dO ring, dS^T, P^T: one 128-byte row in the RS form, bounded by an atom) plus
+  // a bound on the rest (LSE / delta rows, mbarriers and the hand-off ring) and the alignment pad: smem_bytes() is
+  // checked exactly by plan_bwd's static_assert.
+  static constexpr int kTileBytes = static_cast<int>(kKvBytes) + 2 * kStages * kColBlocks * kQColBlockBytes +
+                                    kBlockN * kBlockM * kElemBytes +
+                                    (kRsDkv ? kSmemAlign : kBlockN * kBlockM * kElemBytes);
+  static constexpr int kBarrierBytesBound = 1024;  // mbarriers + the hand-off ring: < 128 B today
+  static constexpr int kSmallBytesBound = 2 * kStages * static_cast<int>(kRowStatBytes) + kBarrierBytesBound;
+  static constexpr bool kDqByTma = kTileBytes + kDqStageBytes + kSmallBytesBound + kSmemAlign <= kMaxSmemPerBlock;
 };
+
+// The consumers' dQ staging boxes (C::kDqByTma), 128B-swizzled like the map that reduces them; empty otherwise.
+template <class C, bool kStaged = C::kDqByTma>
+struct DqStaging {
+  float box[C::kConsumers][C::kDqBoxes][kWgmmaM * kDqBoxCols];
+};
+template <class C>
+struct DqStaging<C, false> {};
 
 template <class C>
 struct SharedStorage {
@@ -106,6 +135,7 @@ struct SharedStorage {
   uint16_t q[C::kStages][C::kColBlocks][C::kBlockM * kColBlock];
   uint16_t dout[C::kStages][C::kColBlocks][C::kBlockM * kColBlock];
   uint16_t ds[C::kBlockN * C::kBlockM];  // dS^T [keys][queries] (softmax_scale and the softcap derivative in)
+  [[no_unique_address]] DqStaging<C> dq;  // dQ boxes on their way to the workspace (TMA reduce-add)
   // P^T [keys][queries], 128B-swizzled rows: read by the SS dV GEMM; the RS form keeps P^T in registers, and one
   // swizzle row stands in (the struct keeps one layout; a 1 KB-aligned offset is all the SS form needs of it).
   uint16_t p[C::kRsDkv ? kColBlock : C::kBlockN * C::kBlockM];
@@ -126,7 +156,8 @@ constexpr bool smem_layout_ok() {
   using S = SharedStorage<C>;
   return offsetof(S, k) % kSmemAlign == 0 && offsetof(S, v) % kSmemAlign == 0 && offsetof(S, q) % kSmemAlign == 0 &&
          offsetof(S, dout) % kSmemAlign == 0 && offsetof(S, p) % kSmemAlign == 0 &&
-         offsetof(S, ds) % kSmemAlign == 0 && offsetof(S, lse) % kTmaSmemAlign == 0 &&
+         offsetof(S, ds) % kSmemAlign == 0 && offsetof(S, dq) % kSmemAlign == 0 &&
+         offsetof(S, lse) % kTmaSmemAlign == 0 &&
          offsetof(S, delta) % kTmaSmemAlign == 0 && C::kRowStatBytes % kTmaSmemAlign == 0 &&
          C::kKColBlockBytes % kSmemAlign == 0 &&
          C::kQColBlockBytes % kSmemAlign == 0;

@@ -17,8 +17,10 @@
 //                                                           keys: SS; dO and Q are MN-major B operands)
 //               dQ_tile[:, half c] = dS K[:, half c]        (SS over all block_n keys; dS^T an MN-major A, K an
 //                                                           MN-major B; consumer c takes half of the columns)
-//               dQ_tile -> fp32 workspace: red.global.add.v2.f32, or in a fixed order (deterministic), each value
-//               once per CTA
+//               dQ_tile -> fp32 workspace, each value once per CTA: staged in shared memory (st.shared.v2.f32,
+//               128B-swizzled [64][32] fp32 boxes) and reduce-added by TMA (cp.reduce.async.bulk.tensor, one
+//               thread per consumer); red.global.add.v2.f32 where the staging does not fit (D = 256); in a fixed
+//               order with ld.cg / st.cg (deterministic)
 //             After the item: dK, dV -> global (row-predicated stores: varlen blocks end mid-block).
 // softmax_scale and the softcap derivative are folded into dS, so dK and the dQ workspace need no scaling after.
 #pragma once
@@ -76,6 +78,7 @@ constexpr uint32_t kBarDsFree = 2;    // both consumers done reading the previou
 constexpr uint32_t kBarDsReady = 3;   // both consumers wrote their P^T / dS^T rows or halves
 constexpr uint32_t kBarDetGo = 4;     // deterministic: the tile's semaphore reached this block's rank
 constexpr uint32_t kBarDetDone = 5;   // deterministic: every adding thread has fenced its adds
+constexpr uint32_t kBarDqStaged = 6;  // + consumer (6, 7): its warpgroup wrote and fenced its dQ staging boxes
 constexpr uint32_t kConsumerThreads = 2 * kWarpgroupThreads;
 
 // Where sequence b lives: dense sequences are whole tensors' slices (the tensor map's batch coordinate), varlen
@@ -312,6 +315,37 @@ __device__ __forceinline__ void dq_piece_gemm(float (&dq)[kWidth / 2], uint32_t 
   wgmma_commit();
 }
 
+// One dQ piece (64 queries x kWidth columns) into this consumer's staging boxes, at column kCol0 of its dQ
+// columns: box kCol0 / 32 on, row = query, one 128-byte row per query with the 128B swizzle of the map that
+// reduces them (tmap_dq), one st.shared.v2.f32 per register pair (columns c, c + 1 of one row).
+// Bank conflicts: an STS.64 is served per half-warp, 16 lanes = 4 query rows x the 2 16-byte chunks of one 8-column
+// group. The swizzle puts chunk k of row r at position k ^ (r % 8), so rows r and r ^ 1 would hit the same two
+// positions (2-way). Lanes of odd rows store, at the same step, the pair 16 columns over (register i ^ 8: column
+// group ^ 2, same box), whose chunks sit at positions ^ 4: the half-warp covers all 8, conflict free.
+// Rows from valid_rows on (queries past seqlen_q: the next sequence's or batch's rows of dq_accum, which the map
+// does not clip) are staged as zeros: their dS is 0 times dP, and a non-finite dP there (an inf in this block's V,
+// or in the neighbour's dO) must not turn into NaN in another sequence's dQ.
+template <int kCol0, int kWidth>
+__device__ __forceinline__ void stage_dq(const float (&dq)[kWidth / 2], uint32_t stage, int tid, int32_t valid_rows) {
+  static_assert(kCol0 % kDqBoxCols == 0 && kWidth % kDqBoxCols == 0, "pieces are whole staging boxes");
+  constexpr uint32_t kFloatBytes = sizeof(float);
+  constexpr int kSwapRegs = 8;                        // 16 columns over: 4 registers per 8-column group
+  constexpr uint32_t kSwapBytes = 16 * kFloatBytes;   // ... = column ^ 16 = byte ^ 64 = chunk position ^ 4
+  static_assert(kWidth / 2 >= 2 * kSwapRegs, "the swapped pair stays in the piece (pieces are >= 32 columns)");
+  const bool odd_row = frag::acc_row(tid, 0) % 2 != 0;
+  const uint32_t swap = odd_row ? kSwapBytes : 0u;
+#pragma unroll
+  for (int i = 0; i < kWidth / 2; i += 2) {
+    const int col = kCol0 + frag::acc_col(tid, i);
+    const uint32_t byte = (col % kDqBoxCols) * kFloatBytes;  // within the query's 128-byte row
+    const uint32_t addr = stage + (col / kDqBoxCols) * kDqBoxBytes +
+                          swizzle128_offset(frag::acc_row(tid, i), byte / kSwizzleChunk) + byte % kSwizzleChunk;
+    const bool valid = frag::acc_row(tid, i) < valid_rows;  // the swapped pair is on the same row
+    const float x = odd_row ? dq[i ^ kSwapRegs] : dq[i], y = odd_row ? dq[(i ^ kSwapRegs) + 1] : dq[i + 1];
+    st_shared_v2_f32(addr ^ swap, valid ? x : 0.0f, valid ? y : 0.0f);
+  }
+}
+
 // One dQ piece (64 queries x kWidth columns from kStart) into the fp32 workspace. Rows past seqlen_q are dropped
 // (their values are 0 anyway; for varlen they would be the next sequence's rows).
 template <int kStart, int kWidth, bool kOrdered>
@@ -337,23 +371,27 @@ struct DqTile {
   const BwdArgs& a;
   int32_t dq_row0, hq, q0, seqlen_q;
   int t, lane;
-  int32_t* sem;  // deterministic: the tile's semaphore; nullptr: red.global.add
+  int32_t* sem;  // deterministic: the tile's semaphore; nullptr: TMA reduce-add (or red.global.add)
   int32_t rank;  // deterministic: adds when *sem == rank
+  const CUtensorMap* tmap_dq;  // dq_accum as (head_dim, heads_q, rows) fp32, [64][32] boxes, 128B swizzle
+  const float* stage;          // this consumer's staging boxes (C::kDqByTma)
 };
 
 // Consumer kDqPart's dQ columns: the head dim split at a multiple of 32 (64 / 96: 32 + 32 / 64 + 32).
 template <class C, int kDqPart>
 struct DqCols {
-  static constexpr int kSplit = (C::kHeadDim / 2 + 31) / 32 * 32;
+  static constexpr int kSplit = C::kDqSplit;
   static constexpr int kC0 = kDqPart == 0 ? 0 : kSplit;
   static constexpr int kCols = kDqPart == 0 ? kSplit : C::kHeadDim - kSplit;
 };
 
 // The dQ GEMMs of one tile, piece by piece, each added to the workspace as soon as it completes. The first wait
 // also completes the dV / dK group, which frees the stage; dkv_done() runs right after it (the RS form pins its
-// A registers up to there). Deterministic: the block's turn comes when the tile's
-// semaphore equals its rank (the contributing blocks add in increasing n); the two consumers add disjoint columns
-// at once, then one thread releases the next block.
+// A registers up to there). By TMA: the warpgroup stages the piece, fences it for the async proxy and syncs;
+// thread 0 issues one reduce-add per box and commits (its wait_group.read before the next tile's kBarDsReady frees
+// the boxes, consume). Deterministic: the block's turn comes when the tile's semaphore equals its rank (the
+// contributing blocks add in increasing n); the two consumers add disjoint columns at once, then one thread
+// releases the next block.
 template <class C, MmaType kMma, int kDqPart, class F>
 __device__ __forceinline__ void dq_phase(const DqTile& d, uint32_t ds_base, uint32_t k_base, uint64_t* empty,
                                          int consumer, F&& dkv_done) {
@@ -379,10 +417,25 @@ __device__ __forceinline__ void dq_phase(const DqTile& d, uint32_t ds_base, uint
     }
     wgmma_wait<0>();
     fence_operands(dq);
-    if (d.sem == nullptr) {
-      add_dq<kStart, kWidth, false>(dq, d.a, d.dq_row0, d.hq, d.q0, d.seqlen_q, d.t);
-    } else {
+    if (d.sem != nullptr) {
       add_dq<kStart, kWidth, true>(dq, d.a, d.dq_row0, d.hq, d.q0, d.seqlen_q, d.t);
+    } else if constexpr (C::kDqByTma) {
+      // Rows past seqlen_q are added too, as zeros (stage_dq), and the map clips rows past the workspace's end;
+      // other columns / heads are never touched (boxes inside head_dim).
+      constexpr int kCol0 = kStart - Cols::kC0;
+      stage_dq<kCol0, kWidth>(dq, smem_u32(d.stage), d.t, d.seqlen_q - d.q0);
+      fence_proxy_async_shared();  // each writer: its generic stores before the TMA unit reads them
+      named_barrier_sync(kBarDqStaged + kDqPart, kWarpgroupThreads);  // kDqPart = consumer: a constant id
+      if (d.t == 0) {
+#pragma unroll
+        for (int box = kCol0 / kDqBoxCols; box < (kCol0 + kWidth) / kDqBoxCols; ++box) {
+          tma_reduce_add_3d(d.tmap_dq, d.stage + box * kWgmmaM * kDqBoxCols, Cols::kC0 + box * kDqBoxCols, d.hq,
+                            d.dq_row0 + d.q0);
+        }
+        bulk_commit_group();
+      }
+    } else {
+      add_dq<kStart, kWidth, false>(dq, d.a, d.dq_row0, d.hq, d.q0, d.seqlen_q, d.t);
     }
   });
   if (d.sem != nullptr) {
@@ -408,7 +461,8 @@ __device__ __forceinline__ void store_rows(const float (&acc)[C::kCols / 2], uin
 
 // ---- consumer --------------------------------------------------------------------------------------------------
 template <class C, HalfType kType, int kPart>
-__device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, int consumer) {
+__device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, const CUtensorMap* tmap_dq,
+                                        int consumer) {
   constexpr MmaType kMma = kType == HalfType::kBf16 ? MmaType::kBf16 : MmaType::kF16;
   constexpr int kQ0 = kPart * C::kSQueries;  // this consumer's first query column of S^T / dP^T
   constexpr int kSRegs = C::kSQueries / 2;
@@ -582,6 +636,11 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, i
             stmatrix_x4(ds_tile + off, pk[4 * j], pk[4 * j + 1], pk[4 * j + 2], pk[4 * j + 3]);
           }
           fence_proxy_async_shared();  // this thread's P^T and dS^T stores before the readers' wgmmas
+          if constexpr (C::kDqByTma) {
+            // The previous tile's dQ boxes have been read (issued a tile ago: no wait in practice); the barrier
+            // tells the warpgroup, which rewrites them in dq_phase.
+            if (t == 0) bulk_wait_group_read<0>();
+          }
           named_barrier_sync(kBarDsReady, kConsumerThreads);
 
           if constexpr (!C::kRsDkv) {
@@ -596,8 +655,10 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, i
 
           // dQ: consumer c computes and adds columns dq_cols(c) of the tile over all block_n keys.
           int32_t* sem = a.deterministic ? a.semaphores + semaphore_index(b, hq, m, a.heads_q, a.m_tiles) : nullptr;
+          const float* dq_stage = reinterpret_cast<const float*>(reinterpret_cast<const uint8_t*>(&s) + offsetof(S, dq)) +
+                                  consumer * C::kDqBoxes * kWgmmaM * kDqBoxCols;
           const DqTile tile{a, si.dq_row0, hq, m * C::kBlockM, si.g.seqlen_q, t, ln, sem,
-                            sem != nullptr ? det_rank(si.g, m, n, C::kBlockM, C::kBlockN) : 0};
+                            sem != nullptr ? det_rank(si.g, m, n, C::kBlockM, C::kBlockN) : 0, tmap_dq, dq_stage};
           if (consumer == 0) {
             dq_phase<C, kMma, 0>(tile, ds_tile, k_tile, &s.empty[stage], consumer, dkv_done);
           } else {
@@ -618,6 +679,9 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, i
     store_rows<C, kType, kPart>(dk, dk_head, a.dk_stride_s, key0, si.g.seqlen_k, tid);
     store_rows<C, kType, kPart>(dv, dv_head, a.dv_stride_s, key0, si.g.seqlen_k, tid);
   }
+  if constexpr (C::kDqByTma) {
+    if (tid == 0) bulk_wait_group<0>();  // the last dQ reduce-adds done before the CTA's shared memory is released
+  }
 }
 
 // ---- kernel ----------------------------------------------------------------------------------------------------
@@ -626,7 +690,7 @@ __global__ void __launch_bounds__(BwdConfig<kHeadDim>::kThreads, 1)
     bwd_sm90_kernel(const __grid_constant__ CUtensorMap tmap_q, const __grid_constant__ CUtensorMap tmap_k,
                     const __grid_constant__ CUtensorMap tmap_v, const __grid_constant__ CUtensorMap tmap_do,
                     const __grid_constant__ CUtensorMap tmap_lse, const __grid_constant__ CUtensorMap tmap_delta,
-                    const __grid_constant__ BwdArgs args) {
+                    const __grid_constant__ CUtensorMap tmap_dq, const __grid_constant__ BwdArgs args) {
   using C = BwdConfig<kHeadDim>;  // its layout checks: launch_main (host constexpr functions)
   FLASHCORE_SM90_DYNAMIC_SMEM(smem_raw);
   SharedStorage<C>& s = smem_storage<SharedStorage<C>>(smem_raw);
@@ -651,12 +715,12 @@ __global__ void __launch_bounds__(BwdConfig<kHeadDim>::kThreads, 1)
     setmaxnreg_inc<C::kConsumerRegs>();
     const int consumer = warpgroup - 1;
     if constexpr (C::kParts == 1) {
-      consume<C, kType, 0>(s, args, consumer);
+      consume<C, kType, 0>(s, args, &tmap_dq, consumer);
     } else {
       if (consumer % C::kParts == 0) {
-        consume<C, kType, 0>(s, args, consumer);
+        consume<C, kType, 0>(s, args, &tmap_dq, consumer);
       } else {
-        consume<C, kType, 1>(s, args, consumer);
+        consume<C, kType, 1>(s, args, &tmap_dq, consumer);
       }
     }
   }

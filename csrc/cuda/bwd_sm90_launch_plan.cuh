@@ -76,9 +76,25 @@ inline std::string encode_row_stat_map(CUtensorMap* map, const float* base, int6
   return problem.empty() ? problem : std::string("cannot describe ") + name + " to TMA: " + problem;
 }
 
+// dq_accum (total_q, heads_q, head_dim) fp32 as a 3D map {head_dim, heads_q, total_q} for the consumers' dQ
+// reduce-adds: box {32, 1, 64} = one staging box (64 queries x 32 columns, 128-byte rows, 128B swizzle). Rows
+// past total_q are clipped by the map; a tile's rows past its sequence's end (the next sequence's or batch's rows)
+// get exact zeros.
+inline std::string encode_dq_accum_map(CUtensorMap* map, const BwdParams& p, float* dq_accum, uint32_t box_rows) {
+  const uint64_t elem = sizeof(float);
+  const uint64_t dims[3] = {static_cast<uint64_t>(p.fwd.head_dim), static_cast<uint64_t>(p.fwd.heads_q),
+                            static_cast<uint64_t>(p.total_q)};
+  const uint64_t strides[2] = {dims[0] * elem, dims[0] * dims[1] * elem};
+  const uint32_t box[3] = {static_cast<uint32_t>(kDqBoxCols), 1, box_rows};
+  const std::string problem =
+      encode_tensor_map(map, TmaElem::kFp32, 3, dq_accum, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B);
+  return problem.empty() ? problem : std::string("cannot describe the dq workspace to TMA: ") + problem;
+}
+
 // ---- the plan --------------------------------------------------------------------------------------------------
 struct BwdLaunchPlan {
   CUtensorMap tmap_q, tmap_k, tmap_v, tmap_do, tmap_lse, tmap_delta;
+  CUtensorMap tmap_dq;  // dq_accum for the dQ reduce-adds (C::kDqByTma; unused, zero, otherwise)
   BwdArgs args;         // dq_accum, semaphores and item_counter point into p.workspace
   int blocks;           // main kernel: persistent CTAs, one per SM at most; 0: no work item
   int threads;          // main kernel, per CTA
@@ -129,6 +145,10 @@ std::string plan_bwd(const BwdParams& p, int num_sms, bool static_schedule, BwdL
   a.lse_stride_b = f.lse_stride_b, a.lse_stride_h = f.lse_stride_h;
   a.cu_seqlens_q = f.cu_seqlens_q, a.cu_seqlens_k = f.cu_seqlens_k;
   a.dq_accum = static_cast<float*>(p.workspace);
+  if constexpr (C::kDqByTma) {
+    error = encode_dq_accum_map(&plan.tmap_dq, p, a.dq_accum, C::kBlockM);
+    if (!error.empty()) return error;
+  }
   a.semaphores = p.deterministic
                      ? reinterpret_cast<int32_t*>(static_cast<uint8_t*>(p.workspace) + dq_accum_bytes(p))
                      : nullptr;

@@ -90,7 +90,7 @@ int FLASHCORE_EMU_SYMBOL(emu_sm90_bwd)(const void* const* tensors, const int64_t
         plan.blocks, plan.threads, plan.smem_bytes,
         [&plan] {
           sm90::bwd::bwd_sm90_kernel<D, kType>(plan.tmap_q, plan.tmap_k, plan.tmap_v, plan.tmap_do, plan.tmap_lse,
-                                               plan.tmap_delta, plan.args);
+                                               plan.tmap_delta, plan.tmap_dq, plan.args);
         },
         *run, run->registers, stats);
   }

@@ -5,6 +5,8 @@
 //   emu_tma_encode       encode_tensor_map's validation (message on failure)
 //   emu_tma_load         one box, global -> shared, mbarrier completion; returns the raw (swizzled) shared bytes
 //   emu_tma_store        raw shared bytes -> one box in global memory (in-bounds elements only)
+//   emu_tma_reduce       several CTAs reduce-add fp32 boxes staged with st.shared.v2.f32 into one region; the
+//                        staging buffer reused after the read-wait; a missing fence / an early reuse (reported)
 //   emu_wgmma_ss         A and B brought in by TMA as 64-column 128B-swizzled panels, K-major or MN-major with the
 //                        kernels' descriptors, K / 16 wgmmas into one accumulator; returns every thread's registers
 //   emu_wgmma_fwd        the forward's consumer GEMMs: S = Q K^T (SS), P = bf16/f16(S) by a_frag_from_acc,
@@ -370,6 +372,70 @@ int emu_tma_store(int elem, int rank, void* base, const uint64_t* dims, const ui
     }
   };
   return launch_block(32, kTileBase + bytes, body, seed, error, error_bytes);
+}
+
+// `ctas` CTAs of one warpgroup each reduce-add (fp32) into one rank-2 or rank-3 tensor at `coords`, `rounds` times:
+// round r of CTA b stages tiles[(b * rounds + r) * box elements ...] (dense box order, innermost first) with
+// st_shared_v2_f32 at the map's swizzle (0 or 128: the swizzle128_offset the kernels use), fences, syncs the
+// warpgroup, and thread 0 issues the reduce and commits; before the next round rewrites the buffer thread 0 waits
+// wait_group.read and the warpgroup syncs. After the last round the buffer is overwritten with 0x5a5a5a5a floats
+// after the read-wait (must not be added), then thread 0 waits for completion. `bug`: 1 no fence.proxy.async before
+// the reduce, 2 the next round written with no read-wait before it (both must stop the launch).
+int emu_tma_reduce(int rank, float* base, const uint64_t* dims, const uint64_t* strides, const uint32_t* box,
+                   int swizzle, const int32_t* coords, const float* tiles, int ctas, int rounds, int bug,
+                   uint64_t seed, char* error, int error_bytes) {
+  alignas(64) CUtensorMap map;
+  const std::string problem =
+      encode_tensor_map(&map, TmaElem::kFp32, rank, base, dims, strides, box, swizzle_mode(swizzle));
+  if (!problem.empty()) return fail_status("encode: " + problem, error, error_bytes);
+  if (swizzle != 0 && swizzle != 128) return fail_status("the harness stages with no swizzle or 128B", error, error_bytes);
+  uint32_t elems = 1;
+  for (int d = 0; d < rank; ++d) elems *= box[d];
+  constexpr int kThreads = 128;          // one warpgroup stages and syncs, as a backward consumer does
+  constexpr uint32_t kPairBytes = 8;     // one st.shared.v2.f32
+  constexpr uint32_t kGarbage = 0x5a5a5a5au;
+  const uint32_t bytes = elems * sizeof(float);
+  auto body = [&] {
+    const int tid = emu::linear_thread(), cta = emu::linear_block();
+    uint8_t* tile = dynamic_smem() + kTileBase;
+    const uint32_t tile_addr = smem_u32(tile);
+    auto stage = [&](const float* values) {
+      for (uint32_t b = tid * kPairBytes; b < bytes; b += kThreads * kPairBytes) {
+        const uint32_t at = swizzle == 0 ? b : swizzle128_offset(b / kSwizzle128Row, b % kSwizzle128Row / kSwizzleChunk) +
+                                                   b % kSwizzleChunk;
+        float x = emu::bits_float(kGarbage), y = x;
+        if (values != nullptr) x = values[b / sizeof(float)], y = values[b / sizeof(float) + 1];
+        st_shared_v2_f32(tile_addr + at, x, y);
+      }
+    };
+    for (int r = 0; r < rounds; ++r) {
+      if (r > 0 && bug != 2) {
+        if (tid == 0) bulk_wait_group_read<0>();
+        emu::named_barrier_sync(1, kThreads);
+      }
+      stage(tiles + (static_cast<size_t>(cta) * rounds + r) * elems);
+      if (bug != 1) fence_proxy_async_shared();
+      emu::named_barrier_sync(1, kThreads);
+      if (tid == 0) {
+        if (rank == 2) {
+          tma_reduce_add_2d(&map, tile, coords[0], coords[1]);
+        } else {
+          tma_reduce_add_3d(&map, tile, coords[0], coords[1], coords[2]);
+        }
+        bulk_commit_group();
+      }
+    }
+    if (tid == 0) bulk_wait_group_read<0>();
+    emu::named_barrier_sync(1, kThreads);
+    stage(nullptr);  // after the read-wait: never added
+    if (tid == 0) bulk_wait_group<0>();
+  };
+  emu::LaunchOptions options;
+  options.seed = seed;
+  options.schedule = g_schedule;
+  return emu::to_c_status(emu::launch(emu::Dim3{static_cast<unsigned>(ctas), 1, 1}, emu::Dim3{kThreads, 1, 1},
+                                      kTileBase + bytes, body, options),
+                          error, error_bytes);
 }
 
 int emu_wgmma_ss(int n, int k, int bf16, int trans_a, int trans_b, const void* a, const void* b, int b_cols,

@@ -1,6 +1,7 @@
 // The CPU model of csrc/cuda/ptx/smem.cuh's instructions (included there under FLASHCORE_SM90_EMU): shared-window
-// addresses, stmatrix, and the fp32 -> 16-bit packing conversions. Written from the PTX ISA ("stmatrix", "cvt"),
-// independently of the kernel-side comments; tests/test_cuda_emu_ptx.py checks it against a third copy in Python.
+// addresses, stmatrix, st.shared.v2.f32, and the fp32 -> 16-bit packing conversions. Written from the PTX ISA
+// ("stmatrix", "st", "cvt"), independently of the kernel-side comments; tests/test_cuda_emu_ptx.py checks it against
+// a third copy in Python.
 #pragma once
 
 #include <cmath>
@@ -103,6 +104,16 @@ inline void stmatrix_x4_model(uint32_t row_addr, const uint32_t (&r)[4]) {
                             });
 }
 
+// st.shared.v2.f32 (PTX ISA "st"): one thread's 8 bytes, naturally aligned (a vector store needs its full size).
+inline void st_shared_v2_f32_model(uint32_t addr, float x, float y) {
+  constexpr uint32_t kBytes = 8;
+  if (addr % kBytes != 0) fail("st.shared.v2.f32: address " + std::to_string(addr) + " is not 8-byte aligned");
+  const float v[2] = {x, y};
+  std::memcpy(smem_pointer(addr, kBytes), v, kBytes);
+  const int t = linear_thread();
+  proxy_generic_write(addr, t / kWarpSize, 1u << (t % kWarpSize), /*whole_chunk=*/false);
+}
+
 }  // namespace flashcore::cuda_emu
 
 namespace flashcore::sm90::ptx {
@@ -116,6 +127,8 @@ inline void stmatrix_x4(uint32_t row_addr, uint32_t r0, uint32_t r1, uint32_t r2
   const uint32_t regs[4] = {r0, r1, r2, r3};
   cuda_emu::stmatrix_x4_model(row_addr, regs);
 }
+
+inline void st_shared_v2_f32(uint32_t addr, float x, float y) { cuda_emu::st_shared_v2_f32_model(addr, x, y); }
 
 inline uint32_t pack_bf16x2(float lo, float hi) {
   return cuda_emu::f32_to_bf16_rn(lo) | (static_cast<uint32_t>(cuda_emu::f32_to_bf16_rn(hi)) << 16);

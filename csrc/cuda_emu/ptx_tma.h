@@ -14,7 +14,10 @@
 //   * cp.async.bulk.tensor: loads complete_tx the FULL box's bytes on the mbarrier (out-of-bounds elements are
 //     zero-filled and still counted); stores write only in-bounds elements and belong to the issuing thread's bulk
 //     async-group; cp.async.bulk.wait_group.read N waits until all but the newest N committed groups have read
-//     shared memory, wait_group N until they have completed (the model does the two steps as separate work).
+//     shared memory, wait_group N until they have completed (the model does the two steps as separate work);
+//   * cp.reduce.async.bulk.tensor .add: a store whose write step adds each in-bounds element to the global one (the
+//     type from the map; modelled for fp32 maps). Each element's add is atomic; the model's write step is one
+//     indivisible unit, so overlapping boxes of several CTAs sum in whatever order their steps run.
 //
 // What the model stores in the 128-byte CUtensorMap is its own description (TensorMapModel), marked so that a map
 // the real driver (or nobody) encoded is rejected by the copies.
@@ -137,10 +140,33 @@ inline void tma_copy_box(const TensorMapModel& m, const int32_t* coords, uint8_t
   });
 }
 
-// A TMA store in two asynchronous steps: the read of shared memory (what cp.async.bulk.wait_group.read waits for),
-// which then queues the write of global memory (what the full wait_group waits for).
+// The write step of a reduce-add on an fp32 map: global element += the shared element, in-bounds elements only.
+// `tile` holds the box's bytes as they lay from window address `smem_addr` (swizzled, as tma_copy_box reads them).
+inline void tma_add_box_f32(const TensorMapModel& m, const int32_t* coords, const uint8_t* tile, uint32_t smem_addr) {
+  const uint32_t row_bytes = m.box[0] * m.elem_bytes;
+  auto* global = reinterpret_cast<uint8_t*>(m.base);
+  for_each_box_row(m, coords, [&](uint32_t row, bool inside, int64_t offset, int64_t lo, int64_t hi) {
+    if (!inside) return;
+    const uint32_t row_addr = smem_addr + row * row_bytes;
+    for (int64_t e = lo; e < hi; ++e) {
+      const uint32_t b = static_cast<uint32_t>(e) * m.elem_bytes;  // a 4-byte element never straddles a 16-byte chunk
+      float add, sum;
+      std::memcpy(&add, tile + (swizzle_address(row_addr + b, m.swizzle_span) - smem_addr), sizeof add);
+      uint8_t* dst = global + offset + b;
+      std::memcpy(&sum, dst, sizeof sum);
+      sum += add;
+      std::memcpy(dst, &sum, sizeof sum);
+    }
+  });
+}
+
+// A TMA store or reduce in two asynchronous steps: the read of shared memory (what cp.async.bulk.wait_group.read
+// waits for), which then queues the write of global memory (what the full wait_group waits for). The source range
+// stays held against generic writes (ptx_proxy.h) until the issuing thread's wait covers it.
 struct PendingStore {
   uint64_t read = 0, write = 0;  // tickets; write is 0 until the read ran
+  uint32_t addr = 0, bytes = 0;  // the shared source
+  bool held = true;
 };
 
 // Per-thread bulk async-groups of TMA stores (PTX "cp.async.bulk.commit_group"): the open (uncommitted) stores and
@@ -189,24 +215,38 @@ inline void tma_load(int rank, void* dst, const CUtensorMap* map, uint64_t* bar,
   });
 }
 
-inline void tma_store(int rank, const CUtensorMap* map, const void* src, const int32_t* coords) {
-  const TensorMapModel& m = tensor_map_model(map, "cp.async.bulk.tensor (store)");
+// A store (add = false: cp.async.bulk.tensor) or an fp32 reduce-add (add = true: cp.reduce.async.bulk.tensor .add).
+inline void tma_store(int rank, const CUtensorMap* map, const void* src, const int32_t* coords, bool add = false) {
+  const char* what = add ? "cp.reduce.async.bulk.tensor (add)" : "cp.async.bulk.tensor (store)";
+  const TensorMapModel& m = tensor_map_model(map, what);
   if (static_cast<uint32_t>(rank) != m.rank) {
-    fail("cp.async.bulk.tensor." + std::to_string(rank) + "d on a rank-" + std::to_string(m.rank) + " tensor map");
+    fail(std::string(add ? "cp.reduce.async.bulk.tensor." : "cp.async.bulk.tensor.") + std::to_string(rank) +
+         "d on a rank-" + std::to_string(m.rank) + " tensor map");
   }
+  if (add && m.elem_bytes != sizeof(float)) fail(std::string(what) + ": modelled for fp32 tensor maps only");
   uint32_t addr;
   const uint32_t bytes = box_bytes(m);
-  const uint8_t* tile = tma_tile("cp.async.bulk.tensor (store) source", src, bytes, addr);
-  proxy_check_range(addr, bytes, "cp.async.bulk.tensor (store) source");
+  const std::string source = std::string(what) + " source";
+  const uint8_t* tile = tma_tile(source.c_str(), src, bytes, addr);
+  proxy_check_range(addr, bytes, source.c_str());
+  proxy_hold_range(addr, bytes, true);
   const TensorMapModel copy = m;
   int32_t c[kMaxRank] = {};
   for (int d = 0; d < rank; ++d) c[d] = coords[d];
   // Shared memory is read when the read step runs, not at issue: a kernel that reuses the buffer before
   // bulk_wait_group_read stores what it wrote later; global memory changes only in the later write step.
   auto store = std::make_shared<PendingStore>();
-  store->read = enqueue_async([copy, tile, addr, bytes, c, store] {
+  store->addr = addr;
+  store->bytes = bytes;
+  store->read = enqueue_async([copy, tile, addr, bytes, c, store, add] {
     auto data = std::make_shared<std::vector<uint8_t>>(tile, tile + bytes);
-    store->write = enqueue_async([copy, addr, c, data] { tma_copy_box(copy, c, data->data(), addr, false); });
+    store->write = enqueue_async([copy, addr, c, data, add] {
+      if (add) {
+        tma_add_box_f32(copy, c, data->data(), addr);
+      } else {
+        tma_copy_box(copy, c, data->data(), addr, false);
+      }
+    });
   });
   my_bulk_groups().open.push_back(std::move(store));
 }
@@ -220,6 +260,8 @@ inline void bulk_wait(int pending, bool read_only) {
     for (const auto& store : t.committed[g]) {
       run_async_now(store->read);  // queues the write
       if (!read_only) run_async_now(store->write);
+      if (store->held) proxy_hold_range(store->addr, store->bytes, false);  // the source may be rewritten now
+      store->held = false;
     }
   }
   if (!read_only) {
@@ -309,6 +351,15 @@ inline void tma_store_5d(const CUtensorMap* map, const void* src, int32_t c0, in
                          int32_t c4) {
   const int32_t c[] = {c0, c1, c2, c3, c4};
   cuda_emu::tma_store(5, map, src, c);
+}
+
+inline void tma_reduce_add_2d(const CUtensorMap* map, const void* src, int32_t c0, int32_t c1) {
+  const int32_t c[] = {c0, c1};
+  cuda_emu::tma_store(2, map, src, c, true);
+}
+inline void tma_reduce_add_3d(const CUtensorMap* map, const void* src, int32_t c0, int32_t c1, int32_t c2) {
+  const int32_t c[] = {c0, c1, c2};
+  cuda_emu::tma_store(3, map, src, c, true);
 }
 
 inline void bulk_commit_group() {

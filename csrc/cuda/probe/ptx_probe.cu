@@ -51,7 +51,8 @@ constexpr int kProbeThreads = 2 * frag::kWarpgroupThreads;  // a producer and a 
 constexpr uint32_t kTileBytes = 8192;
 constexpr uint32_t kProbeRegsLow = 24, kProbeRegsHigh = 240;  // setmaxnreg's floor; 24 x 128 + 240 x 128 <= pool
 
-// TMA loads and stores of every rank, mbarriers, fences, named barriers, stmatrix, setmaxnreg.
+// TMA loads and stores of every rank, reduce-adds of rank 2 and 3, mbarriers, fences, named barriers, stmatrix,
+// st.shared.v2.f32, setmaxnreg.
 __global__ void __launch_bounds__(kProbeThreads, 1)
     tma_sync_probe_kernel(const __grid_constant__ CUtensorMap m2, const __grid_constant__ CUtensorMap m3,
                           const __grid_constant__ CUtensorMap m4, const __grid_constant__ CUtensorMap m5, int c) {
@@ -79,6 +80,8 @@ __global__ void __launch_bounds__(kProbeThreads, 1)
     mbarrier_wait(&bar, 0);
     const int lane = threadIdx.x % frag::kWarpSize;
     stmatrix_x4(smem_u32(tile) + frag::stmatrix_sw128_offset(lane, 0, 0), lane, lane + 1, lane + 2, lane + 3);
+    constexpr uint32_t kPairBytes = 8;  // st.shared.v2.f32: the fp32 staging of the backward's dQ
+    st_shared_v2_f32(smem_u32(tile) + kTileBytes / 2 + lane * kPairBytes, __int_as_float(c), __int_as_float(lane));
     fence_proxy_async_shared();
     named_barrier_sync(2, frag::kWarpgroupThreads);
     if (threadIdx.x == frag::kWarpgroupThreads) {
@@ -86,6 +89,8 @@ __global__ void __launch_bounds__(kProbeThreads, 1)
       tma_store_3d(&m3, tile, c, c, c);
       tma_store_4d(&m4, tile, c, c, c, c);
       tma_store_5d(&m5, tile, c, c, c, c, c);
+      tma_reduce_add_2d(&m2, tile, c, c);
+      tma_reduce_add_3d(&m3, tile, c, c, c);
       bulk_commit_group();
       bulk_wait_group_read<0>();
       bulk_wait_group<0>();

@@ -1,10 +1,11 @@
 // The Hopper (sm_90a) PTX layer, one concern per header. Build with -gencode=arch=compute_90a,code=sm_90a:
 // wgmma and setmaxnreg exist only on the arch-specific target.
 //
-//   smem.cuh      shared-window addresses, the 128B swizzle, stmatrix, fp32 -> bf16x2/f16x2 packing
+//   smem.cuh      shared-window addresses, the 128B swizzle, stmatrix, st.shared.v2.f32, fp32 -> bf16x2/f16x2 packing
 //   mbarrier.cuh  mbarrier init/arrive/expect_tx/try_wait, proxy fences, named barriers, setmaxnreg
 //   tma.cuh       host: tensor maps (cuTensorMapEncodeTiled via the runtime's driver entry point), 2D-5D;
-//                 device: cp.async.bulk.tensor loads (mbarrier completion) and stores (bulk groups), prefetch
+//                 device: cp.async.bulk.tensor loads (mbarrier completion), stores and fp32 reduce-adds (bulk
+//                 groups), prefetch
 //   wgmma.cuh     shared-memory matrix descriptors, wgmma m64nNk16 SS/RS for N = 64..256 (8 sizes), fence/commit/wait,
 //                 the accumulator register fence
 //   layout.cuh    (thread, register) -> (row, col) of wgmma accumulators and register-A fragments; quad row

@@ -1,9 +1,11 @@
 // Shared-memory addressing for the Hopper PTX layer: 32-bit shared-window addresses, the 128-byte swizzle that TMA
-// and wgmma agree on, stmatrix (registers -> shared memory in the mma fragment layout), and bf16 packing.
+// and wgmma agree on, stmatrix (registers -> shared memory in the mma fragment layout), the fp32 pair store
+// st.shared.v2.f32, and bf16 packing.
 //
 // PTX ISA references (section titles; numbers drift between ISA versions):
 //   "cvta"                                  generic -> shared-window address conversion
 //   "stmatrix"                              warp-wide store of 8x8 b16 matrices
+//   "st"                                    st.shared.v2.f32, a per-thread vector store
 //   "Tensor copy ... swizzling modes"       the 128B swizzle pattern (also CUDA programming guide, "TMA swizzle")
 #pragma once
 
@@ -61,6 +63,13 @@ __device__ __forceinline__ void stmatrix_x4(uint32_t row_addr, uint32_t r0, uint
   asm volatile("stmatrix.sync.aligned.x4.m8n8.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(row_addr), "r"(r0),
                "r"(r1), "r"(r2), "r"(r3)
                : "memory");
+}
+
+// st.shared.v2.f32: two fp32 values to 8 consecutive bytes at window address `addr` (8-byte aligned); one STS.64.
+// A helper, not a C++ store, for tiles an async-proxy access (TMA store / reduce) reads next: the CPU model sees the
+// write and checks the writer's fence.proxy.async (csrc/cuda_emu/ptx_proxy.h).
+__device__ __forceinline__ void st_shared_v2_f32(uint32_t addr, float x, float y) {
+  asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(x), "f"(y) : "memory");
 }
 
 // Two fp32 values rounded (to nearest even) to bf16 and packed: `lo` in bits 0-15, `hi` in bits 16-31, the order

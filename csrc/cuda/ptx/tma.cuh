@@ -2,7 +2,8 @@
 //
 // PTX ISA references (section titles):
 //   "Tensor Copy instructions: cp.async.bulk.tensor" (loads and stores, .tile mode)
-//   "cp.async.bulk.commit_group", "cp.async.bulk.wait_group" (completion of stores, per thread)
+//   "Tensor Copy instructions: cp.reduce.async.bulk.tensor" (shared -> global element-wise reduction, .tile mode)
+//   "cp.async.bulk.commit_group", "cp.async.bulk.wait_group" (completion of stores and reductions, per thread)
 //   "prefetch, prefetch.tensormap"
 //   "Tensor-map" / "Tensor Memory Accelerator" (what a tensor map describes; CUDA driver API cuTensorMapEncodeTiled)
 //
@@ -230,7 +231,28 @@ __device__ __forceinline__ void tma_store_5d(const CUtensorMap* map, const void*
                : "memory");
 }
 
-// Closes this thread's pending bulk stores into one bulk async-group.
+// Reductions: shared -> global like the stores, but each in-bounds element of the box is ADDED to the global
+// element (atomically per element: boxes of several CTAs may overlap). The element type and the add's precision
+// come from the tensor map (here fp32 maps: an fp32 add). Same contract as the stores: the shared tile written and
+// fenced before the issue, tracked in the issuing thread's bulk async-group (bulk_commit_group; wait_group.read
+// frees the tile, wait_group makes the adds visible), out-of-bounds elements skipped. SASS: UTMAREDG.{2D,3D}.ADD.
+__device__ __forceinline__ void tma_reduce_add_2d(const CUtensorMap* map, const void* src, int32_t c0, int32_t c1) {
+  asm volatile("cp.reduce.async.bulk.tensor.2d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(smem_u32(src)), "r"(c0), "r"(c1)
+               : "memory");
+}
+
+__device__ __forceinline__ void tma_reduce_add_3d(const CUtensorMap* map, const void* src, int32_t c0, int32_t c1,
+                                                  int32_t c2) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4}], [%1];\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(smem_u32(src)), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+
+// Closes this thread's pending bulk stores and reductions into one bulk async-group.
 __device__ __forceinline__ void bulk_commit_group() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 
 // Waits until at most kPending of this thread's bulk groups still READ their shared source: after it, the shared
@@ -240,7 +262,7 @@ __device__ __forceinline__ void bulk_wait_group_read() {
   asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
 }
 
-// Waits until at most kPending of this thread's bulk groups are incomplete (global writes done and visible).
+// Waits until at most kPending of this thread's bulk groups are incomplete (global writes / adds done and visible).
 template <int kPending>
 __device__ __forceinline__ void bulk_wait_group() {
   asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(kPending) : "memory");
