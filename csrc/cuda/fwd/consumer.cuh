@@ -36,12 +36,8 @@ __device__ __forceinline__ void sched_wait(int consumer) {
 template <int D>
 __device__ __forceinline__ void sched_pass(int consumer) {
   using T = FwdTraits<D>;
-  if constexpr (T::kConsumers == 2) {
-    ptx::named_barrier_arrive(T::kSchedBarrier + (1 - consumer), T::kPingPongThreads);
-  } else {
-    const int next = consumer + 1 == T::kConsumers ? 0 : consumer + 1;
-    ptx::named_barrier_arrive(T::kSchedBarrier + next, T::kPingPongThreads);
-  }
+  const int next = consumer + 1 == T::kConsumers ? 0 : consumer + 1;
+  ptx::named_barrier_arrive(T::kSchedBarrier + next, T::kPingPongThreads);
 }
 
 // Lane 0 of each consumer warp arrives (the barrier counts kConsumerWarps): every warp's wgmmas reading the stage
