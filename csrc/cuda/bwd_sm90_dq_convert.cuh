@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "bwd_sm90_kernel.cuh"  // pack_half2
+#include "bwd_sm90_common.cuh"  // pack_half2
 
 namespace flashcore::sm90::bwd {
 

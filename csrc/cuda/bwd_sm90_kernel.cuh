@@ -26,90 +26,20 @@
 #pragma once
 
 #include <cuda.h>
-#include <cuda_fp16.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <utility>
 
 #include "../fwd_params.h"  // HalfType, kLog2e
-#include "bwd_sm90_config.cuh"
+#include "bwd_sm90_common.cuh"
+#include "bwd_sm90_dq.cuh"
 #include "bwd_sm90_plan.h"
 #include "ptx/ptx.cuh"
-#include "ptx/sync_ext.cuh"
-#include "ptx/wgmma_mn.cuh"
 
 namespace flashcore::sm90::bwd {
 
 using namespace ptx;
-
-// Everything the kernel reads besides the tensor maps (by value, __grid_constant__).
-struct BwdArgs {
-  const float* lse;    // dense (batch, heads_q, seqlen_q), varlen (heads_q, total_q): the forward's, natural log
-  const float* delta;  // laid out like lse: rowsum(dO * O) - dlse
-  int64_t lse_stride_b, lse_stride_h;
-  const int32_t* cu_seqlens_q;  // (batch + 1,) or nullptr (dense)
-  const int32_t* cu_seqlens_k;
-  float* dq_accum;      // (total_q, heads_q, head_dim) fp32, zero-filled: dq's layout, row = b * seqlen_q + s or
-                        // cu_seqlens_q[b] + s
-  int32_t* semaphores;  // deterministic: (batch, heads_q, m_tiles) int32, zero-filled; else nullptr
-  int32_t* item_counter;  // (1,) int32, zero-filled (in the workspace): dynamic schedule; nullptr: static
-  void* dk;             // like k: (batch, seqlen_k, heads_kv, head_dim) | (total_k, heads_kv, head_dim)
-  void* dv;
-  int64_t dk_stride_b, dk_stride_s, dk_stride_h;
-  int64_t dv_stride_b, dv_stride_s, dv_stride_h;
-  int32_t heads_q, heads_kv, head_dim;
-  int32_t seqlen_q, seqlen_k;  // dense lengths (varlen: unused, cu_seqlens give them)
-  int32_t window_left, window_right;
-  int32_t m_tiles;      // ceil(max_seqlen_q / block_m): semaphores per (batch, head)
-  float score_mul;      // no softcap: softmax_scale * log2(e), signed (a negative scale needs no q negation here)
-  float tanh_in;        // softcap: softmax_scale / softcap
-  float softcap_log2;   // softcap: softcap * log2(e)
-  float inv_softcap_log2;  // softcap: 1 / softcap_log2 (tanh recovered from P, see consume)
-  float dscale;         // softmax_scale: d score / d(q.k), times (1 - tanh^2) with softcap
-  int32_t softcap;      // 0 / 1
-  int32_t deterministic;
-  WorkGrid grid;
-};
-
-// Named barriers (id 0 is __syncthreads). Counts are consumer threads only: the producer never joins them.
-constexpr uint32_t kBarPFree = 1;     // block_n = 64: both consumers done reading the previous tile's P^T
-constexpr uint32_t kBarDsFree = 2;    // both consumers done reading the previous tile's dS^T (the dQ GEMM reads all)
-constexpr uint32_t kBarDsReady = 3;   // both consumers wrote their P^T / dS^T rows or halves
-constexpr uint32_t kBarDetGo = 4;     // deterministic: the tile's semaphore reached this block's rank
-constexpr uint32_t kBarDetDone = 5;   // deterministic: every adding thread has fenced its adds
-constexpr uint32_t kBarDqStaged = 6;  // + consumer (6, 7): its warpgroup wrote and fenced its dQ staging boxes
-constexpr uint32_t kConsumerThreads = 2 * kWarpgroupThreads;
-
-// Where sequence b lives: dense sequences are whole tensors' slices (the tensor map's batch coordinate), varlen
-// ones are row ranges of the flat (total, heads, head_dim) tensors.
-struct SeqInfo {
-  SeqGeom g;
-  int32_t start_q, start_k;  // first row in the (flattened) tensors' sequence dimension
-  int32_t tma_batch;         // the tensor map's batch coordinate (0 for varlen)
-  int32_t dq_row0;           // row of query 0 in dq_accum / dq (< 2^31: the host checks total_q)
-};
-
-__device__ __forceinline__ SeqInfo seq_info(const BwdArgs& a, int32_t b) {
-  SeqInfo s;
-  s.g.window_left = a.window_left;
-  s.g.window_right = a.window_right;
-  if (a.cu_seqlens_q != nullptr) {
-    s.start_q = a.cu_seqlens_q[b];
-    s.start_k = a.cu_seqlens_k[b];
-    s.g.seqlen_q = a.cu_seqlens_q[b + 1] - s.start_q;
-    s.g.seqlen_k = a.cu_seqlens_k[b + 1] - s.start_k;
-    s.tma_batch = 0;
-    s.dq_row0 = s.start_q;
-  } else {
-    s.start_q = s.start_k = 0;
-    s.g.seqlen_q = a.seqlen_q;
-    s.g.seqlen_k = a.seqlen_k;
-    s.tma_batch = b;
-    s.dq_row0 = b * a.seqlen_q;
-  }
-  return s;
-}
 
 // tanh(x) = 1 - 2 / (exp(2x) + 1), with ex2.approx (relative error ~2^-22) and a fast division: absolute error
 // ~1e-7. --use_fast_math turns tanhf into MUFU.TANH, whose ~5e-4 error times a softcap of 30-50 would move the
@@ -117,42 +47,6 @@ __device__ __forceinline__ SeqInfo seq_info(const BwdArgs& a, int32_t b) {
 constexpr float kTwoLog2e = 2.0f * kLog2e;
 __device__ __forceinline__ float tanh_accurate(float x) {
   return 1.0f - __fdividef(2.0f, exp2f(x * kTwoLog2e) + 1.0f);
-}
-
-// gridDim.x read where it is used: held in a register across the item loop, it was the one value D = 256 spilled.
-__device__ __forceinline__ int32_t grid_ctas() {
-#if defined(FLASHCORE_SM90_EMU)
-  return static_cast<int32_t>(gridDim.x);  // the CPU model: no registers to save
-#else
-  uint32_t n;
-  asm volatile("mov.u32 %0, %%nctaid.x;" : "=r"(n));
-  return static_cast<int32_t>(n);
-#endif
-}
-
-// The same value, but opaque to the optimizer: values derived from it are recomputed where used instead of being
-// hoisted out of the loop into registers.
-__device__ __forceinline__ uint32_t opaque(uint32_t v) {
-#if !defined(FLASHCORE_SM90_EMU)  // the CPU model: nothing to hide from
-  asm volatile("" : "+r"(v));
-#endif
-  return v;
-}
-
-template <HalfType kType>
-__device__ __forceinline__ float2 unpack_half2(uint32_t v) {
-  if constexpr (kType == HalfType::kBf16) {
-    return make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xffff0000u));  // bf16 = high half of fp32
-  } else {
-    __half2_raw raw;
-    raw.x = static_cast<unsigned short>(v & 0xffffu), raw.y = static_cast<unsigned short>(v >> 16);
-    return __half22float2(__half2(raw));
-  }
-}
-
-template <HalfType kType>
-__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
-  return kType == HalfType::kBf16 ? pack_bf16x2(lo, hi) : pack_f16x2(lo, hi);
 }
 
 // ---- producer --------------------------------------------------------------------------------------------------
@@ -227,23 +121,6 @@ __device__ __forceinline__ void produce(SharedStorage<C>& s, const CUtensorMap* 
 }
 
 // ---- consumer pieces -------------------------------------------------------------------------------------------
-// Calls f(std::integral_constant<int, p>) for each column piece p of the columns [kC0, kC0 + kCols).
-template <int kC0, int kCols, class F>
-__device__ __forceinline__ void for_each_piece(F&& f) {
-  [&]<int... P>(std::integer_sequence<int, P...>) {
-    (f(std::integral_constant<int, P>{}), ...);
-  }(std::make_integer_sequence<int, piece_count(kC0, kCols)>{});
-}
-
-// The accumulator registers of piece p inside a consumer's kCols-wide accumulator.
-template <int kWidth, int kCols>
-__device__ __forceinline__ float (&piece_regs(float (&acc)[kCols / 2], int reg0))[kWidth / 2] {
-  return *reinterpret_cast<float(*)[kWidth / 2]>(&acc[reg0]);
-}
-
-constexpr uint32_t kK16Bytes = kWgmmaK * kElemBytes;  // next 16 values inside a K-major 128-byte row
-constexpr uint32_t kK16Rows = kWgmmaK * kRowBytes;     // next 16 rows of an MN-major tile (two 1024 B atoms)
-
 // The wgmmas of a consumer's dV / dK GEMMs (K = block_m queries): f(kq, width, reg0, b_off) for every K step kq
 // (16 queries) and column piece, whose accumulator registers start at reg0 (width and reg0 as integral constants)
 // and whose MN-major B operand (dO or Q) starts b_off bytes into the stage's tile.
@@ -296,153 +173,6 @@ __device__ __forceinline__ void dkv_gemm_rs(float (&acc)[C::kCols / 2], const ui
                                 mnmajor_sw128_desc(b_stage + b_off, C::kQColBlockBytes), true);
   });
   wgmma_commit();
-}
-
-// dQ_tile[:, piece] = dS K[:, piece] over all block_n keys (K = block_n): one wgmma group. Each consumer computes
-// its own columns of the tile (dq_cols), one piece (<= 64 columns, 32 registers) at a time, so that the
-// accumulator never coexists with more than dK + dV (a whole 64 x 128 dQ tile next to them would need 256
-// registers), and every dQ value is added to the workspace once per CTA.
-template <class C, MmaType kMma, int kStart, int kWidth>
-__device__ __forceinline__ void dq_piece_gemm(float (&dq)[kWidth / 2], uint32_t ds_base, uint32_t k_base) {
-  constexpr uint32_t kOff = (kStart / kColBlock) * C::kKColBlockBytes + (kStart % kColBlock) * kElemBytes;
-  wgmma_fence();
-#pragma unroll
-  for (int kk = 0; kk < C::kBlockN / kWgmmaK; ++kk) {
-    const uint64_t a_ds = mnmajor_sw128_desc(ds_base + kk * kK16Rows, C::kBlockN * kRowBytes);
-    const uint64_t b_k = mnmajor_sw128_desc(k_base + kOff + kk * kK16Rows, C::kKColBlockBytes);
-    wgmma_ss_n<kWidth, kMma, 1, 1>(dq, a_ds, b_k, kk > 0);
-  }
-  wgmma_commit();
-}
-
-// One dQ piece (64 queries x kWidth columns) into this consumer's staging boxes, at column kCol0 of its dQ
-// columns: box kCol0 / 32 on, row = query, one 128-byte row per query with the 128B swizzle of the map that
-// reduces them (tmap_dq), one st.shared.v2.f32 per register pair (columns c, c + 1 of one row).
-// Bank conflicts: an STS.64 is served per half-warp, 16 lanes = 4 query rows x the 2 16-byte chunks of one 8-column
-// group. The swizzle puts chunk k of row r at position k ^ (r % 8), so rows r and r ^ 1 would hit the same two
-// positions (2-way). Lanes of odd rows store, at the same step, the pair 16 columns over (register i ^ 8: column
-// group ^ 2, same box), whose chunks sit at positions ^ 4: the half-warp covers all 8, conflict free.
-// Rows from valid_rows on (queries past seqlen_q: the next sequence's or batch's rows of dq_accum, which the map
-// does not clip) are staged as zeros: their dS is 0 times dP, and a non-finite dP there (an inf in this block's V,
-// or in the neighbour's dO) must not turn into NaN in another sequence's dQ.
-template <int kCol0, int kWidth>
-__device__ __forceinline__ void stage_dq(const float (&dq)[kWidth / 2], uint32_t stage, int tid, int32_t valid_rows) {
-  static_assert(kCol0 % kDqBoxCols == 0 && kWidth % kDqBoxCols == 0, "pieces are whole staging boxes");
-  constexpr uint32_t kFloatBytes = sizeof(float);
-  constexpr int kSwapRegs = 8;                        // 16 columns over: 4 registers per 8-column group
-  constexpr uint32_t kSwapBytes = 16 * kFloatBytes;   // ... = column ^ 16 = byte ^ 64 = chunk position ^ 4
-  static_assert(kWidth / 2 >= 2 * kSwapRegs, "the swapped pair stays in the piece (pieces are >= 32 columns)");
-  const bool odd_row = frag::acc_row(tid, 0) % 2 != 0;
-  const uint32_t swap = odd_row ? kSwapBytes : 0u;
-#pragma unroll
-  for (int i = 0; i < kWidth / 2; i += 2) {
-    const int col = kCol0 + frag::acc_col(tid, i);
-    const uint32_t byte = (col % kDqBoxCols) * kFloatBytes;  // within the query's 128-byte row
-    const uint32_t addr = stage + (col / kDqBoxCols) * kDqBoxBytes +
-                          swizzle128_offset(frag::acc_row(tid, i), byte / kSwizzleChunk) + byte % kSwizzleChunk;
-    const bool valid = frag::acc_row(tid, i) < valid_rows;  // the swapped pair is on the same row
-    const float x = odd_row ? dq[i ^ kSwapRegs] : dq[i], y = odd_row ? dq[(i ^ kSwapRegs) + 1] : dq[i + 1];
-    st_shared_v2_f32(addr ^ swap, valid ? x : 0.0f, valid ? y : 0.0f);
-  }
-}
-
-// One dQ piece (64 queries x kWidth columns from kStart) into the fp32 workspace. Rows past seqlen_q are dropped
-// (their values are 0 anyway; for varlen they would be the next sequence's rows).
-template <int kStart, int kWidth, bool kOrdered>
-__device__ __forceinline__ void add_dq(const float (&dq)[kWidth / 2], const BwdArgs& a, int32_t dq_row0, int32_t hq,
-                                       int32_t q0, int32_t seqlen_q, int tid) {
-#pragma unroll
-  for (int i = 0; i < kWidth / 2; i += 2) {
-    const int32_t q = q0 + frag::acc_row(tid, i);
-    if (q >= seqlen_q) continue;
-    float* ptr = a.dq_accum + (int64_t(dq_row0 + q) * a.heads_q + hq) * a.head_dim + kStart + frag::acc_col(tid, i);
-    if constexpr (kOrdered) {
-      float2 v = __ldcg(reinterpret_cast<const float2*>(ptr));  // L2: another SM wrote it last
-      v.x += dq[i], v.y += dq[i + 1];
-      __stcg(reinterpret_cast<float2*>(ptr), v);
-    } else {
-      red_add_f32x2(ptr, dq[i], dq[i + 1]);
-    }
-  }
-}
-
-// Where one query tile's dQ goes, and its deterministic turn.
-struct DqTile {
-  const BwdArgs& a;
-  int32_t dq_row0, hq, q0, seqlen_q;
-  int t, lane;
-  int32_t* sem;  // deterministic: the tile's semaphore; nullptr: TMA reduce-add (or red.global.add)
-  int32_t rank;  // deterministic: adds when *sem == rank
-  const CUtensorMap* tmap_dq;  // dq_accum as (head_dim, heads_q, rows) fp32, [64][32] boxes, 128B swizzle
-  const float* stage;          // this consumer's staging boxes (C::kDqByTma)
-};
-
-// Consumer kDqPart's dQ columns: the head dim split at a multiple of 32 (64 / 96: 32 + 32 / 64 + 32).
-template <class C, int kDqPart>
-struct DqCols {
-  static constexpr int kSplit = C::kDqSplit;
-  static constexpr int kC0 = kDqPart == 0 ? 0 : kSplit;
-  static constexpr int kCols = kDqPart == 0 ? kSplit : C::kHeadDim - kSplit;
-};
-
-// The dQ GEMMs of one tile, piece by piece, each added to the workspace as soon as it completes. The first wait
-// also completes the dV / dK group, which frees the stage; dkv_done() runs right after it (the RS form pins its
-// A registers up to there). By TMA: the warpgroup stages the piece, fences it for the async proxy and syncs;
-// thread 0 issues one reduce-add per box and commits (its wait_group.read before the next tile's kBarDsReady frees
-// the boxes, consume). Deterministic: the block's turn comes when the tile's semaphore equals its rank (the
-// contributing blocks add in increasing n); the two consumers add disjoint columns at once, then one thread
-// releases the next block.
-template <class C, MmaType kMma, int kDqPart, class F>
-__device__ __forceinline__ void dq_phase(const DqTile& d, uint32_t ds_base, uint32_t k_base, uint64_t* empty,
-                                         int consumer, F&& dkv_done) {
-  using Cols = DqCols<C, kDqPart>;
-  for_each_piece<Cols::kC0, Cols::kCols>([&](auto piece) {
-    constexpr int kP = decltype(piece)::value;
-    constexpr int kStart = piece_start(Cols::kC0, Cols::kCols, kP);
-    constexpr int kWidth = piece_width(Cols::kC0, Cols::kCols, kP);
-    float dq[kWidth / 2];
-    dq_piece_gemm<C, kMma, kStart, kWidth>(dq, ds_base, k_base);
-    fence_operands(dq);
-    if constexpr (kP == 0) {
-      wgmma_wait<1>();  // dV / dK group done: Q and dO of this stage are no longer read
-      dkv_done();
-      if (d.lane == 0) mbarrier_arrive(empty);
-      if (d.sem != nullptr) {
-        if (consumer == 0 && d.t == 0) {
-          while (ld_acquire_gpu(d.sem) != d.rank) {
-          }
-        }
-        named_barrier_sync(kBarDetGo, kConsumerThreads);
-      }
-    }
-    wgmma_wait<0>();
-    fence_operands(dq);
-    if (d.sem != nullptr) {
-      add_dq<kStart, kWidth, true>(dq, d.a, d.dq_row0, d.hq, d.q0, d.seqlen_q, d.t);
-    } else if constexpr (C::kDqByTma) {
-      // Rows past seqlen_q are added too, as zeros (stage_dq), and the map clips rows past the workspace's end;
-      // other columns / heads are never touched (boxes inside head_dim).
-      constexpr int kCol0 = kStart - Cols::kC0;
-      stage_dq<kCol0, kWidth>(dq, smem_u32(d.stage), d.t, d.seqlen_q - d.q0);
-      fence_proxy_async_shared();  // each writer: its generic stores before the TMA unit reads them
-      named_barrier_sync(kBarDqStaged + kDqPart, kWarpgroupThreads);  // kDqPart = consumer: a constant id
-      if (d.t == 0) {
-#pragma unroll
-        for (int box = kCol0 / kDqBoxCols; box < (kCol0 + kWidth) / kDqBoxCols; ++box) {
-          tma_reduce_add_3d(d.tmap_dq, d.stage + box * kWgmmaM * kDqBoxCols, Cols::kC0 + box * kDqBoxCols, d.hq,
-                            d.dq_row0 + d.q0);
-        }
-        bulk_commit_group();
-      }
-    } else {
-      add_dq<kStart, kWidth, false>(dq, d.a, d.dq_row0, d.hq, d.q0, d.seqlen_q, d.t);
-    }
-  });
-  if (d.sem != nullptr) {
-    __threadfence();  // each adding thread: its adds before the release below (across the barrier)
-    named_barrier_sync(kBarDetDone, kConsumerThreads);
-    if (consumer == 0 && d.t == 0) red_release_gpu_add(d.sem, 1);
-  }
 }
 
 // dK or dV (64 keys x this consumer's columns) -> global, rows past seqlen_k dropped.

@@ -1,0 +1,162 @@
+// The sm_90a backward's dQ phase: per query tile, each consumer computes its columns of dQ = dS K over the
+// block's keys, piece by piece, and adds them to the fp32 workspace: by TMA reduce-add from 128B-swizzled
+// shared-memory boxes (C::kDqByTma), by red.global.add (D = 256), or in a fixed order behind a semaphore
+// (deterministic). Used by consume() in bwd_sm90_kernel.cuh.
+#pragma once
+
+#include <cstdint>
+
+#include "bwd_sm90_common.cuh"
+
+namespace flashcore::sm90::bwd {
+
+using namespace ptx;
+
+// dQ_tile[:, piece] = dS K[:, piece] over all block_n keys (K = block_n): one wgmma group. Each consumer computes
+// its own columns of the tile (dq_cols), one piece (<= 64 columns, 32 registers) at a time, so that the
+// accumulator never coexists with more than dK + dV (a whole 64 x 128 dQ tile next to them would need 256
+// registers), and every dQ value is added to the workspace once per CTA.
+template <class C, MmaType kMma, int kStart, int kWidth>
+__device__ __forceinline__ void dq_piece_gemm(float (&dq)[kWidth / 2], uint32_t ds_base, uint32_t k_base) {
+  constexpr uint32_t kOff = (kStart / kColBlock) * C::kKColBlockBytes + (kStart % kColBlock) * kElemBytes;
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < C::kBlockN / kWgmmaK; ++kk) {
+    const uint64_t a_ds = mnmajor_sw128_desc(ds_base + kk * kK16Rows, C::kBlockN * kRowBytes);
+    const uint64_t b_k = mnmajor_sw128_desc(k_base + kOff + kk * kK16Rows, C::kKColBlockBytes);
+    wgmma_ss_n<kWidth, kMma, 1, 1>(dq, a_ds, b_k, kk > 0);
+  }
+  wgmma_commit();
+}
+
+// One dQ piece (64 queries x kWidth columns) into this consumer's staging boxes, at column kCol0 of its dQ
+// columns: box kCol0 / 32 on, row = query, one 128-byte row per query with the 128B swizzle of the map that
+// reduces them (tmap_dq), one st.shared.v2.f32 per register pair (columns c, c + 1 of one row).
+// Bank conflicts: an STS.64 is served per half-warp, 16 lanes = 4 query rows x the 2 16-byte chunks of one 8-column
+// group. The swizzle puts chunk k of row r at position k ^ (r % 8), so rows r and r ^ 1 would hit the same two
+// positions (2-way). Lanes of odd rows store, at the same step, the pair 16 columns over (register i ^ 8: column
+// group ^ 2, same box), whose chunks sit at positions ^ 4: the half-warp covers all 8, conflict free.
+// Rows from valid_rows on (queries past seqlen_q: the next sequence's or batch's rows of dq_accum, which the map
+// does not clip) are staged as zeros: their dS is 0 times dP, and a non-finite dP there (an inf in this block's V,
+// or in the neighbour's dO) must not turn into NaN in another sequence's dQ.
+template <int kCol0, int kWidth>
+__device__ __forceinline__ void stage_dq(const float (&dq)[kWidth / 2], uint32_t stage, int tid, int32_t valid_rows) {
+  static_assert(kCol0 % kDqBoxCols == 0 && kWidth % kDqBoxCols == 0, "pieces are whole staging boxes");
+  constexpr uint32_t kFloatBytes = sizeof(float);
+  constexpr int kSwapRegs = 8;                        // 16 columns over: 4 registers per 8-column group
+  constexpr uint32_t kSwapBytes = 16 * kFloatBytes;   // ... = column ^ 16 = byte ^ 64 = chunk position ^ 4
+  static_assert(kWidth / 2 >= 2 * kSwapRegs, "the swapped pair stays in the piece (pieces are >= 32 columns)");
+  const bool odd_row = frag::acc_row(tid, 0) % 2 != 0;
+  const uint32_t swap = odd_row ? kSwapBytes : 0u;
+#pragma unroll
+  for (int i = 0; i < kWidth / 2; i += 2) {
+    const int col = kCol0 + frag::acc_col(tid, i);
+    const uint32_t byte = (col % kDqBoxCols) * kFloatBytes;  // within the query's 128-byte row
+    const uint32_t addr = stage + (col / kDqBoxCols) * kDqBoxBytes +
+                          swizzle128_offset(frag::acc_row(tid, i), byte / kSwizzleChunk) + byte % kSwizzleChunk;
+    const bool valid = frag::acc_row(tid, i) < valid_rows;  // the swapped pair is on the same row
+    const float x = odd_row ? dq[i ^ kSwapRegs] : dq[i], y = odd_row ? dq[(i ^ kSwapRegs) + 1] : dq[i + 1];
+    st_shared_v2_f32(addr ^ swap, valid ? x : 0.0f, valid ? y : 0.0f);
+  }
+}
+
+// One dQ piece (64 queries x kWidth columns from kStart) into the fp32 workspace. Rows past seqlen_q are dropped
+// (their values are 0 anyway; for varlen they would be the next sequence's rows).
+template <int kStart, int kWidth, bool kOrdered>
+__device__ __forceinline__ void add_dq(const float (&dq)[kWidth / 2], const BwdArgs& a, int32_t dq_row0, int32_t hq,
+                                       int32_t q0, int32_t seqlen_q, int tid) {
+#pragma unroll
+  for (int i = 0; i < kWidth / 2; i += 2) {
+    const int32_t q = q0 + frag::acc_row(tid, i);
+    if (q >= seqlen_q) continue;
+    float* ptr = a.dq_accum + (int64_t(dq_row0 + q) * a.heads_q + hq) * a.head_dim + kStart + frag::acc_col(tid, i);
+    if constexpr (kOrdered) {
+      float2 v = __ldcg(reinterpret_cast<const float2*>(ptr));  // L2: another SM wrote it last
+      v.x += dq[i], v.y += dq[i + 1];
+      __stcg(reinterpret_cast<float2*>(ptr), v);
+    } else {
+      red_add_f32x2(ptr, dq[i], dq[i + 1]);
+    }
+  }
+}
+
+// Where one query tile's dQ goes, and its deterministic turn.
+struct DqTile {
+  const BwdArgs& a;
+  int32_t dq_row0, hq, q0, seqlen_q;
+  int t, lane;
+  int32_t* sem;  // deterministic: the tile's semaphore; nullptr: TMA reduce-add (or red.global.add)
+  int32_t rank;  // deterministic: adds when *sem == rank
+  const CUtensorMap* tmap_dq;  // dq_accum as (head_dim, heads_q, rows) fp32, [64][32] boxes, 128B swizzle
+  const float* stage;          // this consumer's staging boxes (C::kDqByTma)
+};
+
+// Consumer kDqPart's dQ columns: the head dim split at a multiple of 32 (64 / 96: 32 + 32 / 64 + 32).
+template <class C, int kDqPart>
+struct DqCols {
+  static constexpr int kSplit = C::kDqSplit;
+  static constexpr int kC0 = kDqPart == 0 ? 0 : kSplit;
+  static constexpr int kCols = kDqPart == 0 ? kSplit : C::kHeadDim - kSplit;
+};
+
+// The dQ GEMMs of one tile, piece by piece, each added to the workspace as soon as it completes. The first wait
+// also completes the dV / dK group, which frees the stage; dkv_done() runs right after it (the RS form pins its
+// A registers up to there). By TMA: the warpgroup stages the piece, fences it for the async proxy and syncs;
+// thread 0 issues one reduce-add per box and commits (its wait_group.read before the next tile's kBarDsReady frees
+// the boxes, consume). Deterministic: the block's turn comes when the tile's semaphore equals its rank (the
+// contributing blocks add in increasing n); the two consumers add disjoint columns at once, then one thread
+// releases the next block.
+template <class C, MmaType kMma, int kDqPart, class F>
+__device__ __forceinline__ void dq_phase(const DqTile& d, uint32_t ds_base, uint32_t k_base, uint64_t* empty,
+                                         int consumer, F&& dkv_done) {
+  using Cols = DqCols<C, kDqPart>;
+  for_each_piece<Cols::kC0, Cols::kCols>([&](auto piece) {
+    constexpr int kP = decltype(piece)::value;
+    constexpr int kStart = piece_start(Cols::kC0, Cols::kCols, kP);
+    constexpr int kWidth = piece_width(Cols::kC0, Cols::kCols, kP);
+    float dq[kWidth / 2];
+    dq_piece_gemm<C, kMma, kStart, kWidth>(dq, ds_base, k_base);
+    fence_operands(dq);
+    if constexpr (kP == 0) {
+      wgmma_wait<1>();  // dV / dK group done: Q and dO of this stage are no longer read
+      dkv_done();
+      if (d.lane == 0) mbarrier_arrive(empty);
+      if (d.sem != nullptr) {
+        if (consumer == 0 && d.t == 0) {
+          while (ld_acquire_gpu(d.sem) != d.rank) {
+          }
+        }
+        named_barrier_sync(kBarDetGo, kConsumerThreads);
+      }
+    }
+    wgmma_wait<0>();
+    fence_operands(dq);
+    if (d.sem != nullptr) {
+      add_dq<kStart, kWidth, true>(dq, d.a, d.dq_row0, d.hq, d.q0, d.seqlen_q, d.t);
+    } else if constexpr (C::kDqByTma) {
+      // Rows past seqlen_q are added too, as zeros (stage_dq), and the map clips rows past the workspace's end;
+      // other columns / heads are never touched (boxes inside head_dim).
+      constexpr int kCol0 = kStart - Cols::kC0;
+      stage_dq<kCol0, kWidth>(dq, smem_u32(d.stage), d.t, d.seqlen_q - d.q0);
+      fence_proxy_async_shared();  // each writer: its generic stores before the TMA unit reads them
+      named_barrier_sync(kBarDqStaged + kDqPart, kWarpgroupThreads);  // kDqPart = consumer: a constant id
+      if (d.t == 0) {
+#pragma unroll
+        for (int box = kCol0 / kDqBoxCols; box < (kCol0 + kWidth) / kDqBoxCols; ++box) {
+          tma_reduce_add_3d(d.tmap_dq, d.stage + box * kWgmmaM * kDqBoxCols, Cols::kC0 + box * kDqBoxCols, d.hq,
+                            d.dq_row0 + d.q0);
+        }
+        bulk_commit_group();
+      }
+    } else {
+      add_dq<kStart, kWidth, false>(dq, d.a, d.dq_row0, d.hq, d.q0, d.seqlen_q, d.t);
+    }
+  });
+  if (d.sem != nullptr) {
+    __threadfence();  // each adding thread: its adds before the release below (across the barrier)
+    named_barrier_sync(kBarDetDone, kConsumerThreads);
+    if (consumer == 0 && d.t == 0) red_release_gpu_add(d.sem, 1);
+  }
+}
+
+}  // namespace flashcore::sm90::bwd
