@@ -9,13 +9,14 @@ real tile shapes), and simulates the persistent schedule with the deterministic 
   * every work item is run exactly once for every grid size; the simulated grid never deadlocks, and each query
     tile's dQ adds arrive in increasing key-block order (a fixed total order: bit-identical sums).
   * the kernel's roles (producer + 8 consumer warps per CTA) with their barriers (item-index ring, K/V pair, stage
-    ring, the consumers' named barriers, the deterministic semaphores), stepped through random interleavings under
-    the dynamic schedule (claims from a shared counter, csrc/cuda/tile_handoff.h) and the static one: no deadlock,
-    every item handed out once and run by all consumer warps of one CTA, every role of a CTA walks one increasing
-    sequence ending in the sentinel, every parity wait means the phase it names, and each query tile's dQ adds
-    come from exactly its contributing blocks in rank order.
-A second test breaks the header on purpose (one mutation per check family) and expects the program to fail, so
-that the checks are known to bite.
+    ring, the consumers' named barriers, the deterministic semaphores in both forms: ordered loads / stores behind
+    one release per block, and by TMA with each consumer's release deferred to its next tile), stepped through
+    random interleavings under the dynamic schedule (claims from a shared counter, csrc/cuda/tile_handoff.h) and
+    the static one: no deadlock, every item handed out once and run by all consumer warps of one CTA, every role
+    of a CTA walks one increasing sequence ending in the sentinel, every parity wait means the phase it names,
+    each query tile's dQ adds come from exactly its contributing blocks in rank order, and every turn is passed on.
+A second test breaks the header (or the model's mirror of the kernel) on purpose, one mutation per check family,
+and expects the program to fail, so that the checks are known to bite.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ def _compiler() -> str:
     return cxx
 
 
-def _build_and_run(include_dir: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+def _build_and_run(include_dir: Path, tmp_path: Path, check: Path = CHECK) -> subprocess.CompletedProcess:
     exe = tmp_path / "plan_check"
-    build = subprocess.run([_compiler(), *CXX_FLAGS, f"-I{include_dir}", str(CHECK), "-o", str(exe)],
+    build = subprocess.run([_compiler(), *CXX_FLAGS, f"-I{include_dir}", str(check), "-o", str(exe)],
                            capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-4000:]
     return subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
@@ -67,6 +68,8 @@ MUTATIONS = {
                            "return n_block - key_block_range(g, m_tile, block_m, block_n).begin + (n_block > 3);"),
     "claim": (HANDOFF, "? grid + claimed : kNoTile", "? grid + claimed - (claimed == 3) : kNoTile"),
     "hand-off parity": (HANDOFF, "return (passed / kTileSlots) & 1u;", "return passed & 1u;"),
+    # The model's mirror of the kernel (deterministic dQ by TMA): a consumer that exits still owing a turn.
+    "turn owed at exit": (CHECK, "pass_turn(r);\n          r.done = true;", "r.done = true;"),
 }
 
 
@@ -74,13 +77,13 @@ MUTATIONS = {
 def test_check_catches_a_broken_plan(tmp_path, name):
     target, old, new = MUTATIONS[name]
     (tmp_path / "cuda").mkdir()
-    for header in (PLAN, HANDOFF):
-        text = header.read_text()
-        if header == target:
-            assert text.count(old) == 1, f"mutation {name!r}: {old!r} not found once in {header.name}; update the test"
+    for source in (PLAN, HANDOFF, CHECK):
+        text = source.read_text()
+        if source == target:
+            assert text.count(old) == 1, f"mutation {name!r}: {old!r} not found once in {source.name}; update the test"
             text = text.replace(old, new)
-        (tmp_path / "cuda" / header.name).write_text(text)
-    run = _build_and_run(tmp_path, tmp_path)
+        (tmp_path / "cuda" / source.name).write_text(text)
+    run = _build_and_run(tmp_path, tmp_path, tmp_path / "cuda" / CHECK.name)
     assert run.returncode != 0 and "FAIL" in run.stdout, f"the check missed the {name} mutation:\n{run.stdout}"
 
 

@@ -614,10 +614,12 @@ def test_backward_large_non_persistent_grids(emu):
     check_bwd(emu, 2, 400, 200, 6, 2, 64, torch.bfloat16, causal=True, run=dict(num_sms=16))
 
 
-@pytest.mark.parametrize("head_dim", [64, 192])
+@pytest.mark.parametrize("head_dim", [64, 192, 256])
 def test_backward_deterministic_bit_identical(emu, head_dim):
     """Deterministic mode adds dQ in a fixed order: the same bits across seeds, interleavings, SM counts and tile
-    schedules (several CTAs add into each query tile: 3 key blocks per sequence)."""
+    schedules (several CTAs add into each query tile: 3 key blocks per sequence). D = 64 / 192 add by TMA, each
+    consumer passing the tile's turn on a tile later, once its adds complete (under the lazy copy engine a release
+    before completion lets the next block's adds land first); D = 256 with ordered loads / stores."""
     dtype = torch.bfloat16
     q, k, v = random_qkv(2, 150, 300, 2, 1, head_dim, dtype)
     dout = torch.randn(q.shape).to(dtype)

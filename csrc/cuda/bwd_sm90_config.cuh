@@ -104,9 +104,10 @@ struct BwdConfig {
   // dQ columns: consumer 0 takes [0, kDqSplit), consumer 1 the rest; a multiple of 32 (the pieces' N and the dQ
   // staging box width), consumer 0 the wider share (D = 96: 64 + 32; D = 192: 96 + 96).
   static constexpr int kDqSplit = (kHeadDim / 2 + 31) / 32 * 32;
-  // dQ by TMA reduce-add (non-deterministic mode): each consumer stages all its dQ columns of a tile as
-  // [64 queries][32 fp32] boxes (one 128-byte swizzled row per query) and one thread reduce-adds them into the
-  // workspace. Where the staging does not fit next to the tiles (D = 256: 208 + 64 KB), red.global.add stays.
+  // dQ by TMA reduce-add (both modes): each consumer stages all its dQ columns of a tile as [64 queries][32 fp32]
+  // boxes (one 128-byte swizzled row per query) and one thread reduce-adds them into the workspace. Where the
+  // staging does not fit next to the tiles (D = 256: 208 + 64 KB), red.global.add (deterministic: ordered plain
+  // loads / stores) stays.
   static constexpr int kDqBoxes = kDqSplit / kDqBoxCols;  // per consumer: consumer 0's share, the wider
   static constexpr int kDqStageBytes = kConsumers * kDqBoxes * kDqBoxBytes;
   // The tiles' bytes (K, V, the Q / dO ring, dS^T, P^T: one 128-byte row in the RS form, bounded by an atom) plus
@@ -118,6 +119,17 @@ struct BwdConfig {
   static constexpr int kBarrierBytesBound = 1024;  // mbarriers + the hand-off ring: < 128 B today
   static constexpr int kSmallBytesBound = 2 * kStages * static_cast<int>(kRowStatBytes) + kBarrierBytesBound;
   static constexpr bool kDqByTma = kTileBytes + kDqStageBytes + kSmallBytesBound + kSmemAlign <= kMaxSmemPerBlock;
+  // Deterministic mode: releases of a query tile's semaphore per contributing block. By TMA each consumer passes
+  // its own adds on (no barrier between them); otherwise one thread releases both consumers' adds.
+  static constexpr int kDqReleasesPerBlock = kDqByTma ? kConsumers : 1;
+};
+
+// Deterministic dQ by TMA, one consumer's thread 0: the tile semaphore it still has to release once its
+// reduce-adds complete (a tile later; nullptr: none owed), and whether an early look found this tile's turn there.
+// In shared memory: D = 128's consumers have no register to spare across a tile.
+struct DqTurn {
+  int32_t* owed;
+  int32_t seen;
 };
 
 // The consumers' dQ staging boxes (C::kDqByTma), 128B-swizzled like the map that reduces them; empty otherwise.
@@ -149,6 +161,7 @@ struct SharedStorage {
   uint64_t tile_full[kTileSlots];        // dynamic schedule: item indices, producer -> consumers (tile_handoff.cuh)
   uint64_t tile_empty[kTileSlots];
   int tile[kTileSlots];
+  DqTurn dq_turn[C::kConsumers];         // deterministic by TMA: each consumer's thread 0 (bwd_sm90_dq.cuh)
 };
 
 template <class C>

@@ -85,8 +85,9 @@ struct DqTile {
   const BwdArgs& a;
   int32_t dq_row0, hq, q0, seqlen_q;
   int t, lane;
-  int32_t* sem;  // deterministic: the tile's semaphore; nullptr: TMA reduce-add (or red.global.add)
-  int32_t rank;  // deterministic: adds when *sem == rank
+  int32_t* sem;   // deterministic: the tile's semaphore; nullptr: TMA reduce-add (or red.global.add)
+  int32_t turn;   // deterministic: adds once *sem >= turn = rank x C::kDqReleasesPerBlock
+  DqTurn* turn_state;  // deterministic by TMA: thread 0's early look and the turn it owes (shared memory)
   const CUtensorMap* tmap_dq;  // dq_accum as (head_dim, heads_q, rows) fp32, [64][32] boxes, 128B swizzle
   const float* stage;          // this consumer's staging boxes (C::kDqByTma)
 };
@@ -99,13 +100,53 @@ struct DqCols {
   static constexpr int kCols = kDqPart == 0 ? kSplit : C::kHeadDim - kSplit;
 };
 
+// Deterministic by TMA, thread 0 of a consumer. The tile's semaphore counts both consumers of every earlier
+// contributing block (turn = rank x 2), so the blocks add in increasing n. dq_turn_came: one acquire, early in the
+// tile (the turn only moves forward, so a yes stays true). wait_dq_turn, before the first reduce-add: spins unless
+// the look said yes, then orders what the acquire made visible (the earlier blocks' adds) before its own
+// async-proxy adds. Every wait comes after pass_dq_turn has released this consumer's previous tile, so a turn
+// owed is never held by a thread that waits: blocks wait only on smaller n (bwd_sm90_plan.h), no deadlock.
+__device__ __forceinline__ bool dq_turn_came(const int32_t* sem, int32_t turn) {
+  return ld_acquire_gpu(sem) >= turn;
+}
+
+__device__ __forceinline__ void wait_dq_turn(const int32_t* sem, int32_t turn, bool seen) {
+  if (!seen) {
+    while (ld_acquire_gpu(sem) < turn) {
+    }
+  }
+  fence_proxy_async_global();
+}
+
+// By TMA, thread 0 of a consumer: waits for its earlier reduce-adds, then (deterministic) passes on the turn of the
+// tile they added to. Called before the next tile's kBarDsReady (the boxes are rewritten after it: reading them is
+// enough) and, kExit, before the consumer exits (the adds must complete while the CTA's shared memory exists).
+// A turn owed needs the adds complete: their completion is followed by an implicit generic-async proxy fence (PTX
+// ISA, "async proxy"), and the release orders them before the next block's acquire.
+template <bool kExit = false>
+__device__ __forceinline__ void pass_dq_turn(DqTurn& turn) {
+  int32_t* sem = turn.owed;
+  if (kExit || sem != nullptr) {
+    bulk_wait_group<0>();
+  } else {
+    bulk_wait_group_read<0>();
+  }
+  if (sem != nullptr) {
+    red_release_gpu_add(sem, 1);
+    turn.owed = nullptr;
+  }
+}
+
 // The dQ GEMMs of one tile, piece by piece, each added to the workspace as soon as it completes. The first wait
 // also completes the dV / dK group, which frees the stage; dkv_done() runs right after it (the RS form pins its
-// A registers up to there). By TMA: the warpgroup stages the piece, fences it for the async proxy and syncs;
-// thread 0 issues one reduce-add per box and commits (its wait_group.read before the next tile's kBarDsReady frees
-// the boxes, consume). Deterministic: the block's turn comes when the tile's semaphore equals its rank (the
-// contributing blocks add in increasing n); the two consumers add disjoint columns at once, then one thread
-// releases the next block.
+// A registers up to there).
+// By TMA (C::kDqByTma): the warpgroup stages the piece, fences it for the async proxy and syncs; thread 0 issues
+// one reduce-add per box and commits (before the next tile's kBarDsReady it waits for them, pass_dq_turn, which
+// frees the boxes). Deterministic, too: thread 0 waits for the tile's turn before its first reduce-add (usually
+// seen already by a look earlier in the tile, dq_turn_came) and passes it on a tile later, when its adds are known
+// complete (pass_dq_turn): no barrier between the consumers.
+// Otherwise deterministic (D = 256): the two consumers wait for the turn together, add their disjoint columns with
+// plain L2 loads / stores, fence, and one thread passes the turn on.
 template <class C, MmaType kMma, int kDqPart, class F>
 __device__ __forceinline__ void dq_phase(const DqTile& d, uint32_t ds_base, uint32_t k_base, uint64_t* empty,
                                          int consumer, F&& dkv_done) {
@@ -121,19 +162,19 @@ __device__ __forceinline__ void dq_phase(const DqTile& d, uint32_t ds_base, uint
       wgmma_wait<1>();  // dV / dK group done: Q and dO of this stage are no longer read
       dkv_done();
       if (d.lane == 0) mbarrier_arrive(empty);
-      if (d.sem != nullptr) {
-        if (consumer == 0 && d.t == 0) {
-          while (ld_acquire_gpu(d.sem) != d.rank) {
+      if constexpr (!C::kDqByTma) {
+        if (d.sem != nullptr) {
+          if (consumer == 0 && d.t == 0) {
+            while (ld_acquire_gpu(d.sem) < d.turn) {
+            }
           }
+          named_barrier_sync(kBarDetGo, kConsumerThreads);
         }
-        named_barrier_sync(kBarDetGo, kConsumerThreads);
       }
     }
     wgmma_wait<0>();
     fence_operands(dq);
-    if (d.sem != nullptr) {
-      add_dq<kStart, kWidth, true>(dq, d.a, d.dq_row0, d.hq, d.q0, d.seqlen_q, d.t);
-    } else if constexpr (C::kDqByTma) {
+    if constexpr (C::kDqByTma) {
       // Rows past seqlen_q are added too, as zeros (stage_dq), and the map clips rows past the workspace's end;
       // other columns / heads are never touched (boxes inside head_dim).
       constexpr int kCol0 = kStart - Cols::kC0;
@@ -141,6 +182,7 @@ __device__ __forceinline__ void dq_phase(const DqTile& d, uint32_t ds_base, uint
       fence_proxy_async_shared();  // each writer: its generic stores before the TMA unit reads them
       named_barrier_sync(kBarDqStaged + kDqPart, kWarpgroupThreads);  // kDqPart = consumer: a constant id
       if (d.t == 0) {
+        if (kP == 0 && d.sem != nullptr) wait_dq_turn(d.sem, d.turn, d.turn_state->seen != 0);
 #pragma unroll
         for (int box = kCol0 / kDqBoxCols; box < (kCol0 + kWidth) / kDqBoxCols; ++box) {
           tma_reduce_add_3d(d.tmap_dq, d.stage + box * kWgmmaM * kDqBoxCols, Cols::kC0 + box * kDqBoxCols, d.hq,
@@ -148,14 +190,20 @@ __device__ __forceinline__ void dq_phase(const DqTile& d, uint32_t ds_base, uint
         }
         bulk_commit_group();
       }
+    } else if (d.sem != nullptr) {
+      add_dq<kStart, kWidth, true>(dq, d.a, d.dq_row0, d.hq, d.q0, d.seqlen_q, d.t);
     } else {
       add_dq<kStart, kWidth, false>(dq, d.a, d.dq_row0, d.hq, d.q0, d.seqlen_q, d.t);
     }
   });
   if (d.sem != nullptr) {
-    __threadfence();  // each adding thread: its adds before the release below (across the barrier)
-    named_barrier_sync(kBarDetDone, kConsumerThreads);
-    if (consumer == 0 && d.t == 0) red_release_gpu_add(d.sem, 1);
+    if constexpr (C::kDqByTma) {
+      if (d.t == 0) d.turn_state->owed = d.sem;  // passed on by pass_dq_turn once the adds complete
+    } else {
+      __threadfence();  // each adding thread: its adds before the release below (across the barrier)
+      named_barrier_sync(kBarDetDone, kConsumerThreads);
+      if (consumer == 0 && d.t == 0) red_release_gpu_add(d.sem, 1);
+    }
   }
 }
 

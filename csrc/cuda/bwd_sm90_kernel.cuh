@@ -19,8 +19,9 @@
 //                                                           MN-major B; consumer c takes half of the columns)
 //               dQ_tile -> fp32 workspace, each value once per CTA: staged in shared memory (st.shared.v2.f32,
 //               128B-swizzled [64][32] fp32 boxes) and reduce-added by TMA (cp.reduce.async.bulk.tensor, one
-//               thread per consumer); red.global.add.v2.f32 where the staging does not fit (D = 256); in a fixed
-//               order with ld.cg / st.cg (deterministic)
+//               thread per consumer; deterministic: each thread in turn, behind the tile's semaphore);
+//               red.global.add.v2.f32 where the staging does not fit (D = 256; deterministic: in turn, with
+//               ld.cg / st.cg)
 //             After the item: dK, dV -> global (row-predicated stores: varlen blocks end mid-block).
 // softmax_scale and the softcap derivative are folded into dS, so dK and the dQ workspace need no scaling after.
 #pragma once
@@ -277,6 +278,18 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
             if constexpr (C::kOverlapSdP) {
               issue_gemm(dpt, v_tile, do_stage);
               fence_operands(dpt);
+            }
+            if constexpr (C::kDqByTma) {
+              // Deterministic: one look at this tile's dQ turn while the GEMMs run, where the load's L2 latency
+              // hides under them (in dq_phase it would hold up the warpgroup's next wgmma). Only a look: waiting
+              // here, before the previous tile's turn is passed on, could deadlock (pass_dq_turn).
+              if (a.deterministic && t == 0) {
+                s.dq_turn[consumer].seen =
+                    dq_turn_came(a.semaphores + semaphore_index(b, hq, m, a.heads_q, a.m_tiles),
+                                 det_rank(si.g, m, n, C::kBlockM, C::kBlockN) * C::kDqReleasesPerBlock);
+              }
+            }
+            if constexpr (C::kOverlapSdP) {
               wgmma_wait<1>();  // S^T done; dP^T still running
             } else {
               wgmma_wait<0>();
@@ -368,8 +381,9 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
           fence_proxy_async_shared();  // this thread's P^T and dS^T stores before the readers' wgmmas
           if constexpr (C::kDqByTma) {
             // The previous tile's dQ boxes have been read (issued a tile ago: no wait in practice); the barrier
-            // tells the warpgroup, which rewrites them in dq_phase.
-            if (t == 0) bulk_wait_group_read<0>();
+            // tells the warpgroup, which rewrites them in dq_phase. Deterministic: that tile's adds are complete
+            // and its turn goes on to the next block.
+            if (t == 0) pass_dq_turn(s.dq_turn[consumer]);
           }
           named_barrier_sync(kBarDsReady, kConsumerThreads);
 
@@ -387,8 +401,10 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
           int32_t* sem = a.deterministic ? a.semaphores + semaphore_index(b, hq, m, a.heads_q, a.m_tiles) : nullptr;
           const float* dq_stage = reinterpret_cast<const float*>(reinterpret_cast<const uint8_t*>(&s) + offsetof(S, dq)) +
                                   consumer * C::kDqBoxes * kWgmmaM * kDqBoxCols;
-          const DqTile tile{a, si.dq_row0, hq, m * C::kBlockM, si.g.seqlen_q, t, ln, sem,
-                            sem != nullptr ? det_rank(si.g, m, n, C::kBlockM, C::kBlockN) : 0, tmap_dq, dq_stage};
+          const int32_t turn =
+              sem != nullptr ? det_rank(si.g, m, n, C::kBlockM, C::kBlockN) * C::kDqReleasesPerBlock : 0;
+          const DqTile tile{a, si.dq_row0, hq, m * C::kBlockM, si.g.seqlen_q, t, ln, sem, turn,
+                            &s.dq_turn[consumer], tmap_dq, dq_stage};
           if (consumer == 0) {
             dq_phase<C, kMma, 0>(tile, ds_tile, k_tile, &s.empty[stage], consumer, dkv_done);
           } else {
@@ -410,7 +426,8 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
     store_rows<C, kType, kPart>(dv, dv_head, a.dv_stride_s, key0, si.g.seqlen_k, tid);
   }
   if constexpr (C::kDqByTma) {
-    if (tid == 0) bulk_wait_group<0>();  // the last dQ reduce-adds done before the CTA's shared memory is released
+    // The last dQ reduce-adds done before the CTA's shared memory is released, and their turn passed on.
+    if (tid == 0) pass_dq_turn<true>(s.dq_turn[consumer]);
   }
 }
 
@@ -433,6 +450,7 @@ __global__ void __launch_bounds__(BwdConfig<kHeadDim>::kThreads, 1)
     mbarrier_init(&s.kv_full, 1);                      // the producer's arrive.expect_tx; bytes from TMA
     mbarrier_init(&s.kv_empty, C::kConsumerWarps);
     init_tile_ring(s, C::kConsumerWarps);        // item indices: the producer / lane 0 of each consumer warp
+    for (int c = 0; c < C::kConsumers; ++c) s.dq_turn[c] = DqTurn{nullptr, 0};
     fence_mbarrier_init();
   }
   __syncthreads();

@@ -28,6 +28,10 @@ inline int32_t ld_acquire_gpu(const int32_t* ptr) {
   return word.load(std::memory_order_acquire);
 }
 
+// The model keeps one view of global memory for both proxies (TMA writes land in it at their write step), so the
+// fence orders nothing more here; it is a scheduling point like the real instruction's wait.
+inline void fence_proxy_async_global() { cuda_emu::progress(); }
+
 inline void red_release_gpu_add(int32_t* ptr, int32_t v) {
   std::atomic_ref<int32_t>(*ptr).fetch_add(v, std::memory_order_release);
   cuda_emu::progress();  // a poller may proceed

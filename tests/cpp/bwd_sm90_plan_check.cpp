@@ -142,8 +142,12 @@ void check_schedule(const std::vector<SeqGeom>& seqs, int heads_kv, int group, i
 // ---------------------------------------------------------------------------------------------------------------
 // The kernel's roles under the dynamic schedule (tile_handoff.h), modelled: per CTA one producer and kWarps consumer
 // warps, each a state machine doing what bwd_sm90_kernel.cuh does with its barriers (item-index ring, K/V barrier
-// pair, the Q / dO stage ring, the consumers' per-tile named barrier, the deterministic semaphores), stepped in a
-// random interleaving over all CTAs; counter claims happen whenever a producer gets to them. mbarrier waits follow
+// pair, the Q / dO stage ring, the consumers' per-tile named barrier, the deterministic semaphores in both forms),
+// stepped in a random interleaving over all CTAs; counter claims happen whenever a producer gets to them.
+// Deterministic dQ, two forms (BwdConfig::kDqByTma): D = 256 waits for the turn with both consumers behind
+// kBarDetGo and releases once behind kBarDetDone; by TMA, thread 0 of each consumer (warps 0 and 4) waits for
+// the turn alone (the tile's semaphore counts both consumers of each earlier block), issues its adds and passes
+// the turn on only before the next tile's kBarDsReady or at its exit (pass_dq_turn): the deferred release. mbarrier waits follow
 // the PTX parity rule and also check the absolute phase they mean (a role lapping another is caught, not aliased).
 constexpr int kWarps = 8;  // BwdConfig::kConsumerWarps: 2 consumer warpgroups x 4 warps
 
@@ -182,6 +186,7 @@ struct ModelCta {
 struct ModelRole {  // a producer (warp < 0) or a consumer warp: program counter and the loop state of that code
   int cta = 0, warp = 0, pc = 0;
   int item = 0, n = 0, hk = 0, b = 0, hq = 0, m = 0, bar_gen = 0;
+  int64_t turn_owed = -1;  // by TMA, an issuing warp: the semaphore it still has to release
   Range tiles{0, 0};
   uint32_t loads = 0, kv_uses = 0;
   HandoffCursor handoff;
@@ -193,13 +198,19 @@ struct ScheduleModel {
   const std::vector<SeqGeom>* seqs = nullptr;
   WorkGrid w{};
   int group = 1, bm = 1, bn = 1, grid = 1, stages = 2;
-  bool dynamic = true, deterministic = true;
+  bool dynamic = true, deterministic = true, dq_by_tma = false;
   int items = 0, counter = 0, heads_q = 0, m_tiles = 0;
   std::vector<ModelCta> ctas;
   std::vector<ModelRole> roles;
   std::vector<int> runs;                     // per item: consumer warps that took it
   std::vector<int32_t> sem;                  // deterministic semaphores
-  std::vector<std::vector<int32_t>> adds;    // per semaphore: the blocks that added, in order
+  std::vector<std::vector<int32_t>> adds;    // per semaphore: the blocks that added (by TMA: once per consumer)
+
+  int releases_per_block() const { return dq_by_tma ? kWarps / 4 : 1; }  // kDqReleasesPerBlock: per consumer
+  bool issuer(const ModelRole& r) const { return r.warp % 4 == 0; }  // holds thread 0 of its warpgroup
+  void pass_turn(ModelRole& r) {  // pass_dq_turn: the adds complete, the release
+    if (r.turn_owed >= 0) ++sem[r.turn_owed], r.turn_owed = -1;
+  }
 
   int next_static(int item) const { return static_next_tile(item, grid, items); }
   bool last_tile(const ModelRole& r) const { return r.m + 1 == r.tiles.end && r.hq + 1 == (r.hk + 1) * group; }
@@ -271,7 +282,11 @@ struct ScheduleModel {
         return true;
       case 2:
         r.seq.push_back(r.item);
-        if (r.item == kNoTile) { r.done = true; return true; }
+        if (r.item == kNoTile) {  // the consumer's exit: pass_dq_turn<true>
+          pass_turn(r);
+          r.done = true;
+          return true;
+        }
         ++runs[r.item];
         decode(r);
         // Keys past the sequence: skipped; no query sees the block: dK = dV = 0 stored, no barrier either way.
@@ -285,18 +300,29 @@ struct ScheduleModel {
         return true;
       case 4:
         if (!c.full[stage].ready(lap & 1u, lap + 1, "full")) return false;
+        pass_turn(r);  // by TMA: the previous tile's turn, before kBarDsReady
         r.bar_gen = c.tile_bar.arrive();  // kBarDsFree / kBarDsReady: both consumers, every tile
         r.pc = 5;
         return true;
       case 5:
         if (c.tile_bar.gen == r.bar_gen) return false;
         c.empty[stage].arrive();  // the dV / dK group done: the stage is free
-        r.pc = deterministic ? 6 : 10;
+        r.pc = !deterministic ? 10 : dq_by_tma ? 11 : 6;
         return true;
+      case 11: {  // by TMA: thread 0 of each consumer waits for the turn, adds, and owes the release
+        if (!issuer(r)) { r.pc = 10; return true; }
+        const SeqGeom& g = (*seqs)[r.b];
+        const int64_t s = semaphore_index(r.b, r.hq, r.m, heads_q, m_tiles);
+        if (sem[s] < det_rank(g, r.m, r.n, bm, bn) * releases_per_block()) return false;
+        adds[s].push_back(r.n);
+        r.turn_owed = s;
+        r.pc = 10;
+        return true;
+      }
       case 6: {  // thread 0 of consumer 0 spins until the tile's semaphore reaches this block's rank
         const SeqGeom& g = (*seqs)[r.b];
         const int64_t s = semaphore_index(r.b, r.hq, r.m, heads_q, m_tiles);
-        if (r.warp == 0 && sem[s] != det_rank(g, r.m, r.n, bm, bn)) return false;
+        if (r.warp == 0 && sem[s] < det_rank(g, r.m, r.n, bm, bn)) return false;
         r.bar_gen = c.det_go.arrive();
         r.pc = 7;
         return true;
@@ -382,7 +408,7 @@ long g_model_runs = 0;
 // of a CTA walks the producer's sequence, ending in the sentinel, and starts with item cta; each query tile's dQ
 // adds come from all its contributing blocks in increasing block order (deterministic), i.e. in rank order.
 void check_model(const std::vector<SeqGeom>& seqs, int heads_kv, int group, int bm, int bn, int grid, int stages,
-                 bool dynamic, uint64_t seed) {
+                 bool dynamic, bool dq_by_tma, uint64_t seed) {
   int max_sk = 0;
   for (const SeqGeom& g : seqs) max_sk = std::max(max_sk, g.seqlen_k);
   const WorkGrid w{ceil_div(max_sk, bn), heads_kv, static_cast<int32_t>(seqs.size())};
@@ -392,10 +418,10 @@ void check_model(const std::vector<SeqGeom>& seqs, int heads_kv, int group, int 
   ++g_model_runs;
   ScheduleModel m;
   m.seqs = &seqs, m.w = w, m.group = group, m.bm = bm, m.bn = bn, m.grid = grid, m.stages = stages;
-  m.dynamic = dynamic, m.deterministic = true;
+  m.dynamic = dynamic, m.deterministic = true, m.dq_by_tma = dq_by_tma;
   const bool finished = m.run(seed);
-  CHECK(finished, "deadlock: grid %d items %ld stages %d dynamic %d seed %llu", grid, (long)items, stages, dynamic,
-        static_cast<unsigned long long>(seed));
+  CHECK(finished, "deadlock: grid %d items %ld stages %d dynamic %d by TMA %d seed %llu", grid, (long)items, stages,
+        dynamic, dq_by_tma, static_cast<unsigned long long>(seed));
   std::vector<int> produced(items, 0);
   for (const ModelRole& r : m.roles) {
     const ModelRole& producer = m.roles[r.cta * (kWarps + 1)];
@@ -417,10 +443,13 @@ void check_model(const std::vector<SeqGeom>& seqs, int heads_kv, int group, int 
       for (int32_t mt = 0; mt < m.m_tiles; ++mt) {
         const std::vector<int32_t>& a = m.adds[semaphore_index(b, hq, mt, m.heads_q, m.m_tiles)];
         const Range kr = key_block_range(seqs[b], mt, bm, bn);
-        std::vector<int32_t> want;
-        for (int32_t n = kr.begin; n < kr.end; ++n) want.push_back(n);
-        CHECK(a == want, "b %d hq %d tile %d: %zu adds, not blocks %d..%d in order (grid %d dynamic %d)", b, hq, mt,
-              a.size(), kr.begin, kr.end, grid, dynamic);
+        std::vector<int32_t> want;  // by TMA both consumers of a block add, in either order, before the next block
+        for (int32_t n = kr.begin; n < kr.end; ++n)
+          for (int k = 0; k < m.releases_per_block(); ++k) want.push_back(n);
+        CHECK(a == want, "b %d hq %d tile %d: %zu adds, not blocks %d..%d in order (grid %d dynamic %d by TMA %d)", b,
+              hq, mt, a.size(), kr.begin, kr.end, grid, dynamic, dq_by_tma);
+        CHECK(m.sem[semaphore_index(b, hq, mt, m.heads_q, m.m_tiles)] == static_cast<int32_t>(want.size()),
+              "b %d hq %d tile %d: a turn never passed on (by TMA %d)", b, hq, mt, dq_by_tma);
       }
 }
 }  // namespace
@@ -463,13 +492,15 @@ int main() {
     for (int group : {1, 3})
       for (int grid : {1, 2, 3, 5, 9, 17})
         for (int stages = 2; stages <= 3; ++stages)
-          for (uint64_t seed = 0; seed < 4; ++seed) {
-            check_model(seqs, 2, group, 4, 8, grid, stages, true, seed);
-            if (seed < 2) check_model(seqs, 2, group, 4, 8, grid, stages, false, seed);
-          }
+          for (uint64_t seed = 0; seed < 4; ++seed)
+            for (bool by_tma : {false, true}) {
+              check_model(seqs, 2, group, 4, 8, grid, stages, true, by_tma, seed);
+              if (seed < 2) check_model(seqs, 2, group, 4, 8, grid, stages, false, by_tma, seed);
+            }
   for (const auto& seqs : batches)
     for (int grid : {1, 4, 7})
-      for (uint64_t seed = 0; seed < 2; ++seed) check_model(seqs, 2, 1, 64, 64, grid, 2, true, seed);
+      for (uint64_t seed = 0; seed < 2; ++seed)
+        for (bool by_tma : {false, true}) check_model(seqs, 2, 1, 64, 64, grid, 2, true, by_tma, seed);
   CHECK(claimed_tile(0, 4, 10) == 4 && claimed_tile(5, 4, 10) == 9 && claimed_tile(6, 4, 10) == kNoTile &&
             claimed_tile(2147483600, 132, 2147483647) == kNoTile,
         "claimed_tile bounds");

@@ -1,8 +1,9 @@
 // Synchronization the attention backward adds to the PTX layer (kept out of mbarrier.cuh so the forward can extend
 // that one freely): gpu-scope acquire / release on a global int32 (the deterministic mode's per-tile semaphores),
-// and fp32 pair accumulation into global memory.
+// the proxy fence between such an acquire and a TMA reduce-add, and fp32 pair accumulation into global memory.
 //
-// PTX ISA references (section titles): "ld" (.acquire), "red" (.release, .v2.f32).
+// PTX ISA references (section titles): "ld" (.acquire), "red" (.release, .v2.f32), "membar / fence"
+// (fence.proxy.async).
 #pragma once
 
 #include <cstdint>
@@ -18,6 +19,12 @@ __device__ __forceinline__ int32_t ld_acquire_gpu(const int32_t* ptr) {
   int32_t v;
   asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(ptr) : "memory");
   return v;
+}
+
+// fence.proxy.async.global: orders this thread's earlier generic-proxy view of global memory (e.g. what an
+// ld.acquire made visible) before its later async-proxy accesses (a TMA reduce-add onto the same addresses).
+__device__ __forceinline__ void fence_proxy_async_global() {
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
 }
 
 // Adds `v` with release semantics at gpu scope (the writes that happen-before it, across a CTA barrier and the
