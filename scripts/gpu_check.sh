@@ -7,19 +7,21 @@
 #
 # Environment:
 #   FLASHCORE_GPU_CHECK_QUICK=1      same as --quick (bench --quick: 2 seqlens per head dim)
-#   FLASHCORE_GPU_CHECK_SKIP=a,b     skip steps by name: build, tests, sanitizer, gemm, bwdop, bench
+#   FLASHCORE_GPU_CHECK_SKIP=a,b     skip steps by name: build, tests, sanitizer, gemm, bwdop, profile, bench
 #   FLASHCORE_GPU_CHECK_BUDGET_S=N   total seconds (default 540); the bench gets what the others leave
 #   FLASHCORE_GPU_CHECK_TESTS_CAP_S=N  seconds for the pytest step (default 120)
 #
 # With the forward and backward kernels the full matrix of GPU tests can outgrow one 10-minute call. Split it
 # over calls (the device keeps ignored build outputs between calls, so only the first builds):
-#   call 1: FLASHCORE_GPU_CHECK_SKIP=sanitizer,gemm,bwdop,bench FLASHCORE_GPU_CHECK_TESTS_CAP_S=420 scripts/gpu_check.sh $OUT
+#   call 1: FLASHCORE_GPU_CHECK_SKIP=sanitizer,gemm,bwdop,profile,bench FLASHCORE_GPU_CHECK_TESTS_CAP_S=420 \
+#           scripts/gpu_check.sh $OUT
 #   call 2: FLASHCORE_GPU_CHECK_SKIP=tests scripts/gpu_check.sh $OUT
 #   FLASHCORE_GIT_COMMIT=<sha>       recorded in bench.json when the copy has no .git
 #   PYTHON=python3                   the interpreter holding torch (no pip install of torch here)
 #
-# OUTDIR stays flat with at most 8 files (the device tool returns no more): build.log, tests.log,
-# gemm.json, sanitizer.log, bench.log, bench.json, bench.png, summary.txt.
+# OUTDIR stays flat, and one call writes at most 8 files (the device tool returns no more): build.log, tests.log,
+# gemm.json, sanitizer.log, profile.log, bench.log, bench.json, bench.png, summary.txt, of which either call of
+# the split above writes at most 7.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -228,7 +230,39 @@ if ! skipped bwdop; then
   record bwdop "$rc" "$(($(date +%s) - t0))" ""
 fi
 
-# 6. Benchmark into OUTDIR with whatever time is left.
+# 6. Nsight Compute on one forward and two backward launches (atomic, deterministic) at D = 128 -> profile.log:
+#    tensor-pipe utilisation (how much the backward's two lockstep consumers leave idle: bench/notes/bwd_sm90.md,
+#    v3), warp stall reasons, shared-memory bank conflicts of the dQ staging stores, and each launch's duration
+#    (the deterministic mode's cost). --clock-control none leaves the clocks as they are (device README).
+if ! skipped profile; then
+  t0=$(date +%s)
+  PROF=$(mktemp /tmp/flashcore_profile.XXXXXX.py)
+  cat >"$PROF" <<'EOF'
+import torch
+dev = torch.device("cuda")
+ns = torch.ops.flashcore_sm90
+gen = torch.Generator(device=dev).manual_seed(0)
+b, s, h, d = 1, 8192, 16, 128  # ~0.9 ms forward, ~2.3 ms backward at the targets: a few replays each
+q, k, v, dout = (torch.randn(b, s, h, d, generator=gen, device=dev, dtype=torch.bfloat16) for _ in range(4))
+out, lse = ns.fwd(q, k, v, None, None, 0, 0, d ** -0.5, False, -1, -1, 0.0, False)
+for det in (False, True):
+    ns.bwd(dout, q, k, v, out, lse, None, None, None, s, s, d ** -0.5, False, -1, -1, 0.0, det)
+torch.cuda.synchronize()
+print("profiled: fwd, bwd, bwd deterministic at", (b, s, h, d))
+EOF
+  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  metrics=sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,gpu__time_duration.sum
+  metrics+=,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum
+  metrics+=,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum
+  timeout "$(cap 120)" "$NCU" --clock-control none -k 'regex:fwd_kernel|bwd_sm90_kernel' -c 3 \
+    --section SpeedOfLight --section WarpStateStats --metrics "$metrics" "$PY" "$PROF" >"$OUT/profile.log" 2>&1
+  rc=$?
+  grep -E 'sm90_kernel|fwd_kernel|hmma_cycles_active|gpu__time_duration' "$OUT/profile.log" | head -n 12 >>"$SUMMARY"
+  rm -f "$PROF"
+  record profile "$rc" "$(($(date +%s) - t0))" ""
+fi
+
+# 7. Benchmark into OUTDIR with whatever time is left.
 if ! skipped bench; then
   left=$(($(remaining) - BENCH_RESERVE_S))
   args=(--out "$OUT" --stem bench --time-budget "$((left > 1 ? left : 1))")
