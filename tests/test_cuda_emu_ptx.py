@@ -314,13 +314,41 @@ def test_tma_reduce_add_sums_every_cta_in_bounds(emu, dims, box, coords, span, c
     assert torch.equal(flat.double(), expected)  # padding and out-of-bounds untouched, every add exact
 
 
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+def test_tma_reduce_in_cta_order(emu, schedule):
+    """The deterministic backward's chain: each CTA's thread 0 waits for its turn (ld.acquire.gpu), executes
+    fence.proxy.async.global, adds its two rounds and releases after its final wait. Every add lands, none twice."""
+    dims, box, coords = REDUCE_CASES[0]
+    gen = torch.Generator().manual_seed(5 + SCHEDULES[schedule])
+    flat = _dyadic((dims[1] * dims[0],), gen)
+    before = flat.clone()
+    ctas, rounds = 3, 2
+    tiles = _dyadic((ctas * rounds, box[1], box[0]), gen)
+    emu.emu_set_schedule(SCHEDULES[schedule])
+    try:
+        _call(emu.emu_tma_reduce, 2, _ptr(flat), _arr(ctypes.c_uint64, dims), _arr(ctypes.c_uint64, (dims[0] * 4,)),
+              _arr(ctypes.c_uint32, box), 128, _arr(ctypes.c_int32, coords), _ptr(tiles), ctas, rounds, 4,
+              ctypes.c_uint64(3))
+    finally:
+        emu.emu_set_schedule(0)
+    expected = before.clone().double().view(dims[1], dims[0])
+    rows = slice(max(0, coords[1]), min(dims[1], coords[1] + box[1]))
+    cols = slice(max(0, coords[0]), min(dims[0], coords[0] + box[0]))
+    total = tiles.double().sum(0)
+    expected[rows, cols] += total[rows.start - coords[1]:rows.stop - coords[1],
+                                  cols.start - coords[0]:cols.stop - coords[0]]
+    assert torch.equal(flat.double().view(dims[1], dims[0]), expected)
+
+
 @pytest.mark.parametrize("bug, expected", [
     (1, "cp.reduce.async.bulk.tensor (add) source (async proxy) accesses shared window address"),
     (2, "while a bulk copy (TMA store / reduce) still reads it"),
+    (3, "after its ld.acquire.gpu with no fence.proxy.async.global since"),
 ])
 def test_tma_reduce_ordering_rules(emu, bug, expected):
     """A staging buffer reduced with no fence.proxy.async after its st.shared writes, or rewritten before the
-    issuing thread's wait_group.read, stops the launch (the model checks the rule, not its effect)."""
+    issuing thread's wait_group.read, stops the launch (the model checks the rule, not its effect); so does a reduce
+    issued after an ld.acquire.gpu with no fence.proxy.async.global in between (the deterministic dQ chain)."""
     dims, box, coords = REDUCE_CASES[0]
     flat = torch.zeros(dims[1] * dims[0])
     tiles = torch.ones(2, box[1], box[0])

@@ -6,7 +6,8 @@
 //   emu_tma_load         one box, global -> shared, mbarrier completion; returns the raw (swizzled) shared bytes
 //   emu_tma_store        raw shared bytes -> one box in global memory (in-bounds elements only)
 //   emu_tma_reduce       several CTAs reduce-add fp32 boxes staged with st.shared.v2.f32 into one region; the
-//                        staging buffer reused after the read-wait; a missing fence / an early reuse (reported)
+//                        staging buffer reused after the read-wait; a missing fence / an early reuse (reported);
+//                        optionally in CTA order behind a semaphore, as the deterministic backward adds dQ
 //   emu_wgmma_ss         A and B brought in by TMA as 64-column 128B-swizzled panels, K-major or MN-major with the
 //                        kernels' descriptors, K / 16 wgmmas into one accumulator; returns every thread's registers
 //   emu_wgmma_fwd        the forward's consumer GEMMs: S = Q K^T (SS), P = bf16/f16(S) by a_frag_from_acc,
@@ -27,6 +28,7 @@
 #include <vector>
 
 #include "../cuda/ptx/ptx.cuh"
+#include "../cuda/ptx/sync_ext.cuh"
 #include "../cuda/ptx/wgmma_mn.cuh"
 #include "emu.h"
 
@@ -380,7 +382,10 @@ int emu_tma_store(int elem, int rank, void* base, const uint64_t* dims, const ui
 // warpgroup, and thread 0 issues the reduce and commits; before the next round rewrites the buffer thread 0 waits
 // wait_group.read and the warpgroup syncs. After the last round the buffer is overwritten with 0x5a5a5a5a floats
 // after the read-wait (must not be added), then thread 0 waits for completion. `bug`: 1 no fence.proxy.async before
-// the reduce, 2 the next round written with no read-wait before it (both must stop the launch).
+// the reduce, 2 the next round written with no read-wait before it (both must stop the launch). 3 / 4: the CTAs add
+// in order, as the deterministic backward's dQ chain does: thread 0 of CTA b spins with ld.acquire.gpu until a
+// semaphore reads b, executes fence.proxy.async.global (4; 3 leaves it out: must stop the launch), adds, and after
+// its final wait releases the semaphore (red.release.gpu).
 int emu_tma_reduce(int rank, float* base, const uint64_t* dims, const uint64_t* strides, const uint32_t* box,
                    int swizzle, const int32_t* coords, const float* tiles, int ctas, int rounds, int bug,
                    uint64_t seed, char* error, int error_bytes) {
@@ -395,6 +400,8 @@ int emu_tma_reduce(int rank, float* base, const uint64_t* dims, const uint64_t* 
   constexpr uint32_t kPairBytes = 8;     // one st.shared.v2.f32
   constexpr uint32_t kGarbage = 0x5a5a5a5au;
   const uint32_t bytes = elems * sizeof(float);
+  const bool ordered = bug == 3 || bug == 4;
+  int32_t turn = 0;  // the ordered variant's semaphore: CTAs add in index order
   auto body = [&] {
     const int tid = emu::linear_thread(), cta = emu::linear_block();
     uint8_t* tile = dynamic_smem() + kTileBase;
@@ -417,6 +424,11 @@ int emu_tma_reduce(int rank, float* base, const uint64_t* dims, const uint64_t* 
       if (bug != 1) fence_proxy_async_shared();
       emu::named_barrier_sync(1, kThreads);
       if (tid == 0) {
+        if (ordered && r == 0) {
+          while (ld_acquire_gpu(&turn) != cta) {
+          }
+          if (bug == 4) fence_proxy_async_global();
+        }
         if (rank == 2) {
           tma_reduce_add_2d(&map, tile, coords[0], coords[1]);
         } else {
@@ -428,7 +440,10 @@ int emu_tma_reduce(int rank, float* base, const uint64_t* dims, const uint64_t* 
     if (tid == 0) bulk_wait_group_read<0>();
     emu::named_barrier_sync(1, kThreads);
     stage(nullptr);  // after the read-wait: never added
-    if (tid == 0) bulk_wait_group<0>();
+    if (tid == 0) {
+      bulk_wait_group<0>();
+      if (ordered) red_release_gpu_add(&turn, 1);
+    }
   };
   emu::LaunchOptions options;
   options.seed = seed;

@@ -152,4 +152,28 @@ inline void proxy_hold_range(uint32_t addr, uint32_t bytes, bool hold) {
   }
 }
 
+// Global memory across CTAs (the deterministic backward's dQ chain): an ld.acquire.gpu orders this thread's later
+// generic-proxy accesses after what the releasing CTA did before its release; for a later async-proxy access to
+// global memory (a TMA load, store or reduce) the thread must also execute fence.proxy.async.global in between
+// (PTX ISA, "Memory Consistency Model": causality order relates async-proxy accesses of different CTAs only through
+// proxy fences). On the GPU a missing fence lets the TMA unit act on a stale view now and then; the model has one
+// view of memory, so it tracks the rule: an acquire marks its thread, fence.proxy.async.global clears the mark,
+// and an async-proxy global access by a marked thread stops the launch.
+struct GlobalAcquireState {
+  std::unordered_map<int, bool> marked;  // thread -> acquired with no fence.proxy.async.global since
+};
+inline const char kGlobalAcquireKey = 0;
+
+inline void proxy_global_acquire() { cta_state<GlobalAcquireState>(&kGlobalAcquireKey).marked[linear_thread()] = true; }
+
+inline void proxy_global_fence() { cta_state<GlobalAcquireState>(&kGlobalAcquireKey).marked.erase(linear_thread()); }
+
+inline void proxy_global_check(const char* access) {
+  const GlobalAcquireState& s = cta_state<GlobalAcquireState>(&kGlobalAcquireKey);
+  if (s.marked.empty() || s.marked.count(linear_thread()) == 0) return;
+  fail(std::string(access) + " (async proxy, global memory) by thread " + std::to_string(linear_thread()) +
+       " after its ld.acquire.gpu with no fence.proxy.async.global since: the acquire orders generic-proxy "
+       "accesses only");
+}
+
 }  // namespace flashcore::cuda_emu

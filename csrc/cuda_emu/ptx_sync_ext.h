@@ -10,6 +10,7 @@
 #include <string>
 
 #include "emu.h"
+#include "ptx_proxy.h"  // the acquire / fence.proxy.async.global rule for TMA accesses to global memory
 
 namespace flashcore::cuda_emu {
 constexpr size_t kPollWhatBytes = 96;  // a poll's description: one line of the deadlock report
@@ -25,12 +26,16 @@ inline int32_t ld_acquire_gpu(const int32_t* ptr) {
   std::snprintf(what, sizeof what, "ld.acquire.gpu polling the int32 at %p (last read %d)",
                 static_cast<const void*>(ptr), word.load(std::memory_order_relaxed));
   cuda_emu::spin(what);
+  cuda_emu::proxy_global_acquire();
   return word.load(std::memory_order_acquire);
 }
 
-// The model keeps one view of global memory for both proxies (TMA writes land in it at their write step), so the
-// fence orders nothing more here; it is a scheduling point like the real instruction's wait.
-inline void fence_proxy_async_global() { cuda_emu::progress(); }
+// The model keeps one view of global memory for both proxies (TMA writes land in it at their write step): the fence
+// clears this thread's acquire mark (ptx_proxy.h), the rule it is checked against.
+inline void fence_proxy_async_global() {
+  cuda_emu::proxy_global_fence();
+  cuda_emu::progress();
+}
 
 inline void red_release_gpu_add(int32_t* ptr, int32_t v) {
   std::atomic_ref<int32_t>(*ptr).fetch_add(v, std::memory_order_release);

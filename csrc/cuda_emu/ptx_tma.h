@@ -197,6 +197,7 @@ inline uint8_t* tma_tile(const char* what, const void* smem, uint32_t bytes, uin
 
 inline void tma_load(int rank, void* dst, const CUtensorMap* map, uint64_t* bar, const int32_t* coords) {
   const TensorMapModel& m = tensor_map_model(map, "cp.async.bulk.tensor (load)");
+  proxy_global_check("cp.async.bulk.tensor (load)");
   if (static_cast<uint32_t>(rank) != m.rank) {
     fail("cp.async.bulk.tensor." + std::to_string(rank) + "d on a rank-" + std::to_string(m.rank) + " tensor map");
   }
@@ -219,6 +220,7 @@ inline void tma_load(int rank, void* dst, const CUtensorMap* map, uint64_t* bar,
 inline void tma_store(int rank, const CUtensorMap* map, const void* src, const int32_t* coords, bool add = false) {
   const char* what = add ? "cp.reduce.async.bulk.tensor (add)" : "cp.async.bulk.tensor (store)";
   const TensorMapModel& m = tensor_map_model(map, what);
+  proxy_global_check(what);
   if (static_cast<uint32_t>(rank) != m.rank) {
     fail(std::string(add ? "cp.reduce.async.bulk.tensor." : "cp.async.bulk.tensor.") + std::to_string(rank) +
          "d on a rank-" + std::to_string(m.rank) + " tensor map");
