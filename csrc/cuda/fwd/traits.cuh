@@ -112,8 +112,8 @@ struct FwdTraits {
   // The output is staged for its TMA store in a buffer of its own when shared memory allows (D <= 128): then the
   // consumers release Q as soon as their last S = Q K^T is done, and the next tile's Q loads under this tile's last
   // P V and epilogue. Otherwise (D = 192, 256; D = 128 under FLASHCORE_FWD_SM90_D128_N176) each consumer stages its
-  // output in its own, by then dead, 64 rows of Q, and the next Q waits for the stores. Building with -DFLASHCORE_FWD_SM90_OUT_IN_Q forces the second way for
-  // every head dim (a switch for bisecting on a GPU).
+  // output in its own, by then dead, 64 rows of Q, and the next Q waits for the stores. Building with
+  // -DFLASHCORE_FWD_SM90_OUT_IN_Q forces the second way for every head dim (a switch for bisecting on a GPU).
   static constexpr int kFixedSmemBytes = 2 * 1024;  // barriers (rounded to the 1 KB alignment) + base alignment slack
 #if defined(FLASHCORE_FWD_SM90_OUT_IN_Q)
   static constexpr bool kSeparateOut = false;
