@@ -43,6 +43,9 @@ SS_DKV_HEAD_DIMS = [64, 96, 128]  # head dims whose backward takes dV / dK's A o
 # -DFLASHCORE_FWD_SM90_D64_TWO_CONSUMERS: D=64 as 128-row blocks of 2 consumers (v3), for bisecting on a GPU. Not in
 # the extension's binary, so not in resources.json: its cap at entry is ptxas' 168 of __launch_bounds__(384, 1).
 TWO_CONSUMER_REGISTERS = 168
+# -DFLASHCORE_FWD_SM90_D128_N176: D=128 with 176-key tiles (fwd/traits.cuh kD128SwitchBlockN), the output staged in Q's
+# buffer; registers at entry as the default D=128 kernel (resources.json), so no override is needed.
+N176_BLOCK_N = 176
 PRETEND_SMS = 3  # CTAs of the persistent grids: small, so that each CTA runs several tiles / items
 RESOURCES = json.loads((CSRC / "cuda" / "resources.json").read_text())["kernels"]
 
@@ -56,8 +59,9 @@ def _cuda_include() -> Path | None:
     return None
 
 
-ENGINE, MAIN, SWITCHES, TWO_CONSUMERS = "engine", "main", "switches", "two_consumers"  # object groups; ENGINE's
-# objects go into every library
+ENGINE, MAIN, SWITCHES, TWO_CONSUMERS, N176 = "engine", "main", "switches", "two_consumers", "n176"  # object
+# groups; ENGINE's objects go into every library
+GROUPS = (MAIN, SWITCHES, TWO_CONSUMERS, N176)  # one library each
 
 
 def _sources() -> list[tuple[str, list[str], str]]:
@@ -65,7 +69,8 @@ def _sources() -> list[tuple[str, list[str], str]]:
     instantiation (so that they compile in parallel), and the bisecting switches (the forward's and the backward's)
     in libraries of their own: each changes its kernel's traits and SharedStorage, and two definitions of one
     template in one library would be an ODR violation (the linker keeps one: a kernel mixing both layouts). The
-    forward's two switches both change FwdTraits<64>, so the D=64 two-consumer build gets a third library."""
+    forward's switches overlap per head dim (OUT_IN_Q and D64_TWO_CONSUMERS both change FwdTraits<64>, OUT_IN_Q and
+    D128_N176 both FwdTraits<128>), so the D=64 two-consumer build and the D=128 176-key build get a library each."""
     engine = sorted(str(p.relative_to(CSRC)) for p in (CSRC / "cuda_emu").glob("*.cpp")
                     if not p.name.startswith("harness_"))
     engine += sorted(str(p.relative_to(CSRC)) for p in (CSRC / "emu_common").glob("*.cpp"))
@@ -83,6 +88,9 @@ def _sources() -> list[tuple[str, list[str], str]]:
         out.append(("cuda_emu/harness_bwd.cpp", flags, SWITCHES))
     flags = ["-DFLASHCORE_EMU_HEAD_DIM=64", "-DFLASHCORE_EMU_BF16=1", "-DFLASHCORE_FWD_SM90_D64_TWO_CONSUMERS"]
     out.append(("cuda_emu/harness_fwd.cpp", flags, TWO_CONSUMERS))
+    for bf16 in (1, 0):
+        flags = ["-DFLASHCORE_EMU_HEAD_DIM=128", f"-DFLASHCORE_EMU_BF16={bf16}", "-DFLASHCORE_FWD_SM90_D128_N176"]
+        out.append(("cuda_emu/harness_fwd.cpp", flags, N176))
     return out
 
 
@@ -99,8 +107,7 @@ def _tree_hash(flags: list[str]) -> str:
 
 @pytest.fixture(scope="session")
 def libraries(tmp_path_factory) -> dict[str, ctypes.CDLL]:
-    """The harness libraries (MAIN, SWITCHES, TWO_CONSUMERS), built once per session from objects compiled in
-    parallel."""
+    """The harness libraries (GROUPS), built once per session from objects compiled in parallel."""
     cxx = compiler()
     if cxx is None:
         pytest.skip("no C++ compiler (g++) to build the CPU model")
@@ -111,7 +118,7 @@ def libraries(tmp_path_factory) -> dict[str, ctypes.CDLL]:
              str(CSRC / "cuda_emu" / "prelude.h"), f"-I{CSRC}", f"-I{include}", "-Wno-psabi"]
     cache = os.environ.get("FLASHCORE_EMU_CACHE")
     out = Path(cache) / _tree_hash(flags) if cache else tmp_path_factory.mktemp("cuda_emu")
-    paths = {group: out / f"libflashcore_cuda_emu_{group}.so" for group in (MAIN, SWITCHES, TWO_CONSUMERS)}
+    paths = {group: out / f"libflashcore_cuda_emu_{group}.so" for group in GROUPS}
     if not all(p.exists() for p in paths.values()):
         out.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
@@ -138,6 +145,11 @@ def emu_switches(libraries):
 @pytest.fixture(scope="session")
 def emu_two_consumers(libraries):
     return libraries[TWO_CONSUMERS]
+
+
+@pytest.fixture(scope="session")
+def emu_n176(libraries):
+    return libraries[N176]
 
 
 # ------------------------------------------------------------------------------------------------ calling
@@ -251,8 +263,8 @@ def emu_fwd(emu, q, k, v, *, softmax_scale=None, causal=False, window=(-1, -1), 
             cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, out=None, variant="", registers=None, **run):
     """csrc/cuda/fwd on the model. Dense q (b, sq, hq, d) or varlen (total, hq, d) with cu_seqlens; returns
     (out, lse, stats). out (or the given out view) and lse start as NaN. variant "_out_in_q": the build with
-    -DFLASHCORE_FWD_SM90_OUT_IN_Q; "_two_consumers": with -DFLASHCORE_FWD_SM90_D64_TWO_CONSUMERS. registers: the
-    kernel's cap at entry (default: resources.json's)."""
+    -DFLASHCORE_FWD_SM90_OUT_IN_Q; "_two_consumers": with -DFLASHCORE_FWD_SM90_D64_TWO_CONSUMERS; "_n176": with
+    -DFLASHCORE_FWD_SM90_D128_N176. registers: the kernel's cap at entry (default: resources.json's)."""
     varlen = cu_seqlens_q is not None
     d = q.shape[-1]
     scale = softmax_scale if softmax_scale is not None else d ** -0.5
@@ -428,6 +440,55 @@ def test_forward_d64_two_consumer_switch(emu, emu_two_consumers, interleaving):
     out, lse, _ = emu_fwd(emu_two_consumers, q, k, v, max_seqlen_q=140, max_seqlen_k=140, variant="_two_consumers",
                           registers=TWO_CONSUMER_REGISTERS, **options, **run)
     assert_fwd_matches(out, lse, *reference_fwd(q, k, v, **options), torch.bfloat16)
+
+
+def _check_n176(emu_n176, batch, seqlen_q, seqlen_k, heads_q, heads_kv, dtype, run, **options):
+    check_fwd(emu_n176, batch, seqlen_q, seqlen_k, heads_q, heads_kv, 128, dtype,
+              run=dict(variant="_n176", **run), **options)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forward_d128_n176_switch_seqlens(emu_n176, dtype, causal):
+    """-DFLASHCORE_FWD_SM90_D128_N176 (the GPU bisecting switch to 128 x 176 tiles at D=128, output staged in Q's
+    buffer): key lengths just below, at and above multiples of 176 (the last tile 1 key, full, or the TMA box past
+    the end), and query blocks of 128 rows whose causal diagonal crosses 176-key tiles at varying offsets."""
+    n = N176_BLOCK_N
+    for seqlen_q, seqlen_k in [(1, 1), (1, 1000), (n - 1, n - 1), (n, n), (n + 1, 2 * n + 1), (2 * n + 1, n + 1),
+                               (1000, 1000)]:
+        _check_n176(emu_n176, 1, seqlen_q, seqlen_k, 2, 1, DTYPES[dtype], dict(num_sms=2), causal=causal)
+
+
+def test_forward_d128_n176_switch_takes_effect(emu, emu_n176):
+    """The switch's library really walks 176-key tiles: one query row against 1000 keys loads K and V (2 panels
+    each, one TMA copy per panel: the model's only asynchronous operations besides the output store, which is the
+    same in both builds) 8 times at 128 keys per tile and 6 times at 176."""
+    q, k, v = random_qkv(1, 1, 1000, 1, 1, 128, torch.bfloat16)
+    copies_per_tile = 2 * 2  # K and V, two 64-column panels each
+    _, _, stats = emu_fwd(emu, q, k, v)
+    out, lse, stats_n176 = emu_fwd(emu_n176, q, k, v, variant="_n176")
+    assert_fwd_matches(out, lse, *reference_fwd(q, k, v), torch.bfloat16)
+    tiles_128, tiles_176 = -(-1000 // 128), -(-1000 // N176_BLOCK_N)
+    assert stats["async_ops"] - stats_n176["async_ops"] == copies_per_tile * (tiles_128 - tiles_176), \
+        (stats, stats_n176)
+
+
+@pytest.mark.parametrize("interleaving", ["random", "priority_1", "lazy_async", "priority_lazy_4"])
+def test_forward_d128_n176_switch(emu_n176, interleaving):
+    """The 176-key switch with window + softcap, GQA and varlen (sequences ending inside a 176-key tile, so a K/V
+    box reads the next sequence's keys, which the mask must drop; partial query blocks store from registers, and Q's
+    buffer is freed by the last store), under adversarial interleavings."""
+    run = dict(num_sms=2, **INTERLEAVINGS[interleaving])
+    _check_n176(emu_n176, 1, 400, 300, 2, 1, torch.bfloat16, run, window=(100, 50), softcap=30.0)
+    _check_n176(emu_n176, 2, 200, 377, 4, 2, torch.float16, run, causal=True)
+    _check_n176(emu_n176, 1, 130, 260, 3, 1, torch.bfloat16, run, window=(-1, 40))
+    lens_q, lens_k = [1, 175, 176, 177, 300, 40], [176, 177, 1, 352, 190, 0]
+    for causal, dtype in [(False, torch.bfloat16), (True, torch.float16)]:
+        q, k, v, cu_q, cu_k = _varlen(lens_q, lens_k, 2, 1, 128, dtype)
+        options = dict(causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+        out, lse, _ = emu_fwd(emu_n176, q, k, v, max_seqlen_q=max(lens_q), max_seqlen_k=max(lens_k),
+                              variant="_n176", **options, **run)
+        assert_fwd_matches(out, lse, *reference_fwd(q, k, v, **options), dtype)
 
 
 def test_forward_nan_propagates(emu):

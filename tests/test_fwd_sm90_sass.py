@@ -1,8 +1,9 @@
 """What ptxas says about the sm_90a forward, and the form of every wgmma in its SASS; no GPU needed.
 
 tests/test_build_checks.py holds opcode counts and resources of the built binary (csrc/cuda/resources.json). This
-file compiles two instantiations itself (head dims 64 and 256: every wgmma N of the extremes, 1 and 4 panels) to
-see what the binary cannot show:
+file compiles two instantiations itself (head dims 64 and 256: every wgmma N of the extremes, 1 and 4 panels), and
+head dim 128 under the bisecting switch -DFLASHCORE_FWD_SM90_D128_N176 (176-key tiles: not in the binary, and the
+tightest register fit), to see what the binary cannot show:
   * ptxas' warnings: C7508 (setmaxnreg dropped), C7510-C7520 (wgmmas serialized behind compiler-inserted
     warpgroup waits, e.g. when a register a wgmma still reads is redefined: a silent 2x slowdown), spills, stack;
   * the S = Q K^T wgmmas are SS (both operands by descriptor, the first K slice overwriting S: "RZ, !UPT");
@@ -24,9 +25,11 @@ from test_build_checks import find_cuobjdump
 from test_ptx_probe import SASS_LINE, find_nvcc
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = {64: 128, 256: 80}  # head_dim -> block_n (csrc/tiles/sm90_fwd.h; the tile-table test ties them)
-# head_dim -> the consumers' setmaxnreg: 3 consumer warpgroups at D=64 (160 each), 2 elsewhere (240; fwd/traits.cuh)
-CONSUMER_REGS = {64: 160, 256: 240}
+# id -> (head_dim, block_n, the consumers' setmaxnreg, extra nvcc flags). block_n: csrc/tiles/sm90_fwd.h (the
+# tile-table test ties them), or fwd/traits.cuh kD128SwitchBlockN under the switch. setmaxnreg: 3 consumer
+# warpgroups at D=64 (160 each), 2 elsewhere (240; fwd/traits.cuh).
+CASES = {"D64": (64, 128, 160, []), "D256": (256, 80, 240, []),
+         "D128_N176": (128, 176, 240, ["-DFLASHCORE_FWD_SM90_D128_N176"])}
 
 
 def parse_sass(text: str) -> dict[str, list[str]]:
@@ -46,20 +49,20 @@ def _include_flags() -> list[str]:
     return [f"-I{p}" for p in include_paths()] + [f"-I{sysconfig.get_paths()['include']}", f"-I{ROOT / 'csrc'}"]
 
 
-@pytest.fixture(scope="module", params=sorted(CASES), ids=lambda d: f"D{d}")
+@pytest.fixture(scope="module", params=list(CASES))
 def compiled(request, tmp_path_factory):
-    head_dim = request.param
+    head_dim, _, _, flags = CASES[request.param]
     nvcc, cuobjdump = find_nvcc(), find_cuobjdump()
     if nvcc is None or cuobjdump is None:
         pytest.skip("nvcc or cuobjdump not found: the sm_90a forward cannot be compiled here")
-    obj = tmp_path_factory.mktemp("fwd_sass") / f"fwd_d{head_dim}.o"
+    obj = tmp_path_factory.mktemp("fwd_sass") / f"fwd_{request.param}.o"
     src = ROOT / "csrc" / "cuda" / f"fwd_sm90_d{head_dim}.cu"
     proc = subprocess.run([nvcc, "-std=c++20", "-O3", "--use_fast_math", "--expt-relaxed-constexpr",
-                           "-gencode=arch=compute_90a,code=sm_90a", "-DFLASHCORE_CUDA=1", *_include_flags(), "-c",
-                           str(src), "-o", str(obj), "-Xptxas", "-v"], capture_output=True, text=True)
+                           "-gencode=arch=compute_90a,code=sm_90a", "-DFLASHCORE_CUDA=1", *flags, *_include_flags(),
+                           "-c", str(src), "-o", str(obj), "-Xptxas", "-v"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     sass = subprocess.run([cuobjdump, "--dump-sass", str(obj)], capture_output=True, text=True, check=True).stdout
-    return head_dim, proc.stderr, parse_sass(sass)
+    return request.param, proc.stderr, parse_sass(sass)
 
 
 def test_ptxas_keeps_the_pipeline(compiled):
@@ -71,8 +74,8 @@ def test_ptxas_keeps_the_pipeline(compiled):
 
 
 def test_wgmma_forms(compiled):
-    head_dim, _, kernels = compiled
-    block_n = CASES[head_dim]
+    case, _, kernels = compiled
+    head_dim, block_n, consumer_regs, _ = CASES[case]
     fwd = {name: code for name, code in kernels.items() if "fwd_kernel" in name}
     assert len(fwd) == 2, list(kernels)  # bf16 and fp16
     for name, code in fwd.items():
@@ -88,7 +91,7 @@ def test_wgmma_forms(compiled):
             assert re.match(r"R\d+,", ins.split()[2]) and ".tnspB" in ins and "!UPT" not in ins, ins
         assert sum(i.startswith("WARPGROUP.ARRIVE") for i in code) == 3, "one wgmma.fence per batch, none injected"
         assert "USETMAXREG.DEALLOC.CTAPOOL 0x18" in code
-        alloc = f"{CONSUMER_REGS[head_dim]:#x}"
+        alloc = f"{consumer_regs:#x}"
         assert any(re.fullmatch(rf"USETMAXREG\.TRY_ALLOC\.CTAPOOL \w+, {alloc}", i) for i in code), alloc
 
 

@@ -53,15 +53,30 @@ def test_schedule_against_brute_force(tmp_path):
     assert int(out.split("hand-off model: ")[1].split()[0]) > 5_000, out  # and the interleavings
 
 
-@pytest.fixture(scope="module")
-def layout_check_output(tmp_path_factory) -> str:
+def _layout_check(directory: Path, flags: list[str]) -> str:
     nvcc = find_nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found (set CUDA_HOME): the sm_90a headers cannot be compiled here")
-    exe = tmp_path_factory.mktemp("fwd_sm90") / "layout_check"
-    run([nvcc, "-std=c++20", "-O1", "-gencode=arch=compute_90a,code=sm_90a", f"-I{ROOT / 'csrc'}",
+    exe = directory / "layout_check"
+    run([nvcc, "-std=c++20", "-O1", "-gencode=arch=compute_90a,code=sm_90a", *flags, f"-I{ROOT / 'csrc'}",
          str(CPP / "fwd_sm90_layout_check.cu"), "-o", str(exe)])
     return run([str(exe)])
+
+
+@pytest.fixture(scope="module")
+def layout_check_output(tmp_path_factory) -> str:
+    return _layout_check(tmp_path_factory.mktemp("fwd_sm90"), [])
+
+
+def test_layout_under_the_d128_n176_switch(tmp_path):
+    """-DFLASHCORE_FWD_SM90_D128_N176 (fwd/traits.cuh): D=128 with 176-key tiles passes the same checks (the 176-wide
+    accumulator and P fragments, 1024-byte aligned panels of 176 rows, the V descriptor's LBO, shared memory within
+    the limit) and stages its output in Q's buffer, the separate one no longer fitting."""
+    out = _layout_check(tmp_path, ["-DFLASHCORE_FWD_SM90_D128_N176"])
+    assert ", 0 failures" in out, out
+    assert "D=128 block_m=128 block_n=176 stages=2 " in out and "regs O=64 S=88 P=44" in out, out
+    assert "D=128 separate output buffer: 0" in out, out
+    assert "D=64 block_m=192 block_n=128 " in out, out  # the other head dims keep their rows
 
 
 def test_fragments_and_epilogue_addresses(layout_check_output):

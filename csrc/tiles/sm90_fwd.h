@@ -29,6 +29,8 @@
 //   D=128: N=128: 64 + 96 = 160 regs. Q 32 KB + 2 x 64 KB = 160 KB (3 stages: 256 KB, over). N=176 (FA3's
 //          choice) also fits (64 + 132 regs; Q 32 + 2 x 88 = 208 KB): the first thing to measure on a GPU; 128
 //          keeps tiles aligned with the 128-row query blocks, so the causal diagonal cuts one tile per block.
+//          (-DFLASHCORE_FWD_SM90_D128_N176 builds 128 x 176, output staged in Q's buffer: a switch to time against
+//          this row on a GPU, fwd/traits.cuh; bench/notes/fwd_sm90.md v5 candidate.)
 //   D=192: N=96: 96 + 72 = 168 regs. Q 48 KB + 2 x 72 KB = 192 KB (N=128 would be 240 KB: over).
 //   D=256: N=80: 128 + 60 = 188 regs. Q 64 KB + 2 x 80 KB = 224 KB, the largest N whose two stages fit.
 // block_m = 64 x consumer warpgroups (the M of one wgmma each); warpgroups = 1 producer + the consumers;

@@ -456,12 +456,13 @@ int main() {
         for (int wr : windows)
           for (const auto& s : shapes) check_band(sq, sk, wl, wr, s[0], s[1]);
   // Kernel-sized blocks on the lengths the GPU tests use.
-  const int lengths[] = {1, 17, 127, 128, 129, 191, 193, 1000};
+  const int lengths[] = {1, 17, 127, 128, 129, 177, 191, 193, 1000};
   for (int sq : lengths)
     for (int sk : lengths)
       for (int wl : {-1, 0, 64, 300})
         for (int wr : {-1, 0, 64}) {
-          for (int bn : {80, 96, 128}) check_band(sq, sk, wl, wr, 128, bn);
+          // 176: D = 128 under -DFLASHCORE_FWD_SM90_D128_N176 (key tiles wider than, and not aligned with, the blocks)
+          for (int bn : {80, 96, 128, 176}) check_band(sq, sk, wl, wr, 128, bn);
           check_band(sq, sk, wl, wr, 192, 128);  // D = 64: 3 consumers
         }
   for (int m = 1; m <= 9; ++m)

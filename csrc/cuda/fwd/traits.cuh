@@ -31,10 +31,24 @@ constexpr TileRow tile_row(int head_dim) {
 
 // -DFLASHCORE_FWD_SM90_D64_TWO_CONSUMERS: head dim 64 with its previous row (v3: 128 x 128, 3 stages, 1 producer +
 // 2 consumers) instead of the table's 3 consumers, for bisecting on a GPU (bench/notes/fwd_sm90.md v4).
+// -DFLASHCORE_FWD_SM90_D128_N176: head dim 128 with 176-key tiles (FA3's non-causal D=128 tile) instead of the
+// table's 128, everything else as the table's row: a v5 candidate to time against the default on a GPU
+// (bench/notes/fwd_sm90.md). Not a second table row: the shape advisor reads one row per head dim.
+// 176: the largest multiple of 16 whose estimated peak live registers fit 240 (O 64 + S 88 + P 44 + ~40 = ~236;
+// 192 would be ~248; ptxas fits 176 in R0-R229, no spill). Q + 2 stages = 32 + 2 x 88 = 208 KB: a separate
+// output buffer (32 KB more) no longer fits, so kSeparateOut turns false and the output is staged in Q's buffer.
+constexpr int kD128SwitchBlockN = 176;
 template <int D>
 constexpr TileRow fwd_row() {
 #if defined(FLASHCORE_FWD_SM90_D64_TWO_CONSUMERS)
   if (D == 64) return TileRow{64, 128, 128, 3, 3, 1};
+#endif
+#if defined(FLASHCORE_FWD_SM90_D128_N176)
+  if (D == 128) {
+    TileRow row = tile_row(D);
+    row.block_n = kD128SwitchBlockN;
+    return row;
+  }
 #endif
   return tile_row(D);
 }
@@ -97,9 +111,9 @@ struct FwdTraits {
   static constexpr int kOutRows = frag::kWgmmaM;  // a consumer stores its own 64 rows (TMA store box rows)
   // The output is staged for its TMA store in a buffer of its own when shared memory allows (D <= 128): then the
   // consumers release Q as soon as their last S = Q K^T is done, and the next tile's Q loads under this tile's last
-  // P V and epilogue. Otherwise (D = 192, 256) each consumer stages its output in its own, by then dead, 64 rows of
-  // Q, and the next Q waits for the stores. Building with -DFLASHCORE_FWD_SM90_OUT_IN_Q forces the second way for
-  // every head dim (a switch for bisecting on a GPU).
+  // P V and epilogue. Otherwise (D = 192, 256; D = 128 under FLASHCORE_FWD_SM90_D128_N176) each consumer stages its
+  // output in its own, by then dead, 64 rows of Q, and the next Q waits for the stores. Building with
+  // -DFLASHCORE_FWD_SM90_OUT_IN_Q forces the second way for every head dim (a switch for bisecting on a GPU).
   static constexpr int kFixedSmemBytes = 2 * 1024;  // barriers (rounded to the 1 KB alignment) + base alignment slack
 #if defined(FLASHCORE_FWD_SM90_OUT_IN_Q)
   static constexpr bool kSeparateOut = false;
