@@ -360,6 +360,29 @@ def test_forward_varlen(emu, head_dim, causal):
     assert_fwd_matches(out, lse, ref_out, ref_lse, dtype)
 
 
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("causal", [False, True])
+def test_forward_varlen_non_finite_neighbour(emu, head_dim, causal):
+    """A packed batch whose middle sequence holds an inf in V and a NaN in K: the key tile that runs past the first
+    sequence's end loads those rows (masked, P = 0, but 0 x inf = NaN in P V unless consumer 0 zeroes the V rows past
+    the end first). Sequences 0 and 2 must match their own references exactly as if alone; sequence 1 is NaN.
+    Lengths put the first sequence's end inside a key tile at every head dim's block_n (128, 80)."""
+    dtype = torch.bfloat16
+    lens = [70, 50, 90]
+    q, k, v, cu_q, cu_k = _varlen(lens, lens, 2, 1, head_dim, dtype)
+    v[75, 0, 5] = float("inf")  # sequence 1's keys are rows 70..119
+    k[72, 0, 3] = float("nan")
+    options = dict(causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    out, lse, _ = emu_fwd(emu, q, k, v, max_seqlen_q=max(lens), max_seqlen_k=max(lens), **options)
+    for b in (0, 2):
+        lo, hi = int(cu_q[b]), int(cu_q[b + 1])
+        one = torch.tensor([0, hi - lo], dtype=torch.int32)
+        ref_out, ref_lse = reference_fwd(q[lo:hi], k[lo:hi], v[lo:hi], causal=causal, cu_seqlens_q=one,
+                                         cu_seqlens_k=one)
+        assert_fwd_matches(out[lo:hi], lse[:, lo:hi], ref_out, ref_lse, dtype)
+    assert out[70:120].isnan().any()
+
+
 def test_forward_strided_views(emu):
     """q, k, v as views into one packed (batch, seqlen, 3, heads, dim) tensor, out into a wider buffer."""
     qkv = torch.randn(2, 70, 3, 2, 128).to(torch.bfloat16)

@@ -114,6 +114,14 @@ inline void st_shared_v2_f32_model(uint32_t addr, float x, float y) {
   proxy_generic_write(addr, t / kWarpSize, 1u << (t % kWarpSize), /*whole_chunk=*/false);
 }
 
+inline void st_shared_zero16_model(uint32_t addr) {
+  constexpr uint32_t kBytes = 16;
+  if (addr % kBytes != 0) fail("st.shared.v4.b32: address " + std::to_string(addr) + " is not 16-byte aligned");
+  std::memset(smem_pointer(addr, kBytes), 0, kBytes);
+  const int t = linear_thread();
+  proxy_generic_write(addr, t / kWarpSize, 1u << (t % kWarpSize));  // one thread writes the whole chunk
+}
+
 }  // namespace flashcore::cuda_emu
 
 namespace flashcore::sm90::ptx {
@@ -129,6 +137,8 @@ inline void stmatrix_x4(uint32_t row_addr, uint32_t r0, uint32_t r1, uint32_t r2
 }
 
 inline void st_shared_v2_f32(uint32_t addr, float x, float y) { cuda_emu::st_shared_v2_f32_model(addr, x, y); }
+
+inline void st_shared_zero16(uint32_t addr) { cuda_emu::st_shared_zero16_model(addr); }
 
 inline uint32_t pack_bf16x2(float lo, float hi) {
   return cuda_emu::f32_to_bf16_rn(lo) | (static_cast<uint32_t>(cuda_emu::f32_to_bf16_rn(hi)) << 16);

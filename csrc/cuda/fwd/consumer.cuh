@@ -81,6 +81,33 @@ __device__ __forceinline__ void issue_pv(float (&o)[FwdTraits<D>::kORegs], const
   ptx::wgmma_commit();
 }
 
+// Varlen: the key tile holding a sequence's end is loaded whole from the packed K / V tensors, so its rows past the
+// end are the next sequence's keys. Their scores are masked (P = 0), but P V still multiplies those V rows, and
+// 0 x inf = NaN: one non-finite value in the next sequence would reach every row of this one. The walk's first
+// tile is the one the sequence end cuts; consumer 0, whose turn comes first on every stage, waits for its V and
+// zeroes those rows before the work tile's first GEMM. Each writer's fence, then the ping-pong barrier that opens
+// every turn (its own and, through its pass, every later one), order the zeros before all reads of the stage.
+// Here and not before the first P V, where D = 256 spilled; V was loaded right behind K. The first row comes from
+// resolve_tile (w.v_clear_row): computing it here also tipped D = 256's allocation (237 of 240) into a spill.
+// Dense sequences need none: their maps zero-fill past the end.
+template <int D>
+__device__ __forceinline__ void zero_v_rows_past_end(SharedStorage<D>& s, const WorkTile& w, int stage, uint32_t phase,
+                                                     uint32_t v_tile, int consumer, int tid) {
+  using T = FwdTraits<D>;
+  constexpr int kChunksPerRow = ptx::kSwizzle128Row / ptx::kSwizzleChunk;  // the swizzle moves chunks within a row
+  if (consumer != 0 || w.v_clear_row >= T::kBlockN) return;
+  ptx::mbarrier_wait(&s.v_full[stage], phase);
+  const int chunks = (T::kBlockN - w.v_clear_row) * kChunksPerRow;
+  // Rolled loops: once per work tile, and unrolled they held so many addresses that D = 256 spilled its loop state.
+#pragma unroll 1
+  for (int panel = 0; panel < T::kPanels; ++panel) {
+    const uint32_t rows = v_tile + panel * T::kKvPanelBytes + w.v_clear_row * ptx::kSwizzle128Row;
+#pragma unroll 1
+    for (int c = tid; c < chunks; c += frag::kWarpgroupThreads) ptx::st_shared_zero16(rows + c * ptx::kSwizzleChunk);
+  }
+  ptx::fence_proxy_async_shared();  // each writer, before the barrier that opens the turns (sched_wait)
+}
+
 template <int D, bool kBf16>
 __device__ void consume(SharedStorage<D>& s, const CUtensorMap* tmap_o, const KernelArgs& a, int consumer) {
   using T = FwdTraits<D>;
@@ -115,6 +142,7 @@ __device__ void consume(SharedStorage<D>& s, const CUtensorMap* tmap_o, const Ke
       store_empty_rows<D, kBf16>(p, w, wg_row0, tid);
       continue;
     }
+    zero_v_rows_past_end<D>(s, w, stage, phase, v_base + stage * T::kKvTileBytes, consumer, tid);
     const RowKeys keys = row_keys(w.band, wg_row0, tid);
     float o[T::kORegs];
 #pragma unroll

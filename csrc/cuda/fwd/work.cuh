@@ -27,6 +27,8 @@ struct WorkTile {
   int tma_batch;     // batch coordinate of the tensor maps: the sequence (dense) or 0 (varlen: one packed "batch")
   Band band;
   TileSpan span;     // key tiles to visit; empty: every row sees nothing (out 0, lse -inf)
+  int v_clear_row;   // varlen: first row of the walk's first V tile past the sequence's end (consumer.cuh), else
+                     // block_n
 };
 
 template <int D>
@@ -52,6 +54,10 @@ __device__ __forceinline__ WorkTile resolve_tile(const KernelArgs& a, int t) {
   w.row0 = (m_blocks - 1 - c.m_rev) * T::kBlockM;
   w.band = Band{seqlen_q, seqlen_k, p.window_left, p.window_right};
   w.span = w.valid ? key_tiles(w.band, w.row0, T::kBlockM, T::kBlockN) : TileSpan{0, 0};
+  w.v_clear_row = T::kBlockN;
+  if (p.cu_seqlens_k != nullptr && w.span.first < w.span.end) {
+    w.v_clear_row = min(T::kBlockN, seqlen_k - (w.span.end - 1) * T::kBlockN);
+  }
   return w;
 }
 

@@ -72,6 +72,12 @@ __device__ __forceinline__ void st_shared_v2_f32(uint32_t addr, float x, float y
   asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(x), "f"(y) : "memory");
 }
 
+// st.shared.v4.b32 of zeros: the 16 bytes at window address `addr` (16-byte aligned) cleared; one STS.128. Modelled
+// like st_shared_v2_f32, for tiles a wgmma or TMA access reads next.
+__device__ __forceinline__ void st_shared_zero16(uint32_t addr) {
+  asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(addr), "r"(0u) : "memory");
+}
+
 // Two fp32 values rounded (to nearest even) to bf16 and packed: `lo` in bits 0-15, `hi` in bits 16-31, the order
 // in which consecutive columns sit in a fragment register. cvt.rn.bf16x2.f32 d, a, b puts a in the HIGH half.
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
