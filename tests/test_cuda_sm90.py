@@ -661,6 +661,24 @@ def test_fwd_varlen(dtype, head_dim, mask):
 
 
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("causal", [False, True])
+def test_fwd_varlen_non_finite_neighbour(head_dim, causal):
+    """An inf in one packed sequence's V and a NaN in its K stay in that sequence: the tile that runs past the
+    previous sequence's end loads those rows (masked), and the kernel zeroes the V rows before P V reads them."""
+    lens = [70, 50, 1000, 90]
+    cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), device="cuda", dtype=torch.int32)
+    q, k, v = (rand((sum(lens), 2, head_dim), torch.bfloat16) for _ in range(3))
+    v[75, 1, 5] = float("inf")  # sequence 1: rows 70..119
+    k[72, 0, 3] = float("nan")
+    out, lse = fwd_op(q, k, v, causal, (-1, -1), 0.0, None, cu, cu, max(lens), max(lens))
+    for b in (0, 2, 3):
+        lo, hi = int(cu[b]), int(cu[b + 1])
+        ref_out, ref_lse = naive.attention(q[None, lo:hi], k[None, lo:hi], v[None, lo:hi], causal=causal)
+        check_fwd_close(out[None, lo:hi], lse[None, :, lo:hi], ref_out, ref_lse, f"sequence {b} next to a non-finite")
+    assert out[70:120].isnan().any()
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_fwd_strided_views(head_dim):
     """q, k, v as views of one packed (batch, seqlen, 3, heads, head_dim) tensor: the tensor maps take the strides."""
     qkv = rand((2, 257, 3, 4, head_dim), torch.bfloat16)
