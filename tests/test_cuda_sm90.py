@@ -390,6 +390,60 @@ def test_bwd_varlen(head_dim, causal, deterministic):
     check_bwd(got, ref, torch.bfloat16, f"varlen D={head_dim}")
 
 
+@pytest.mark.parametrize("head_dim", BWD_HEAD_DIMS)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("where", ["kv", "q_do"])
+def test_bwd_varlen_non_finite_neighbour(head_dim, causal, where):
+    """Non-finite values in one packed sequence (rows 70..119) stay out of its neighbours' gradients: "kv" an inf
+    in V and a NaN in K, "q_do" an inf in Q and in dO, in one column of every row. The previous sequence's key
+    block and last query tile load those rows (masked), and the kernel zeroes the K / V rows past seqlen_k and the
+    Q / dO rows (and delta) past seqlen_q before the tensor cores multiply them (0 x inf = NaN)."""
+    if not _has_bwd():
+        pytest.skip("this build has no flashcore_sm90.bwd")
+    lens = [70, 50, 1000, 90]
+    cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), device="cuda", dtype=torch.int32)
+    q, k, v, dout = (rand((sum(lens), 2, head_dim), torch.bfloat16) for _ in range(4))
+    if where == "kv":  # every row of sequence 1: each consumer zeroes some of them
+        v[70:120, 0, 5] = float("inf")
+        k[70:120, 0, 3] = float("nan")
+    else:
+        q[70:120, 0, 7] = float("inf")
+        dout[70:120, 1, 2] = float("inf")
+    scale = head_dim ** -0.5
+    out64, lse64 = naive.attention_varlen(q, k, v, cu, cu, causal=causal, softmax_scale=scale)
+    dq, dk, dv = torch.ops.flashcore_sm90.bwd(dout, q, k, v, out64.to(q.dtype), lse64.float(), None, cu, cu,
+                                              max(lens), max(lens), scale, causal, -1, 0 if causal else -1, 0.0,
+                                              False)
+    for b in (0, 2, 3):
+        lo, hi = int(cu[b]), int(cu[b + 1])
+        leaves = [t[None, lo:hi].double().requires_grad_(True) for t in (q, k, v)]
+        out_b, _ = naive.attention(*leaves, causal=causal, softmax_scale=scale)
+        ref = dict(zip(("dq", "dk", "dv"), torch.autograd.grad((out_b * dout[None, lo:hi].double()).sum(), leaves)))
+        got = {"dq": dq[None, lo:hi], "dk": dk[None, lo:hi], "dv": dv[None, lo:hi]}
+        check_bwd(got, ref, torch.bfloat16, f"D={head_dim} {where}: sequence {b} next to a non-finite")
+    assert dk[70:120].isnan().any()
+
+
+@pytest.mark.parametrize("head_dim", BWD_HEAD_DIMS)
+def test_bwd_dense_non_finite_next_batch(head_dim):
+    """Dense: an inf in batch 1's V (a key every query sees, so its delta rows are inf) stays out of batch 0.
+    Batch 0's last query tile runs past seqlen_q = 70, and the flat LSE / delta map loads the next (batch, head)'s
+    rows there; the kernel zeroes those delta values before dS = P (dP - delta) takes them."""
+    if not _has_bwd():
+        pytest.skip("this build has no flashcore_sm90.bwd")
+    q, k, v, dout = (rand((2, 70, 2, head_dim), torch.bfloat16) for _ in range(4))
+    v[1, 0, 0, 5] = float("inf")
+    scale = head_dim ** -0.5
+    out64, lse64 = naive.attention(q, k, v, softmax_scale=scale)
+    dq, dk, dv = torch.ops.flashcore_sm90.bwd(dout, q, k, v, out64.to(q.dtype), lse64.float(), None, None, None,
+                                              70, 70, scale, False, -1, -1, 0.0, False)
+    leaves = [t[:1].double().requires_grad_(True) for t in (q, k, v)]
+    out0, _ = naive.attention(*leaves, softmax_scale=scale)
+    ref = dict(zip(("dq", "dk", "dv"), torch.autograd.grad((out0 * dout[:1].double()).sum(), leaves)))
+    check_bwd({"dq": dq[:1], "dk": dk[:1], "dv": dv[:1]}, ref, torch.bfloat16, f"D={head_dim} batch 0")
+    assert not torch.isfinite(dq[1]).all()
+
+
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_bwd_strided_views(head_dim):
     """q, k, v as views of one packed (batch, seqlen, 3, heads, head_dim) tensor (row stride 3 x heads x head_dim):

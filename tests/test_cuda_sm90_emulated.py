@@ -658,8 +658,9 @@ def test_backward_non_finite_block_keeps_out_of_other_dq(emu, head_dim):
     """An inf in one sequence's V makes its own gradients non-finite; the query tile that runs past that sequence's
     end covers the next batch's rows of dq_accum (dense) or the next sequence's (varlen), where the kernel must add
     nothing: those rows' dS is 0 * inf = NaN (the LSE / delta rows loaded there are the non-finite sequence's).
-    Dense: the next batch's gradients are all exact. Varlen: its dq is; its dK / dV are not protected (a masked
-    P = 0 meets the neighbour's non-finite delta inside the S^T tile, bench/notes/bwd_sm90.md)."""
+    Dense: the next batch's gradients are all exact, and, with the inf in batch 1, batch 0's. Varlen too: the last
+    sequence's tile past its end reads the next head's delta rows, sequence 0's (inf), which the kernel zeroes
+    before dS = P (dP - delta) takes them."""
     dtype = torch.bfloat16
     q, k, v = random_qkv(2, 70, 70, 2, 1, head_dim, dtype)  # 70: batch 0's second tile covers batch 1's rows
     v[0, 3, 0, 5] = float("inf")
@@ -668,17 +669,62 @@ def test_backward_non_finite_block_keeps_out_of_other_dq(emu, head_dim):
     dq, dk, dv, _, _ = emu_bwd(emu, q, k, v, out, lse, dout)
     want = reference_bwd(q[1:], k[1:], v[1:], out[1:], lse[1:], dout[1:], None)
     assert_grads_match((dq[1:], dk[1:], dv[1:]), want, dtype)
+    # The other way round: batch 0's last head's last tile reads batch 1's first delta rows (the flat 2D map), inf
+    # when every query of batch 1 sees the inf; the kernel zeroes them (dense too) before dS takes them.
+    v = v.clone()
+    v[0, 3, 0, 5] = 0.0
+    v[1, 0, 0, 5] = float("inf")
+    out, lse = forward_for(q, k, v)
+    dq, dk, dv, _, _ = emu_bwd(emu, q, k, v, out, lse, dout)
+    want = reference_bwd(q[:1], k[:1], v[:1], out[:1], lse[:1], dout[:1], None)
+    assert_grads_match((dq[:1], dk[:1], dv[:1]), want, dtype)
     lens = [70, 60]
     q, k, v, cu_q, cu_k = _varlen(lens, lens, 2, 1, head_dim, dtype)
     v[3, 0, 5] = float("inf")  # a key of sequence 0
     dout = torch.randn(q.shape).to(dtype)
     options = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
     out, lse = forward_for(q, k, v, **options)
-    dq, _, _, _, _ = emu_bwd(emu, q, k, v, out, lse, dout, max_seqlen_q=70, max_seqlen_k=70, **options)
+    dq, dk, dv, _, _ = emu_bwd(emu, q, k, v, out, lse, dout, max_seqlen_q=70, max_seqlen_k=70, **options)
     one = torch.tensor([0, 60], dtype=torch.int32)
     want = reference_bwd(q[70:], k[70:], v[70:], out[70:], lse[:, 70:], dout[70:], None, cu_seqlens_q=one,
                          cu_seqlens_k=one)
-    assert_grads_match((dq[70:],), want[:1], dtype, names=("dq",))
+    assert_grads_match((dq[70:], dk[70:], dv[70:]), want, dtype)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 192, 256])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("where", ["kv", "q_do"])
+@pytest.mark.parametrize("interleaving", ["random", "lowest_first", "highest_first"])
+def test_backward_varlen_non_finite_neighbour(emu, head_dim, causal, where, interleaving):
+    """A packed batch whose middle sequence (rows 70..119) holds non-finite values in one column of every row (so
+    that both consumers' shares of the zeroing matter): "kv" an inf in V and a NaN in K, "q_do" an inf in Q (head
+    0) and in dO (head 1); its delta rows turn non-finite too. Sequence 0's key block and
+    last query tile run past its end (at every block_n, 128 or 64) and load those rows, masked (P = 0, dS = 0), but
+    0 x inf = NaN in the tensor cores unless the kernel zeroes the K / V rows past seqlen_k, and the Q / dO rows
+    (and delta) past seqlen_q. Sequences 0 and 2 must match their own references as if alone; sequence 1 is NaN.
+    The greedy schedules run one consumer far ahead of the other: they fail (D = 64 / 128) without the barriers
+    that order both consumers' zeros before every wgmma."""
+    dtype = torch.bfloat16
+    lens = [70, 50, 90]
+    q, k, v, cu_q, cu_k = _varlen(lens, lens, 2, 1, head_dim, dtype)
+    dout = torch.randn(q.shape).to(dtype)
+    if where == "kv":
+        v[70:120, 0, 5] = float("inf")
+        k[70:120, 0, 3] = float("nan")
+    else:
+        q[70:120, 0, 7] = float("inf")
+        dout[70:120, 1, 2] = float("inf")
+    options = dict(causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    out, lse = forward_for(q, k, v, **options)
+    dq, dk, dv, _, _ = emu_bwd(emu, q, k, v, out, lse, dout, max_seqlen_q=max(lens), max_seqlen_k=max(lens),
+                               **options, **INTERLEAVINGS[interleaving])
+    for b in (0, 2):
+        lo, hi = int(cu_q[b]), int(cu_q[b + 1])
+        one = torch.tensor([0, hi - lo], dtype=torch.int32)
+        want = reference_bwd(q[lo:hi], k[lo:hi], v[lo:hi], out[lo:hi], lse[:, lo:hi], dout[lo:hi], None,
+                             causal=causal, cu_seqlens_q=one, cu_seqlens_k=one)
+        assert_grads_match((dq[lo:hi], dk[lo:hi], dv[lo:hi]), want, dtype)
+    assert dk[70:120].isnan().any()
 
 
 def test_backward_unseen_keys_and_empty_rows(emu):

@@ -56,6 +56,9 @@ constexpr uint32_t kBarDsReady = 3;   // both consumers wrote their P^T / dS^T r
 constexpr uint32_t kBarDetGo = 4;     // deterministic: the tile's semaphore reached this block's rank
 constexpr uint32_t kBarDetDone = 5;   // deterministic: every adding thread has fenced its adds
 constexpr uint32_t kBarDqStaged = 6;  // + consumer (6, 7): its warpgroup wrote and fenced its dQ staging boxes
+constexpr uint32_t kBarKvZeroed = 8;  // varlen: both consumers zeroed and fenced the item's K / V rows past its end
+constexpr uint32_t kBarStageZeroed = 9;  // both consumers zeroed and fenced a sequence's last tile's delta values
+                                         // past its end (and, varlen, its Q / dO rows)
 constexpr uint32_t kConsumerThreads = 2 * kWarpgroupThreads;
 
 // Where sequence b lives: dense sequences are whole tensors' slices (the tensor map's batch coordinate), varlen

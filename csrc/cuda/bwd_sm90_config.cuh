@@ -153,7 +153,8 @@ struct SharedStorage {
   uint16_t p[C::kRsDkv ? kColBlock : C::kBlockN * C::kBlockM];
   float lse[C::kStages][C::kBlockM];     // the forward's lse rows of the tile (natural log), by TMA; rows past
                                          // seqlen_q hold other rows' values or 0: the mask covers them
-  float delta[C::kStages][C::kBlockM];   // rowsum(dO * O) - dlse, likewise
+  float delta[C::kStages][C::kBlockM];   // rowsum(dO * O) - dlse, likewise; the consumers zero the rows past
+                                         // seqlen_q (dS = 0 x (dP - delta) must not see another row's inf)
   uint64_t full[C::kStages];             // producer -> consumers: Q, dO, LSE, delta landed (1 arrival + TMA bytes)
   uint64_t empty[C::kStages];            // consumers -> producer: every consumer warp is done with the stage
   uint64_t kv_full;                      // K and V of the current work item landed

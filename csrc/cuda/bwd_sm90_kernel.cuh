@@ -22,6 +22,8 @@
 //               thread per consumer; deterministic: each thread in turn, behind the tile's semaphore);
 //               red.global.add.v2.f32 where the staging does not fit (D = 256; deterministic: in turn, with
 //               ld.cg / st.cg)
+//             Where a tile overhangs its sequence's end, the rows past it are zeroed in shared memory before the
+//             GEMMs (varlen: K / V per item, Q / dO per tile; dense and varlen: delta; zero_rows_past_end).
 //             After the item: dK, dV -> global (row-predicated stores: varlen blocks end mid-block).
 // softmax_scale and the softcap derivative are folded into dS, so dK and the dQ workspace need no scaling after.
 #pragma once
@@ -190,6 +192,27 @@ __device__ __forceinline__ void store_rows(const float (&acc)[C::kCols / 2], uin
   }
 }
 
+// Varlen: the tiles are loaded whole from the packed tensors, so a K/V block or query tile that runs past its
+// sequence's end holds the next sequence's rows. Their scores are masked (P = 0, dS = 0), but the tensor cores
+// still multiply those rows (dQ = dS K, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q), and 0 x inf = NaN: one
+// non-finite value in a neighbour would reach this sequence's gradients. The overhanging rows are zeroed in
+// shared memory instead: rows [row0, kRows) of `blocks` 128B-swizzled column blocks, `block_bytes` apart from
+// `first` (the swizzle moves chunks within a row, so those rows are one contiguous byte range per block), by both
+// consumers' 256 threads (`thread` in [0, 256)). Each writer fences; the caller's barrier orders the zeros before
+// every wgmma that reads them. Rolled loops: rare work, and no registers taken from the accumulators.
+template <int kRows>
+__device__ __forceinline__ void zero_rows_past_end(uint32_t first, uint32_t block_bytes, int blocks, int row0,
+                                                   int thread) {
+  constexpr int kChunksPerRow = kRowBytes / kSwizzleChunk;
+  const int chunks = (kRows - row0) * kChunksPerRow;
+#pragma unroll 1
+  for (int blk = 0; blk < blocks; ++blk) {
+    const uint32_t rows = first + blk * block_bytes + row0 * kRowBytes;
+#pragma unroll 1
+    for (int c = thread; c < chunks; c += kConsumerThreads) st_shared_zero16(rows + c * kSwizzleChunk);
+  }
+}
+
 // ---- consumer --------------------------------------------------------------------------------------------------
 template <class C, HalfType kType, int kPart>
 __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, const CUtensorMap* tmap_dq,
@@ -236,6 +259,17 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
     if (tiles.begin < tiles.end) {
       mbarrier_wait(&s.kv_full, parity >> 1);
       parity ^= 2;
+      // Varlen, the block holding the sequence's end: its K and V rows past it zeroed (see zero_rows_past_end),
+      // once per item, before any wgmma reads them (both consumers read each other's K rows in the dQ GEMM).
+      // K and V column blocks are adjacent in SharedStorage, so one walk over 2 x kColBlocks blocks covers both.
+      const int32_t kv_row0 = si.g.seqlen_k - n * C::kBlockN;
+      if (a.cu_seqlens_k != nullptr && kv_row0 < C::kBlockN) {
+        static_assert(offsetof(S, v) == offsetof(S, k) + C::kColBlocks * C::kKColBlockBytes, "V right after K");
+        zero_rows_past_end<C::kBlockN>(smem0 + offsetof(S, k), C::kKColBlockBytes, 2 * C::kColBlocks, kv_row0,
+                                       consumer * kWarpgroupThreads + tid);
+        fence_proxy_async_shared();  // each writer, before the barrier that precedes the readers' wgmmas
+        named_barrier_sync(kBarKvZeroed, kConsumerThreads);
+      }
 #pragma unroll 1
       for (int32_t hq = hk * group; hq < (hk + 1) * group; ++hq) {
 #pragma unroll 1
@@ -250,6 +284,23 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
           const uint32_t do_stage = base + offsetof(S, dout) + stage * kQStageBytes;
           const int t = static_cast<int>(opaque(static_cast<uint32_t>(tid)));  // likewise the per-thread offsets
           const int ln = t % frag::kWarpSize, wp = t / frag::kWarpSize;
+          // A sequence's last query tile, when partial: the delta values past its end zeroed (the flat 2D map
+          // loads other rows' there, dense or varlen: the next head's or sequence's, possibly non-finite, and
+          // dS = 0 x (dP - delta)); varlen, its Q and dO rows too (dense maps zero-fill them). The LSE needs
+          // nothing (P is selected to 0). Both consumers read the whole stage, so both write and both pass the
+          // barrier; the producer refills the stage only after every consumer warp's empty arrival, later in this
+          // tile. Dense sequences of a multiple of block_m never get here.
+          const int32_t q_row0 = si.g.seqlen_q - m * C::kBlockM;
+          if (q_row0 < C::kBlockM) {
+            const int thread = consumer * kWarpgroupThreads + t;
+            if (a.cu_seqlens_q != nullptr) {
+              zero_rows_past_end<C::kBlockM>(q_stage, C::kQColBlockBytes, C::kColBlocks, q_row0, thread);
+              zero_rows_past_end<C::kBlockM>(do_stage, C::kQColBlockBytes, C::kColBlocks, q_row0, thread);
+            }
+            if (thread < C::kBlockM - q_row0) s.delta[stage][q_row0 + thread] = 0.0f;
+            fence_proxy_async_shared();  // each writer: the zeros before the wgmmas and the stage's next TMA fill
+            named_barrier_sync(kBarStageZeroed, kConsumerThreads);
+          }
 
           // S^T = K Q^T and dP^T = V dO^T over the head dim (K-major A and B); P^T from S^T in place, packed to
           // 16-bit pairs (the stmatrix operands). Where the registers allow both fp32 tiles next to dK and dV
