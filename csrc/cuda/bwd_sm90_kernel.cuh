@@ -195,22 +195,13 @@ __device__ __forceinline__ void store_rows(const float (&acc)[C::kCols / 2], uin
 // Varlen: the tiles are loaded whole from the packed tensors, so a K/V block or query tile that runs past its
 // sequence's end holds the next sequence's rows. Their scores are masked (P = 0, dS = 0), but the tensor cores
 // still multiply those rows (dQ = dS K, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q), and 0 x inf = NaN: one
-// non-finite value in a neighbour would reach this sequence's gradients. The overhanging rows are zeroed in
-// shared memory instead: rows [row0, kRows) of `blocks` 128B-swizzled column blocks, `block_bytes` apart from
-// `first` (the swizzle moves chunks within a row, so those rows are one contiguous byte range per block), by both
-// consumers' 256 threads (`thread` in [0, 256)). Each writer fences; the caller's barrier orders the zeros before
-// every wgmma that reads them. Rolled loops: rare work, and no registers taken from the accumulators.
+// non-finite value in a neighbour would reach this sequence's gradients. The overhanging rows [row0, kRows) of
+// `blocks` column blocks are zeroed in shared memory instead (ptx::zero_swizzled_rows), by both consumers' 256
+// threads (`thread` in [0, 256)). Each writer fences; the caller's barrier orders the zeros before every wgmma.
 template <int kRows>
 __device__ __forceinline__ void zero_rows_past_end(uint32_t first, uint32_t block_bytes, int blocks, int row0,
                                                    int thread) {
-  constexpr int kChunksPerRow = kRowBytes / kSwizzleChunk;
-  const int chunks = (kRows - row0) * kChunksPerRow;
-#pragma unroll 1
-  for (int blk = 0; blk < blocks; ++blk) {
-    const uint32_t rows = first + blk * block_bytes + row0 * kRowBytes;
-#pragma unroll 1
-    for (int c = thread; c < chunks; c += kConsumerThreads) st_shared_zero16(rows + c * kSwizzleChunk);
-  }
+  zero_swizzled_rows(first, block_bytes, blocks, row0, kRows, thread, kConsumerThreads);
 }
 
 // ---- consumer --------------------------------------------------------------------------------------------------

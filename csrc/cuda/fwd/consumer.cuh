@@ -94,17 +94,10 @@ template <int D>
 __device__ __forceinline__ void zero_v_rows_past_end(SharedStorage<D>& s, const WorkTile& w, int stage, uint32_t phase,
                                                      uint32_t v_tile, int consumer, int tid) {
   using T = FwdTraits<D>;
-  constexpr int kChunksPerRow = ptx::kSwizzle128Row / ptx::kSwizzleChunk;  // the swizzle moves chunks within a row
   if (consumer != 0 || w.v_clear_row >= T::kBlockN) return;
   ptx::mbarrier_wait(&s.v_full[stage], phase);
-  const int chunks = (T::kBlockN - w.v_clear_row) * kChunksPerRow;
-  // Rolled loops: once per work tile, and unrolled they held so many addresses that D = 256 spilled its loop state.
-#pragma unroll 1
-  for (int panel = 0; panel < T::kPanels; ++panel) {
-    const uint32_t rows = v_tile + panel * T::kKvPanelBytes + w.v_clear_row * ptx::kSwizzle128Row;
-#pragma unroll 1
-    for (int c = tid; c < chunks; c += frag::kWarpgroupThreads) ptx::st_shared_zero16(rows + c * ptx::kSwizzleChunk);
-  }
+  ptx::zero_swizzled_rows(v_tile, T::kKvPanelBytes, T::kPanels, w.v_clear_row, T::kBlockN, tid,
+                          frag::kWarpgroupThreads);
   ptx::fence_proxy_async_shared();  // each writer, before the barrier that opens the turns (sched_wait)
 }
 

@@ -116,4 +116,22 @@ __device__ __forceinline__ S& smem_storage(uint8_t* raw) {
   return *reinterpret_cast<S*>(raw + pad);
 }
 
+// Zeroes rows [row0, rows) of `tiles` 128B-swizzled tiles of `rows` rows each, `tile_bytes` apart from window address
+// `first`: the swizzle only permutes 16-byte chunks within a row, so those rows are one contiguous byte range per
+// tile. Thread `thread` of `threads` clears every threads-th chunk with st_shared_zero16; the caller fences
+// (fence_proxy_async_shared) and synchronises before an async-proxy reader. The kernels use it for rows a tile
+// loads past its sequence's end (masked, but 0 x inf = NaN in a wgmma). Rolled loops: rare work, and unrolled they
+// held enough addresses to push a tight kernel (forward D = 256) into spills.
+__device__ __forceinline__ void zero_swizzled_rows(uint32_t first, uint32_t tile_bytes, int tiles, int row0, int rows,
+                                                   int thread, int threads) {
+  constexpr int kChunksPerRow = kSwizzle128Row / kSwizzleChunk;
+  const int chunks = (rows - row0) * kChunksPerRow;
+#pragma unroll 1
+  for (int tile = 0; tile < tiles; ++tile) {
+    const uint32_t base = first + tile * tile_bytes + row0 * kSwizzle128Row;
+#pragma unroll 1
+    for (int c = thread; c < chunks; c += threads) st_shared_zero16(base + c * kSwizzleChunk);
+  }
+}
+
 }  // namespace flashcore::sm90::ptx
