@@ -9,10 +9,10 @@ real tile shapes), and simulates the persistent schedule with the deterministic 
   * every work item is run exactly once for every grid size; the simulated grid never deadlocks, and each query
     tile's dQ adds arrive in increasing key-block order (a fixed total order: bit-identical sums).
   * the kernel's roles (producer + 8 consumer warps per CTA) with their barriers (item-index ring, K/V pair, stage
-    ring, the consumers' named barriers, the deterministic semaphores in both forms: ordered loads / stores behind
-    one release per block, and by TMA with each consumer's release deferred to its next tile), stepped through
-    random interleavings under the dynamic schedule (claims from a shared counter, csrc/cuda/tile_handoff.h) and
-    the static one: no deadlock, every item handed out once and run by all consumer warps of one CTA, every role
+    ring, the consumers' named barriers, the zeroing ones of tiles that overhang a sequence's end included, the
+    deterministic semaphores in both forms: ordered loads / stores behind one release per block, and by TMA with
+    each consumer's release deferred to its next tile), stepped through random interleavings under the dynamic
+    schedule (claims from a shared counter, csrc/cuda/tile_handoff.h) and the static one: no deadlock, every item handed out once and run by all consumer warps of one CTA, every role
     of a CTA walks one increasing sequence ending in the sentinel, every parity wait means the phase it names,
     each query tile's dQ adds come from exactly its contributing blocks in rank order, and every turn is passed on.
 A second test breaks the header (or the model's mirror of the kernel) on purpose, one mutation per check family,
@@ -70,6 +70,9 @@ MUTATIONS = {
     "hand-off parity": (HANDOFF, "return (passed / kTileSlots) & 1u;", "return passed & 1u;"),
     # The model's mirror of the kernel (deterministic dQ by TMA): a consumer that exits still owing a turn.
     "turn owed at exit": (CHECK, "pass_turn(r);\n          r.done = true;", "r.done = true;"),
+    # ... and a zeroing barrier that one consumer skips (a condition the two consumers would compute differently).
+    "zeroing barrier one-sided": (CHECK, "if ((*seqs)[r.b].seqlen_q - r.m * bm < bm) {",
+                                  "if ((*seqs)[r.b].seqlen_q - r.m * bm < bm && r.warp < 4) {"),
 }
 
 

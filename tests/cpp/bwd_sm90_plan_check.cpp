@@ -144,6 +144,8 @@ void check_schedule(const std::vector<SeqGeom>& seqs, int heads_kv, int group, i
 // warps, each a state machine doing what bwd_sm90_kernel.cuh does with its barriers (item-index ring, K/V barrier
 // pair, the Q / dO stage ring, the consumers' per-tile named barrier, the deterministic semaphores in both forms),
 // stepped in a random interleaving over all CTAs; counter claims happen whenever a producer gets to them.
+// Where a tile overhangs its sequence's end, both consumers zero its rows and meet at a barrier before reading them
+// (kBarKvZeroed once per item whose block holds the end, kBarStageZeroed per partial last query tile).
 // Deterministic dQ, two forms (BwdConfig::kDqByTma): D = 256 waits for the turn with both consumers behind
 // kBarDetGo and releases once behind kBarDetDone; by TMA, thread 0 of each consumer (warps 0 and 4) waits for
 // the turn alone (the tile's semaphore counts both consumers of each earlier block), issues its adds and passes
@@ -180,7 +182,7 @@ struct ModelCta {
   MBar tile_full[kTileSlots], tile_empty[kTileSlots], kv_full, kv_empty;
   std::vector<MBar> full, empty;
   int tile[kTileSlots] = {};
-  NamedBar tile_bar, det_go, det_done;
+  NamedBar tile_bar, det_go, det_done, kv_zeroed, stage_zeroed;
 };
 
 struct ModelRole {  // a producer (warp < 0) or a consumer warp: program counter and the loop state of that code
@@ -297,9 +299,25 @@ struct ScheduleModel {
         ++r.kv_uses;
         r.hq = r.hk * group, r.m = r.tiles.begin;
         r.pc = 4;
+        if ((r.n + 1) * bn > (*seqs)[r.b].seqlen_k) {  // varlen: the block's K / V rows past the end zeroed
+          r.bar_gen = c.kv_zeroed.arrive();             // kBarKvZeroed: both consumers
+          r.pc = 14;
+        }
+        return true;
+      case 14:
+        if (c.kv_zeroed.gen == r.bar_gen) return false;
+        r.pc = 4;
         return true;
       case 4:
         if (!c.full[stage].ready(lap & 1u, lap + 1, "full")) return false;
+        if ((*seqs)[r.b].seqlen_q - r.m * bm < bm) {  // a sequence's partial last tile: Q / dO / delta zeroed
+          r.bar_gen = c.stage_zeroed.arrive();         // kBarStageZeroed: both consumers
+          r.pc = 15;
+          return true;
+        }
+        [[fallthrough]];
+      case 15:
+        if (r.pc == 15 && c.stage_zeroed.gen == r.bar_gen) return false;
         pass_turn(r);  // by TMA: the previous tile's turn, before kBarDsReady
         r.bar_gen = c.tile_bar.arrive();  // kBarDsFree / kBarDsReady: both consumers, every tile
         r.pc = 5;
