@@ -6,9 +6,10 @@
 //   flashcore_sm90::*    (CUDA build) the kernel library of the sm_90a backend
 //   flashcore_gfx942::*  (HIP build)  the kernel library of the gfx942 backend, the same ops
 //
-// Both kernel libraries hold the same ops (except flashcore_sm90::gemm, a CUDA-only test/bench op proving the
-// sm_90a PTX layer), declared once in define_backend_ops / impl_backend_ops; a new op is
-// one m.def line plus one m.impl line there (fwd: m.def(kFwdSchema) and m.impl("fwd", &fwd); bwd likewise). `import flashcore._C` loads this library and runs the registrations.
+// Both kernel libraries hold the same ops (except flashcore_sm90::gemm and the wgmma probes, CUDA-only test and
+// bench ops proving the sm_90a PTX layer), declared once in define_backend_ops / impl_backend_ops; a new op is
+// one m.def line plus one m.impl line there (fwd: m.def(kFwdSchema) and m.impl("fwd", &fwd); bwd likewise).
+// `import flashcore._C` loads this library and runs the registrations.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -31,6 +32,9 @@ void define_backend_ops(torch::Library& m) {
 #endif
 #if defined(FLASHCORE_CUDA)
   m.def("gemm(Tensor a, Tensor b) -> Tensor");  // test/bench op proving the sm_90a PTX layer: a @ b.T
+  // test ops: one tile of a wgmma form the kernels use, registers raw (csrc/wgmma_probe.cpp)
+  m.def("wgmma_probe(Tensor a, Tensor b, int n, int b_col0, bool trans_a, bool trans_b, bool reg_a) -> Tensor");
+  m.def("wgmma_probe_chain(Tensor q, Tensor k, Tensor v) -> (Tensor, Tensor)");
 #endif
 }
 
@@ -44,6 +48,8 @@ void impl_backend_ops(torch::Library& m) {  // the GPU kernels (dispatch key CUD
 #endif
 #if defined(FLASHCORE_CUDA)
   m.impl("gemm", &gemm);
+  m.impl("wgmma_probe", &wgmma_probe);
+  m.impl("wgmma_probe_chain", &wgmma_probe_chain);
 #endif
 }
 

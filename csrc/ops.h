@@ -39,6 +39,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(
 // (M, N) bf16, fp32 accumulation; K a multiple of 8. A test and benchmark op proving the PTX layer
 // (csrc/cuda/ptx/), registered as flashcore_sm90::gemm only: not public API.
 at::Tensor gemm(const at::Tensor& a, const at::Tensor& b);
+
+// One tile of a wgmma form the attention kernels use (csrc/wgmma_probe.cpp, csrc/cuda/wgmma_probe_kernel.cuh), every
+// thread's accumulator registers raw: (128, n/2) fp32. flashcore_sm90 test ops, not public API.
+at::Tensor wgmma_probe(const at::Tensor& a, const at::Tensor& b, int64_t n, int64_t b_col0, bool trans_a,
+                       bool trans_b, bool reg_a);
+std::tuple<at::Tensor, at::Tensor> wgmma_probe_chain(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 #endif
 
 // How this extension was built, as a JSON object:

@@ -203,6 +203,10 @@ def test_sass(binary, row):
         for opcode, minimum in row.get("sass_min_counts", {}).items():
             count = opcodes.count(opcode)
             assert count >= minimum, f"{row['name']}: {opcode} appears {count} times, expected at least {minimum}"
+        for prefix, minimum in row.get("sass_min_prefix_counts", {}).items():
+            count = sum(op.startswith(prefix) for op in opcodes)
+            assert count >= minimum, (f"{row['name']}: opcodes starting {prefix!r} appear {count} times in {name}, "
+                                      f"expected at least {minimum}")
         bad = sorted(set(opcodes) & set(row.get("sass_forbid", [])))
         assert not bad, f"{row['name']}: forbidden opcodes {bad} in {name}"
         if "loads_before_math" in row:

@@ -1,5 +1,5 @@
 """The CPU model of sm_90a's data movement and tensor cores (csrc/cuda_emu/ptx_{tma,wgmma,smem}.h) against a third
-copy of the PTX ISA written here, and against torch.
+copy of the PTX ISA written here (and in tests/wgmma_isa.py), and against torch.
 
 The harness (csrc/cuda_emu/harness_ptx.cpp) compiles the kernel-side headers csrc/cuda/ptx/*.cuh for the host with
 -DFLASHCORE_SM90_EMU, so every kernel below makes the calls the real kernels make (descriptor builders, fragment
@@ -30,6 +30,8 @@ import numpy as np
 import pytest
 import torch
 from emu_build import compile_objects, compiler, link_library
+from wgmma_isa import (CHAIN_PAIRS, PROBE_FORMS, WGMMA_NS, a_coord, acc_coord, chained_matmul, probe_operands,
+                       random_16bit, regs_to_matrix)
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
@@ -39,7 +41,6 @@ CXX_FLAGS = ["-std=c++20", "-O2", "-fPIC", "-pthread", "-DFLASHCORE_SM90_EMU", "
 SCHEDULES = {"random": 0, "round-robin": 1, "random-priority": 2}  # emu.h Schedule
 TILE_ADDR = 2048  # window address of the harness's tiles: dynamic smem (1024 in) + 1024, a swizzle-atom boundary
 ELEM = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}  # TmaElem
-WGMMA_NS = [32, 64, 80, 96, 112, 128, 176, 192, 256]  # wgmma.cuh's Wgmma<N> and wgmma_mn.cuh's N = 32
 _u64p, _u32p, _i32p = ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_int32)
 
 
@@ -82,47 +83,13 @@ def _call_fails(fn, *args) -> str:
     return error.value.decode()
 
 
-# ---- the ISA, a third time ----------------------------------------------------------------------------------------
+# ---- the ISA, a third time (the fragment figures are in tests/wgmma_isa.py) ------------------------------------------
 def swizzle(addr: np.ndarray | int, span: int):
     """PTX ISA "Swizzling Modes": 16-byte chunk c of 128-byte line r moves to chunk c ^ (r mod span/16)."""
     if span == 0:
         return addr
     line, chunk = addr // 128, (addr // 16) % 8
     return addr - chunk * 16 + (chunk ^ (line % (span // 16))) * 16
-
-
-def acc_coord(t: int, i: int) -> tuple[int, int]:
-    """Figure "WGMMA .m64nNk16 register fragment layout for accumulator matrix D": warp w owns rows 16w..16w+15;
-    lane l, register i: row l/4 (+8 for i%4 in {2,3}), column 8*(i/4) + 2*(l%4) + i%2."""
-    w, l = divmod(t, 32)
-    return 16 * w + l // 4 + 8 * ((i % 4) // 2), 8 * (i // 4) + 2 * (l % 4) + i % 2
-
-
-def a_coord(t: int, r: int, h: int) -> tuple[int, int]:
-    """Figure "... register fragment layout for matrix A" (16-bit): a0..a7 in 4 registers; a0,a1: row l/4, cols
-    2(l%4)+{0,1}; a2,a3: row +8; a4,a5: cols +8; a6,a7: row +8, cols +8."""
-    w, l = divmod(t, 32)
-    return 16 * w + l // 4 + 8 * (r % 2), 8 * (r // 2) + 2 * (l % 4) + h
-
-
-def regs_to_matrix(regs: torch.Tensor, n: int) -> torch.Tensor:
-    d = torch.full((64, n), float("nan"), dtype=torch.float32)
-    for t in range(128):
-        for i in range(n // 2):
-            d[acc_coord(t, i)] = regs[t, i]
-    return d
-
-
-def chained_matmul(a: torch.Tensor, b: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
-    """A (M x K) B (K x N) the way the accumulator sees it: exact per K = 16 step, rounded to fp32 after each."""
-    d = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float32) if init is None else init.clone()
-    for k0 in range(0, a.shape[1], 16):
-        d = (d.double() + a[:, k0:k0 + 16].double() @ b[k0:k0 + 16].double()).float()
-    return d
-
-
-def _random(shape, dtype, gen) -> torch.Tensor:
-    return torch.randn(shape, generator=gen).mul(2).to(dtype)
 
 
 # ---- tensor maps ---------------------------------------------------------------------------------------------------
@@ -168,7 +135,7 @@ def _global(dims, dtype, gen, pad=8):
     for d in dims[1:-1]:
         strides_el.append(strides_el[-1] * (d + 1))  # one spare slab per outer dim
     numel = strides_el[-1] * dims[-1]
-    flat = _random((numel,), dtype, gen) if dtype != torch.float32 else torch.randn(numel, generator=gen)
+    flat = random_16bit((numel,), dtype, gen) if dtype != torch.float32 else torch.randn(numel, generator=gen)
     view = torch.as_strided(flat, tuple(reversed(dims)), tuple(reversed(strides_el)))
     return flat, view, [s * elem for s in strides_el[1:]]
 
@@ -248,7 +215,7 @@ def test_tma_store_writes_only_in_bounds_elements(emu, dims, box, coords, span, 
     box[0] = min(box[0], (span or 128) // elem)
     flat, view, strides = _global(dims, dtype, gen)
     before = flat.clone()
-    tile = _random(tuple(reversed(box)), dtype, gen)
+    tile = random_16bit(tuple(reversed(box)), dtype, gen)
     dense = tile.contiguous().view(torch.uint8).numpy().reshape(-1)
     smem = _swizzled_image(dense, TILE_ADDR, span)
     after_read = torch.empty_like(flat)
@@ -361,32 +328,18 @@ def test_tma_reduce_ordering_rules(emu, bug, expected):
 
 
 # ---- wgmma ---------------------------------------------------------------------------------------------------------
-def _ss_case(n: int, form: tuple[int, int]):
-    """(K, b_cols, b_col0) per form, chosen to exercise what the kernels do: K-major slices in two panels;
-    MN-major pieces starting 32 columns into a panel (N = 32), in the second panel (N = 64), spanning panels (LBO)."""
-    if form == (0, 0):
-        return 128, n, 0
-    k = 64 if form == (0, 1) else 128
-    if n == 32:
-        return k, 64, 32
-    if n == 64:
-        return k, 128, 64
-    return k, -(-n // 64) * 64, 0
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("form", [(0, 0), (0, 1), (1, 1)], ids=["KK", "KMN", "MNMN"])
+@pytest.mark.parametrize("form", list(PROBE_FORMS))
 @pytest.mark.parametrize("n", WGMMA_NS)
 def test_wgmma_ss_every_thread_and_register(emu, n, form, dtype):
-    gen = torch.Generator().manual_seed(n * 7 + form[0] * 2 + form[1])
-    k, b_cols, col0 = _ss_case(n, form)
-    a = _random((k, 64) if form[0] else (64, k), dtype, gen)          # stored: MN-major [K][M] or K-major [M][K]
-    b = _random((k, b_cols) if form[1] else (n, k), dtype, gen)       # stored: MN-major [K][cols] or K-major [N][K]
+    """The probe kernel (csrc/cuda/wgmma_probe_kernel.cuh, also run on the GPU by tests/test_cuda_sm90.py) in every
+    form the kernels use: K-major slices over two panels, MN-major pieces inside / across panels, register A."""
+    gen = torch.Generator().manual_seed(n * 7 + len(form))
+    a, b, a_logical, b_logical, k, b_cols, col0 = probe_operands(n, form, dtype, gen)
+    trans_a, trans_b, reg_a = PROBE_FORMS[form]
     regs = torch.zeros(128, n // 2)
-    _call(emu.emu_wgmma_ss, n, k, int(dtype == torch.bfloat16), form[0], form[1], _ptr(a), _ptr(b), b_cols, col0,
-          _ptr(regs), ctypes.c_uint64(n))
-    a_logical = a.T if form[0] else a                                  # (64, K)
-    b_logical = b[:, col0:col0 + n] if form[1] else b.T                # (K, N)
+    _call(emu.emu_wgmma_ss, n, k, int(dtype == torch.bfloat16), trans_a, trans_b, reg_a, _ptr(a), _ptr(b), b_cols,
+          col0, _ptr(regs), ctypes.c_uint64(n))
     torch.testing.assert_close(regs_to_matrix(regs, n), chained_matmul(a_logical, b_logical), rtol=1e-6, atol=1e-5)
 
 
@@ -399,13 +352,12 @@ def schedule(emu, request):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("ns, d", [(64, 64), (80, 96), (96, 128), (112, 192), (128, 128), (176, 256), (192, 96),
-                                   (256, 64)])
+@pytest.mark.parametrize("ns, d", CHAIN_PAIRS)
 def test_wgmma_forward_consumer_gemms(emu, ns, d, dtype, schedule):
     """S = Q K^T (SS, K-major, D / 16 slices over 64-column panels), then O = P V with P = 16-bit S packed by
     layout.cuh's a_frag_from_acc (RS) and V read MN-major across panels (LBO = block_n rows * 128 bytes)."""
     gen = torch.Generator().manual_seed(ns + d)
-    q, k, v = _random((64, d), dtype, gen), _random((ns, d), dtype, gen), _random((ns, d), dtype, gen)
+    q, k, v = random_16bit((64, d), dtype, gen), random_16bit((ns, d), dtype, gen), random_16bit((ns, d), dtype, gen)
     s_regs, o_regs = torch.zeros(128, ns // 2), torch.zeros(128, d // 2)
     _call(emu.emu_wgmma_fwd, ns, d, int(dtype == torch.bfloat16), _ptr(q), _ptr(k), _ptr(v), _ptr(s_regs),
           _ptr(o_regs), ctypes.c_uint64(d))
@@ -451,7 +403,8 @@ def test_wgmma_every_swizzle_mode_and_major(emu, span, majors, n):
     """One wgmma on an image built here from the ISA's canonical layouts: the modes the kernels do not use
     (none, 32B, 64B, and the (MN, K) pair) are modelled, not just rejected."""
     gen = torch.Generator().manual_seed(span + n + ord(majors[0]) + 2 * ord(majors[1]))
-    a, b = _random((64, 16), torch.bfloat16, gen), _random((n, 16), torch.bfloat16, gen)  # logical A (M x K), B^T
+    a = random_16bit((64, 16), torch.bfloat16, gen)  # logical A (M x K)
+    b = random_16bit((n, 16), torch.bfloat16, gen)   # B^T
     image = np.zeros(16384, np.uint8)
     descs = []
     for operand, major, base in ((a, majors[0], 0), (b, majors[1], 8192)):
@@ -471,7 +424,7 @@ def test_wgmma_every_swizzle_mode_and_major(emu, span, majors, n):
 
 def test_wgmma_wait_group_order_late_shared_reads_and_scales(emu, schedule):
     gen = torch.Generator().manual_seed(11)
-    a, b = _random((64, 64), torch.bfloat16, gen), _random((64, 64), torch.bfloat16, gen)
+    a, b = random_16bit((64, 64), torch.bfloat16, gen), random_16bit((64, 64), torch.bfloat16, gen)
     out = torch.zeros(6, 128, 32)
     pending = (ctypes.c_int * 1)()
     _call(emu.emu_wgmma_semantics, _ptr(a), _ptr(b), _ptr(out), pending, ctypes.c_uint64(3))

@@ -7,11 +7,14 @@ tests do not depend on the Python package's routing.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 import naive
 from test_build_checks import find_extension
+from wgmma_isa import CHAIN_PAIRS, PROBE_FORMS, WGMMA_NS, probe_operands, random_16bit, regs_to_matrix
 
 
 def _skip_reason() -> str | None:
@@ -36,6 +39,79 @@ SKIP_REASON = _skip_reason()
 pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
 
 DTYPES = [torch.bfloat16, torch.float16]
+
+
+# ---------------------------------------------------------------------------------------------- wgmma probes
+# First in this file, and first in scripts/gpu_tests.py's order: one tile of each wgmma form the attention kernels
+# use (csrc/cuda/wgmma_probe_kernel.cuh, the same kernels tests/test_cuda_emu_ptx.py runs on the CPU model), every
+# thread's registers read through the ISA's fragment figure (tests/wgmma_isa.py). When an attention test fails,
+# these say whether a descriptor form (K-major slices, MN-major pieces inside or across panels), the register-A
+# layout or the accumulator layout is wrong on the hardware, or the fault lies in the protocol around them.
+
+# Tensor-core fp32 accumulation is not IEEE-exact (FMA ordering, alignment inside a K = 16 step): a per-element
+# bound of 2^-17 of sum |a| |b| covers it with room; a descriptor or layout fault moves whole values (errors
+# ~ |a| |b|).
+PROBE_REL_BOUND = 2.0 ** -17
+
+
+def check_probe_result(got: torch.Tensor, a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    """got (64 x N, fp32, from registers) against A (64 x K) @ B (K x N) in float64, elementwise."""
+    a64, b64 = a.cpu().double(), b.cpu().double()
+    want = a64 @ b64
+    bound = PROBE_REL_BOUND * (a64.abs() @ b64.abs()) + 1e-30
+    assert not got.isnan().any(), f"{what}: {got.isnan().sum().item()} accumulator elements never written"
+    bad = (got.double() - want).abs() > bound
+    if bad.any():
+        rows = sorted(set(bad.nonzero()[:, 0].tolist()))
+        cols = sorted(set(bad.nonzero()[:, 1].tolist()))
+        r, c = bad.nonzero()[0].tolist()
+        raise AssertionError(f"{what}: {bad.sum().item()} of {bad.numel()} elements wrong, in rows {rows[:16]}"
+                             f"{'...' if len(rows) > 16 else ''} and columns {cols[:16]}{'...' if len(cols) > 16 else ''};"
+                             f" first ({r}, {c}): got {got[r, c].item():.6g}, want {want[r, c].item():.6g}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("form", list(PROBE_FORMS))
+@pytest.mark.parametrize("n", WGMMA_NS)
+def test_wgmma_probe_form(n, form, dtype):
+    a, b, a_logical, b_logical, _, _, col0 = probe_operands(n, form, dtype, None)
+    trans_a, trans_b, reg_a = PROBE_FORMS[form]
+    regs = torch.ops.flashcore_sm90.wgmma_probe(a.cuda(), b.cuda(), n, col0, bool(trans_a), bool(trans_b),
+                                                bool(reg_a))
+    torch.cuda.synchronize()
+    assert regs.shape == (128, n // 2) and regs.dtype == torch.float32
+    check_probe_result(regs_to_matrix(regs, n), a_logical, b_logical, f"{form} N={n} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ns, d", CHAIN_PAIRS)
+def test_wgmma_probe_forward_chain(ns, d, dtype):
+    """The forward consumer's pair: S = Q K^T (SS), P = 16-bit S packed in registers (a_frag_from_acc), O = P V
+    (RS, V MN-major across head-dim panels, LBO = ns rows)."""
+    q, k, v = (random_16bit(shape, dtype, None) for shape in ((64, d), (ns, d), (ns, d)))
+    s_regs, o_regs = torch.ops.flashcore_sm90.wgmma_probe_chain(q.cuda(), k.cuda(), v.cuda())
+    torch.cuda.synchronize()
+    s = regs_to_matrix(s_regs, ns)
+    check_probe_result(s, q, k.T, f"S = Q K^T, ns={ns} d={d}")
+    p = s.to(dtype)  # what the kernel packs: round to nearest even
+    check_probe_result(regs_to_matrix(o_regs, d), p, v, f"O = P V, ns={ns} d={d}")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: ((64, 16), (48, 16), 48, 0, False, False, False), "no probe for n = 48"),
+    (lambda: ((64, 24), (64, 24), 64, 0, False, False, False), "k = 24: expected a multiple of 16"),
+    (lambda: ((64, 64), (64, 128), 32, 48, False, True, False), "a piece that starts inside a 64-column panel"),
+    (lambda: ((64, 64), (64, 64), 64, 0, True, False, False), "no probe for n = 64, trans (a, b) = (1, 0)"),
+    (lambda: ((32, 64), (64, 64), 64, 0, False, False, False), "expected (64, k)"),
+])
+def test_wgmma_probe_rejects_bad_arguments(make, message):
+    a_shape, b_shape, n, col0, trans_a, trans_b, reg_a = make()
+    a = torch.randn(a_shape, device="cuda").to(torch.bfloat16)
+    b = torch.randn(b_shape, device="cuda").to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        torch.ops.flashcore_sm90.wgmma_probe(a, b, n, col0, trans_a, trans_b, reg_a)
+    with pytest.raises(RuntimeError, match="b must be on a GPU"):
+        torch.ops.flashcore_sm90.wgmma_probe(a, b.cpu(), n, col0, trans_a, trans_b, reg_a)
 
 
 # ---------------------------------------------------------------------------------------------- bwd_preprocess

@@ -8,10 +8,12 @@
 //   emu_tma_reduce       several CTAs reduce-add fp32 boxes staged with st.shared.v2.f32 into one region; the
 //                        staging buffer reused after the read-wait; a missing fence / an early reuse (reported);
 //                        optionally in CTA order behind a semaphore, as the deterministic backward adds dQ
-//   emu_wgmma_ss         A and B brought in by TMA as 64-column 128B-swizzled panels, K-major or MN-major with the
-//                        kernels' descriptors, K / 16 wgmmas into one accumulator; returns every thread's registers
-//   emu_wgmma_fwd        the forward's consumer GEMMs: S = Q K^T (SS), P = bf16/f16(S) by a_frag_from_acc,
-//                        O = P V (RS, V MN-major across panels)
+//   emu_wgmma_ss         the probe kernel of csrc/cuda/wgmma_probe_kernel.cuh (the one flashcore_sm90::wgmma_probe
+//                        runs on a GPU): A and B brought in by TMA as 64-column 128B-swizzled panels, K-major or
+//                        MN-major with the kernels' descriptors, SS or register A, K / 16 wgmmas into one
+//                        accumulator; returns every thread's registers
+//   emu_wgmma_fwd        its chain kernel, the forward's consumer GEMMs: S = Q K^T (SS), P = bf16/f16(S) by
+//                        a_frag_from_acc, O = P V (RS, V MN-major across panels)
 //   emu_wgmma_raw        one wgmma on a shared-memory image and descriptors the test builds (all swizzle modes)
 //   emu_wgmma_semantics  wait_group ordering and the late read of shared memory
 //   emu_wgmma_bad        descriptors the model must reject
@@ -30,6 +32,7 @@
 #include "../cuda/ptx/ptx.cuh"
 #include "../cuda/ptx/sync_ext.cuh"
 #include "../cuda/ptx/wgmma_mn.cuh"
+#include "../cuda/wgmma_probe_plan.cuh"
 #include "emu.h"
 
 namespace {
@@ -38,12 +41,11 @@ using namespace flashcore;
 using namespace flashcore::sm90::ptx;
 namespace frag = flashcore::sm90::frag;
 namespace emu = flashcore::cuda_emu;
+namespace wgmma_probe = flashcore::sm90::wgmma_probe;
 
 constexpr uint32_t kPanelCols = 64;      // 16-bit values per 128-byte swizzled row: the kernels' TMA box width
 constexpr uint32_t kRowBytes = 128;      // one swizzled row
 constexpr uint32_t kTileBase = 1024;     // tiles start one swizzle atom into dynamic smem (the barrier lives below)
-constexpr uint32_t kK16Bytes = 32;       // next 16 K values inside a K-major row
-constexpr uint32_t kK16Rows = 16 * kRowBytes;  // next 16 K rows of an MN-major tile (two 1024-byte atoms)
 
 emu::Schedule g_schedule = emu::Schedule::kRandom;  // emu_set_schedule: for every launch that follows
 
@@ -109,146 +111,11 @@ uint64_t* init_barrier() {
   return bar;
 }
 
-// ---- wgmma SS: the operands the way the kernels bring them in and describe them --------------------------------
-struct SsArgs {
-  int n, k, trans_a, trans_b, b_cols, b_col0;
-  bool bf16;
-  const void *a, *b;
-  float* d_out;
-};
-
-template <int N, MmaType kType, int kTransA, int kTransB>
-void ss_body(const SsArgs& g, const CUtensorMap* map_a, const CUtensorMap* map_b, uint32_t tx_bytes,
-             uint32_t a_panel_bytes, uint32_t b_panel_bytes, int a_panels, int b_panels) {
-  uint64_t* bar = init_barrier();
-  uint8_t* a_tile = dynamic_smem() + kTileBase;
-  uint8_t* b_tile = a_tile + a_panels * a_panel_bytes;
-  const int tid = emu::linear_thread();
-  if (tid == 0) {
-    mbarrier_arrive_expect_tx(bar, tx_bytes);
-    for (int p = 0; p < a_panels; ++p) tma_load_2d(a_tile + p * a_panel_bytes, map_a, bar, p * kPanelCols, 0);
-    for (int p = 0; p < b_panels; ++p) tma_load_2d(b_tile + p * b_panel_bytes, map_b, bar, p * kPanelCols, 0);
-  }
-  mbarrier_wait(bar, 0);
-  const uint32_t a0 = smem_u32(a_tile), b0 = smem_u32(b_tile);
-  float d[N / 2];
-  wgmma_fence();
-  for (int s = 0; s < g.k / 16; ++s) {
-    uint64_t desc_a, desc_b;
-    if constexpr (kTransA == 0) {  // [64][K] panels: the 16-column slice s of panel s / 4, 32 bytes per slice
-      desc_a = desc_advance(kmajor_sw128_desc(a0 + (s / 4) * a_panel_bytes), (s % 4) * kK16Bytes);
-    } else {  // [K][64]: 16 K rows per step, LBO = the panel (one panel: M = 64)
-      desc_a = mnmajor_sw128_desc(a0 + s * kK16Rows, a_panel_bytes);
-    }
-    if constexpr (kTransB == 0) {
-      desc_b = kmajor_sw128_desc(b0 + (s / 4) * b_panel_bytes + (s % 4) * kK16Bytes);
-    } else {  // the piece [b_col0, b_col0 + N) of [K][b_cols] panels, like the backward's column pieces
-      const uint32_t off = (g.b_col0 / kPanelCols) * b_panel_bytes + (g.b_col0 % kPanelCols) * 2;
-      desc_b = mnmajor_sw128_desc(b0 + off + s * kK16Rows, b_panel_bytes);
-    }
-    wgmma_ss_n<N, kType, kTransA, kTransB>(d, desc_a, desc_b, s > 0);
-  }
-  wgmma_commit();
-  wgmma_wait<0>();
-  fence_operands(d);
-  std::memcpy(g.d_out + tid * (N / 2), d, sizeof d);
-}
-
-template <int N, MmaType kType, int kTransA, int kTransB>
-int run_ss(const SsArgs& g, uint64_t seed, char* error, int error_bytes) {
-  alignas(64) CUtensorMap map_a, map_b;
-  const int a_rows = kTransA ? g.k : 64, a_cols = kTransA ? 64 : g.k;
-  const int b_rows = kTransB ? g.k : N, b_cols = kTransB ? g.b_cols : g.k;
-  std::string problem = panel_map(&map_a, g.bf16, g.a, a_cols, a_rows, a_rows);
-  if (problem.empty()) problem = panel_map(&map_b, g.bf16, g.b, b_cols, b_rows, b_rows);
-  if (!problem.empty()) return fail_status("encode: " + problem, error, error_bytes);
-  const int a_panels = (a_cols + kPanelCols - 1) / kPanelCols, b_panels = (b_cols + kPanelCols - 1) / kPanelCols;
-  const uint32_t a_panel_bytes = a_rows * kRowBytes, b_panel_bytes = b_rows * kRowBytes;
-  const uint32_t tx = a_panels * a_panel_bytes + b_panels * b_panel_bytes;  // whole boxes, zero fill included
-  const size_t smem = kTileBase + tx;
-  return launch_block(
-      128, smem,
-      [&] {
-        ss_body<N, kType, kTransA, kTransB>(g, &map_a, &map_b, tx, a_panel_bytes, b_panel_bytes, a_panels, b_panels);
-      },
-      seed, error, error_bytes);
-}
-
-template <int N>
-int dispatch_ss(const SsArgs& g, uint64_t seed, char* error, int error_bytes) {
-  const int form = g.trans_a * 2 + g.trans_b;
-  if (g.bf16) {
-    if (form == 0) return run_ss<N, MmaType::kBf16, 0, 0>(g, seed, error, error_bytes);
-    if (form == 1) return run_ss<N, MmaType::kBf16, 0, 1>(g, seed, error, error_bytes);
-    if (form == 3) return run_ss<N, MmaType::kBf16, 1, 1>(g, seed, error, error_bytes);
-  } else {
-    if (form == 0) return run_ss<N, MmaType::kF16, 0, 0>(g, seed, error, error_bytes);
-    if (form == 1) return run_ss<N, MmaType::kF16, 0, 1>(g, seed, error, error_bytes);
-    if (form == 3) return run_ss<N, MmaType::kF16, 1, 1>(g, seed, error, error_bytes);
-  }
-  return fail_status("trans (a, b) = (1, 0) is not a form the kernels use", error, error_bytes);
-}
-
-// ---- the forward's consumer GEMMs ----------------------------------------------------------------------------
-struct FwdArgs {
-  const void *q, *k, *v;
-  float *s_out, *o_out;
-};
-
-template <int NS, int D, bool kBf16>
-int run_fwd(const FwdArgs& g, uint64_t seed, char* error, int error_bytes) {
-  constexpr MmaType kType = kBf16 ? MmaType::kBf16 : MmaType::kF16;
-  constexpr int kPanels = (D + kPanelCols - 1) / kPanelCols;  // D = 96: the second panel's last 32 columns are zeros
-  constexpr uint32_t kQPanel = 64 * kRowBytes, kKvPanel = NS * kRowBytes;
-  constexpr uint32_t kTx = kPanels * (kQPanel + 2 * kKvPanel);
-  alignas(64) CUtensorMap map_q, map_k, map_v;
-  std::string problem = panel_map(&map_q, kBf16, g.q, D, 64, 64);
-  if (problem.empty()) problem = panel_map(&map_k, kBf16, g.k, D, NS, NS);
-  if (problem.empty()) problem = panel_map(&map_v, kBf16, g.v, D, NS, NS);
-  if (!problem.empty()) return fail_status("encode: " + problem, error, error_bytes);
-  auto body = [&] {
-    uint64_t* bar = init_barrier();
-    uint8_t* q = dynamic_smem() + kTileBase;
-    uint8_t* k = q + kPanels * kQPanel;
-    uint8_t* v = k + kPanels * kKvPanel;
-    const int tid = emu::linear_thread();
-    if (tid == 0) {
-      prefetch_tensor_map(&map_q);
-      mbarrier_arrive_expect_tx(bar, kTx);
-      for (int p = 0; p < kPanels; ++p) {
-        tma_load_2d(q + p * kQPanel, &map_q, bar, p * kPanelCols, 0);
-        tma_load_2d(k + p * kKvPanel, &map_k, bar, p * kPanelCols, 0);
-        tma_load_2d(v + p * kKvPanel, &map_v, bar, p * kPanelCols, 0);
-      }
-    }
-    mbarrier_wait(bar, 0);
-    // S = Q K^T, as fwd/consumer.cuh issue_qk: D / 16 K-major slices, 32 bytes apart inside a panel.
-    float s[NS / 2];
-    wgmma_fence();
-    for (int ks = 0; ks < D / 16; ++ks) {
-      const int panel = ks / 4, slice = ks % 4;
-      const uint64_t dq = kmajor_sw128_desc(smem_u32(q) + panel * kQPanel + slice * kK16Bytes);
-      const uint64_t dk = kmajor_sw128_desc(smem_u32(k) + panel * kKvPanel + slice * kK16Bytes);
-      wgmma_ss<NS, kType>(s, dq, dk, ks > 0);
-    }
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_operands(s);
-    std::memcpy(g.s_out + tid * (NS / 2), s, sizeof s);
-    // O = P V, as issue_pv: P from S's registers, V MN-major with 64-wide N panels kKvPanel apart.
-    float o[D / 2];
-    for (float& x : o) x = 0.0f;
-    uint32_t a[NS / 16][frag::kARegs];  // every step's A lives until the wait (the model compares it there)
-    for (int j = 0; j < NS / 16; ++j) frag::a_frag_from_acc<kBf16>(s, j, a[j]);
-    wgmma_fence();
-    for (int j = 0; j < NS / 16; ++j) {
-      wgmma_rs<D, kType, 1>(o, a[j], mnmajor_sw128_desc(smem_u32(v) + j * kK16Rows, kKvPanel), true);
-    }
-    wgmma_commit();
-    wgmma_wait<0>();
-    std::memcpy(g.o_out + tid * (D / 2), o, sizeof o);
-  };
-  return launch_block(128, kTileBase + kTx, body, seed, error, error_bytes);
+// ---- the probe kernels (csrc/cuda/wgmma_probe_kernel.cuh): the same code flashcore_sm90::wgmma_probe runs on a GPU
+int launch_probe(const std::string& problem, int smem, const std::function<void()>& kernel, uint64_t seed,
+                 char* error, int error_bytes) {
+  if (!problem.empty()) return fail_status(problem, error, error_bytes);
+  return launch_block(wgmma_probe::kThreads, static_cast<size_t>(smem), kernel, seed, error, error_bytes);
 }
 
 // Two K-major 64 x 64 tiles (A: rows = M, B: rows = N) by TMA, as one panel each; the first 16-column slice is used.
@@ -453,43 +320,24 @@ int emu_tma_reduce(int rank, float* base, const uint64_t* dims, const uint64_t* 
                           error, error_bytes);
 }
 
-int emu_wgmma_ss(int n, int k, int bf16, int trans_a, int trans_b, const void* a, const void* b, int b_cols,
-                 int b_col0, float* d_out, uint64_t seed, char* error, int error_bytes) {
-  const SsArgs g{n, k, trans_a, trans_b, b_cols, b_col0, bf16 != 0, a, b, d_out};
-  switch (n) {
-    case 32: return dispatch_ss<32>(g, seed, error, error_bytes);
-    case 64: return dispatch_ss<64>(g, seed, error, error_bytes);
-    case 80: return dispatch_ss<80>(g, seed, error, error_bytes);
-    case 96: return dispatch_ss<96>(g, seed, error, error_bytes);
-    case 112: return dispatch_ss<112>(g, seed, error, error_bytes);
-    case 128: return dispatch_ss<128>(g, seed, error, error_bytes);
-    case 176: return dispatch_ss<176>(g, seed, error, error_bytes);
-    case 192: return dispatch_ss<192>(g, seed, error, error_bytes);
-    case 256: return dispatch_ss<256>(g, seed, error, error_bytes);
-    default: return fail_status("no wgmma N = " + std::to_string(n) + " in the kernels", error, error_bytes);
-  }
+int emu_wgmma_ss(int n, int k, int bf16, int trans_a, int trans_b, int reg_a, const void* a, const void* b,
+                 int b_cols, int b_col0, float* d_out, uint64_t seed, char* error, int error_bytes) {
+  const WgmmaProbeParams p{a, b, n, k, b_cols, b_col0, trans_a, trans_b, reg_a != 0, bf16 != 0};
+  wgmma_probe::ProbePlan plan;
+  const std::string problem = wgmma_probe::plan_wgmma_probe(p, plan);
+  return launch_probe(
+      problem, plan.smem_bytes, [&] { plan.kernel(plan.map_a, plan.map_b, a, plan.geom, d_out); }, seed, error,
+      error_bytes);
 }
 
-// (NS, D) pairs: every N of wgmma.cuh appears as the S GEMM's N, and D in {64, 96, 128, 192, 256} as the P V N.
 int emu_wgmma_fwd(int ns, int d, int bf16, const void* q, const void* k, const void* v, float* s_out, float* o_out,
                   uint64_t seed, char* error, int error_bytes) {
-  const FwdArgs g{q, k, v, s_out, o_out};
-#define FC_FWD_CASE(NS, D)                                                                          \
-  if (ns == NS && d == D) {                                                                         \
-    return bf16 ? run_fwd<NS, D, true>(g, seed, error, error_bytes)                                 \
-                : run_fwd<NS, D, false>(g, seed, error, error_bytes);                               \
-  }
-  FC_FWD_CASE(64, 64)
-  FC_FWD_CASE(80, 96)
-  FC_FWD_CASE(96, 128)
-  FC_FWD_CASE(112, 192)
-  FC_FWD_CASE(128, 128)
-  FC_FWD_CASE(176, 256)
-  FC_FWD_CASE(192, 96)
-  FC_FWD_CASE(256, 64)
-#undef FC_FWD_CASE
-  return fail_status("no harness instance for (NS, D) = (" + std::to_string(ns) + ", " + std::to_string(d) + ")",
-                     error, error_bytes);
+  const WgmmaChainParams p{q, k, v, ns, d, bf16 != 0};
+  wgmma_probe::ChainPlan plan;
+  const std::string problem = wgmma_probe::plan_wgmma_chain(p, plan);
+  return launch_probe(
+      problem, plan.smem_bytes, [&] { plan.kernel(plan.map_q, plan.map_k, plan.map_v, s_out, o_out); }, seed,
+      error, error_bytes);
 }
 
 // One SS wgmma (scale-d = 0) on `image` placed at window address 2048, with the test's descriptors.

@@ -1,0 +1,36 @@
+// launch_wgmma_probe / launch_wgmma_chain (wgmma_probe_params.h): the probe kernels of wgmma_probe_kernel.cuh,
+// planned by wgmma_probe_plan.cuh (shared with the CPU model's harness), one CTA on torch's current stream.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/Exception.h>
+
+#include <string>
+
+#include "../wgmma_probe_params.h"
+#include "wgmma_probe_plan.cuh"
+
+namespace flashcore {
+
+void launch_wgmma_probe(const WgmmaProbeParams& p, float* d_out) {
+  using namespace sm90::wgmma_probe;
+  ProbePlan plan;
+  const std::string error = plan_wgmma_probe(p, plan);
+  TORCH_CHECK(error.empty(), "flashcore wgmma_probe: ", error);
+  C10_CUDA_CHECK(cudaFuncSetAttribute(plan.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  plan.kernel<<<1, kThreads, plan.smem_bytes, stream>>>(plan.map_a, plan.map_b, p.a, plan.geom, d_out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void launch_wgmma_chain(const WgmmaChainParams& p, float* s_out, float* o_out) {
+  using namespace sm90::wgmma_probe;
+  ChainPlan plan;
+  const std::string error = plan_wgmma_chain(p, plan);
+  TORCH_CHECK(error.empty(), "flashcore wgmma_probe_chain: ", error);
+  C10_CUDA_CHECK(cudaFuncSetAttribute(plan.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  plan.kernel<<<1, kThreads, plan.smem_bytes, stream>>>(plan.map_q, plan.map_k, plan.map_v, s_out, o_out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace flashcore
