@@ -102,6 +102,14 @@ dev = torch.device("cuda")
 print("flashcore backend:", flashcore.backend(dev))
 gen = torch.Generator(device=dev).manual_seed(0)
 rand = lambda *shape: torch.randn(*shape, generator=gen, device=dev, dtype=torch.bfloat16)
+# First the wgmma probes (one warpgroup: TMA -> mbarrier -> wgmma, nothing else): a racecheck or memcheck report here
+# says how the tools treat the async proxy, which is how to read any report on the attention kernels below.
+ns = torch.ops.flashcore_sm90
+ns.wgmma_probe(rand(64, 64), rand(64, 128), 64, 64, False, True, False)
+ns.wgmma_probe(rand(64, 64), rand(64, 64), 32, 32, False, True, True)
+ns.wgmma_probe_chain(rand(64, 128), rand(128, 128), rand(128, 128))
+torch.cuda.synchronize()
+print("wgmma probes: ok")
 for head_dim in (64, 128, 256):
     # 193 and 97 are multiples of no tile size: the last tiles are partial; 97 != 193 tests Sq != Sk.
     for seqlen_q, seqlen_k, causal in ((193, 193, False), (193, 193, True), (97, 193, True)):
@@ -111,7 +119,6 @@ for head_dim in (64, 128, 256):
         out.backward(dout)
         torch.cuda.synchronize()
         print(f"fwd+bwd D={head_dim} Sq={seqlen_q} Sk={seqlen_k} causal={causal}: ok")
-ns = torch.ops.flashcore_sm90
 # The kernel ops themselves, on ragged shapes: bwd_preprocess (with and without dlse) and the PTX-layer GEMM.
 # (2048, 4096, 320): 256 tiles on 132 SMs and 5 K steps, so barrier phases wrap and blocks run several tiles.
 d = ns.bwd_preprocess(out.detach(), dout, None)
