@@ -33,7 +33,9 @@ void define_backend_ops(torch::Library& m) {
 #if defined(FLASHCORE_CUDA)
   m.def("gemm(Tensor a, Tensor b) -> Tensor");  // test/bench op proving the sm_90a PTX layer: a @ b.T
   // test ops: one tile of a wgmma form the kernels use, registers raw (csrc/wgmma_probe.cpp)
-  m.def("wgmma_probe(Tensor a, Tensor b, int n, int b_col0, bool trans_a, bool trans_b, bool reg_a) -> Tensor");
+  m.def(
+      "wgmma_probe(Tensor a, Tensor b, int n, int b_col0, bool trans_a, bool trans_b, bool reg_a, int mn_lbo=-1, "
+      "int mn_sbo=-1, int mn_base_offset=0) -> Tensor");
   m.def("wgmma_probe_chain(Tensor q, Tensor k, Tensor v) -> (Tensor, Tensor)");
 #endif
 }

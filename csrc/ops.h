@@ -42,8 +42,9 @@ at::Tensor gemm(const at::Tensor& a, const at::Tensor& b);
 
 // One tile of a wgmma form the attention kernels use (csrc/wgmma_probe.cpp, csrc/cuda/wgmma_probe_kernel.cuh), every
 // thread's accumulator registers raw: (128, n/2) fp32. flashcore_sm90 test ops, not public API.
+// mn_lbo >= 0: the MN-major operands' descriptors take mn_lbo / mn_sbo / mn_base_offset instead of the kernels'.
 at::Tensor wgmma_probe(const at::Tensor& a, const at::Tensor& b, int64_t n, int64_t b_col0, bool trans_a,
-                       bool trans_b, bool reg_a);
+                       bool trans_b, bool reg_a, int64_t mn_lbo, int64_t mn_sbo, int64_t mn_base_offset);
 std::tuple<at::Tensor, at::Tensor> wgmma_probe_chain(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 #endif
 

@@ -32,7 +32,8 @@ void check_operand(const at::Tensor& t, const at::Tensor& ref, const char* op, c
 
 at::Tensor wgmma_probe(const at::Tensor& a,  // (64, k), or (k, 64) when trans_a
                        const at::Tensor& b,  // (n, k), or (k, b_cols) when trans_b
-                       int64_t n, int64_t b_col0, bool trans_a, bool trans_b, bool reg_a) {
+                       int64_t n, int64_t b_col0, bool trans_a, bool trans_b, bool reg_a, int64_t mn_lbo,
+                       int64_t mn_sbo, int64_t mn_base_offset) {
   check_operand(a, a, kProbeOp, "a", trans_a ? "(k, 64)" : "(64, k)");
   check_operand(b, a, kProbeOp, "b", trans_b ? "(k, b_cols)" : "(n, k)");
   const int64_t k = trans_a ? a.size(0) : a.size(1);
@@ -54,6 +55,10 @@ at::Tensor wgmma_probe(const at::Tensor& a,  // (64, k), or (k, 64) when trans_a
   p.trans_a = trans_a ? 1 : 0, p.trans_b = trans_b ? 1 : 0;
   p.reg_a = reg_a;
   p.bf16 = a.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(mn_lbo < (1 << 18) && mn_sbo < (1 << 18), kProbeOp, ": mn_lbo = ", mn_lbo, ", mn_sbo = ", mn_sbo,
+              "; expected byte offsets inside shared memory (below 2^18)");
+  p.mn_lbo = static_cast<int>(mn_lbo), p.mn_sbo = static_cast<int>(mn_sbo);
+  p.mn_base_offset = static_cast<int>(mn_base_offset);
   launch_wgmma_probe(p, out.data_ptr<float>());
   return out;
 }

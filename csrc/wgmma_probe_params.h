@@ -10,6 +10,7 @@ namespace flashcore {
 //   a  (64, k) K-major, or (k, 64) MN-major (trans_a)
 //   b  (n, k) K-major, or (k, b_cols) MN-major (trans_b), of which the columns [b_col0, b_col0 + n) are B
 // reg_a: A from registers (RS form, K-major A read from global memory into the register-A layout).
+// mn_*: the MN-major operands' LBO / SBO / base offset instead of the kernels' (wgmma_probe_kernel.cuh).
 struct WgmmaProbeParams {
   const void* a;
   const void* b;
@@ -17,6 +18,7 @@ struct WgmmaProbeParams {
   int trans_a, trans_b;
   bool reg_a;
   bool bf16;
+  int mn_lbo = -1, mn_sbo = -1, mn_base_offset = 0;  // MN-major descriptor override (bytes); mn_lbo < 0: none
 };
 
 // The forward consumer's pair on one tile: S = Q K^T (64 x ns), O = P V (64 x d). q (64, d), k and v (ns, d).

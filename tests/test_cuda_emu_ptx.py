@@ -339,7 +339,7 @@ def test_wgmma_ss_every_thread_and_register(emu, n, form, dtype):
     trans_a, trans_b, reg_a = PROBE_FORMS[form]
     regs = torch.zeros(128, n // 2)
     _call(emu.emu_wgmma_ss, n, k, int(dtype == torch.bfloat16), trans_a, trans_b, reg_a, _ptr(a), _ptr(b), b_cols,
-          col0, _ptr(regs), ctypes.c_uint64(n))
+          col0, -1, -1, 0, _ptr(regs), ctypes.c_uint64(n))
     torch.testing.assert_close(regs_to_matrix(regs, n), chained_matmul(a_logical, b_logical), rtol=1e-6, atol=1e-5)
 
 
@@ -536,3 +536,23 @@ def test_pack_rounds_to_nearest_even(emu, dtype):
     emu.emu_pack(_ptr(nan), _ptr(nan_flipped), 2, int(dtype == torch.bfloat16), _ptr(out))
     halves = torch.from_numpy(np.stack([out[:2] & 0xFFFF, out[:2] >> 16]).astype(np.uint16).view(np.int16))
     assert torch.isnan(halves.view(dtype)).all()
+
+
+def test_wgmma_diagnose_finds_the_kernels_descriptor(emu):
+    """tests/wgmma_diagnose.py (run on a GPU when a probe fails) on the CPU model: the kernels' MN-major descriptor
+    passes, its overrides reach the kernel (the same values as an override pass too), a swapped LBO / SBO fails
+    (SBO steps along K in every case), and the model rejects non-zero base offsets."""
+    from wgmma_diagnose import candidates, diagnose
+
+    def probe(a, b, n, col0, trans_a, trans_b, reg_a, lbo, sbo, base):
+        k = a.shape[0] if trans_a else a.shape[1]
+        regs = torch.zeros(128, n // 2)
+        _call(emu.emu_wgmma_ss, n, k, int(a.dtype == torch.bfloat16), int(trans_a), int(trans_b), int(reg_a),
+              _ptr(a), _ptr(b), b.shape[1] if trans_b else 0, col0, lbo, sbo, base, _ptr(regs), ctypes.c_uint64(n))
+        return regs
+
+    panel = 64 * 128  # KMN probes use K = 64 rows per panel
+    assert candidates(panel)[0] == (panel, 1024, 0) and (1024, panel, 0) in candidates(panel)
+    rows = diagnose(probe, [(128, "KMN"), (32, "KMN")], try_all=True, limit=2 * 8)  # the first two strides
+    assert [r["kernels"] for r in rows] == ["ok", "ok"], rows
+    assert [r["passing"] for r in rows] == [[(panel, 1024, 0)]] * 2, rows

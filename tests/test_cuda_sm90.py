@@ -14,7 +14,8 @@ import torch
 
 import naive
 from test_build_checks import find_extension
-from wgmma_isa import CHAIN_PAIRS, PROBE_FORMS, WGMMA_NS, probe_operands, random_16bit, regs_to_matrix
+from wgmma_isa import (CHAIN_PAIRS, PROBE_FORMS, WGMMA_NS, check_probe_result, probe_operands, random_16bit,
+                       regs_to_matrix)
 
 
 def _skip_reason() -> str | None:
@@ -47,28 +48,6 @@ DTYPES = [torch.bfloat16, torch.float16]
 # thread's registers read through the ISA's fragment figure (tests/wgmma_isa.py). When an attention test fails,
 # these say whether a descriptor form (K-major slices, MN-major pieces inside or across panels), the register-A
 # layout or the accumulator layout is wrong on the hardware, or the fault lies in the protocol around them.
-
-# Tensor-core fp32 accumulation is not IEEE-exact (FMA ordering, alignment inside a K = 16 step): a per-element
-# bound of 2^-17 of sum |a| |b| covers it with room; a descriptor or layout fault moves whole values (errors
-# ~ |a| |b|).
-PROBE_REL_BOUND = 2.0 ** -17
-
-
-def check_probe_result(got: torch.Tensor, a: torch.Tensor, b: torch.Tensor, what: str) -> None:
-    """got (64 x N, fp32, from registers) against A (64 x K) @ B (K x N) in float64, elementwise."""
-    a64, b64 = a.cpu().double(), b.cpu().double()
-    want = a64 @ b64
-    bound = PROBE_REL_BOUND * (a64.abs() @ b64.abs()) + 1e-30
-    assert not got.isnan().any(), f"{what}: {got.isnan().sum().item()} accumulator elements never written"
-    bad = (got.double() - want).abs() > bound
-    if bad.any():
-        rows = sorted(set(bad.nonzero()[:, 0].tolist()))
-        cols = sorted(set(bad.nonzero()[:, 1].tolist()))
-        r, c = bad.nonzero()[0].tolist()
-        raise AssertionError(f"{what}: {bad.sum().item()} of {bad.numel()} elements wrong, in rows {rows[:16]}"
-                             f"{'...' if len(rows) > 16 else ''} and columns {cols[:16]}{'...' if len(cols) > 16 else ''};"
-                             f" first ({r}, {c}): got {got[r, c].item():.6g}, want {want[r, c].item():.6g}")
-
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("form", list(PROBE_FORMS))

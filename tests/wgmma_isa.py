@@ -46,6 +46,35 @@ def chained_matmul(a: torch.Tensor, b: torch.Tensor, init: torch.Tensor | None =
     return d
 
 
+# Tensor-core fp32 accumulation is not IEEE-exact (FMA ordering, alignment inside a K = 16 step): a per-element
+# bound of 2^-17 of sum |a| |b| covers it with room; a descriptor or layout fault moves whole values (errors
+# ~ |a| |b|).
+PROBE_REL_BOUND = 2.0 ** -17
+
+
+def probe_errors(got: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(elements outside the bound, want): got (64 x N, fp32, from registers) against A (64 x K) @ B (K x N) in
+    float64, elementwise; an element never written (NaN) is outside."""
+    a64, b64 = a.cpu().double(), b.cpu().double()
+    want = a64 @ b64
+    bound = PROBE_REL_BOUND * (a64.abs() @ b64.abs()) + 1e-30
+    return ~((got.double() - want).abs() <= bound), want
+
+
+def check_probe_result(got: torch.Tensor, a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    """Asserts probe_errors finds nothing, naming the wrong rows and columns (the pattern points at the fault)."""
+    bad, want = probe_errors(got, a, b)
+    assert not got.isnan().any(), f"{what}: {got.isnan().sum().item()} accumulator elements never written"
+    if bad.any():
+        rows = sorted(set(bad.nonzero()[:, 0].tolist()))
+        cols = sorted(set(bad.nonzero()[:, 1].tolist()))
+        r, c = bad.nonzero()[0].tolist()
+        more_rows, more_cols = "..." if len(rows) > 16 else "", "..." if len(cols) > 16 else ""
+        raise AssertionError(f"{what}: {bad.sum().item()} of {bad.numel()} elements wrong, in rows {rows[:16]}"
+                             f"{more_rows} and columns {cols[:16]}{more_cols}; first ({r}, {c}): got "
+                             f"{got[r, c].item():.6g}, want {want[r, c].item():.6g}")
+
+
 def probe_case(n: int, form: str) -> tuple[int, int, int]:
     """(K, b_cols, b_col0) per form, chosen to exercise what the kernels do: K-major slices in two panels;
     MN-major pieces starting 32 columns into a panel (N = 32), in the second panel (N = 64), spanning panels (LBO)."""

@@ -43,7 +43,21 @@ struct ProbeGeom {
   uint32_t b_panel_bytes;
   uint32_t tx_bytes;       // every box of A and B, zero fill included: what the mbarrier waits for
   int64_t lda;             // register-A form: row stride of A in global memory (elements)
+  // MN-major descriptors as the kernels build them (mnmajor_sw128_desc) when mn_lbo < 0; otherwise these fields,
+  // so that a GPU session can try other readings of the ISA without a rebuild (scripts/wgmma_diagnose.py).
+  int32_t mn_lbo, mn_sbo;  // bytes
+  int32_t mn_base_offset;  // bits 49-51
 };
+
+constexpr int kDescBaseOffsetShift = 49;  // PTX ISA "Matrix Descriptor": bits 49-51, the matrix base offset
+
+// An MN-major 128B-swizzled descriptor at `addr` whose panels lie `panel_bytes` apart: the kernels' own, or the
+// override in g.
+__device__ __forceinline__ uint64_t probe_mn_desc(uint32_t addr, uint32_t panel_bytes, const ProbeGeom& g) {
+  if (g.mn_lbo < 0) return mnmajor_sw128_desc(addr, panel_bytes);
+  return make_smem_desc(addr, static_cast<uint32_t>(g.mn_lbo), static_cast<uint32_t>(g.mn_sbo), SmemSwizzle::k128B) |
+         (static_cast<uint64_t>(g.mn_base_offset & 7) << kDescBaseOffsetShift);
+}
 
 // Thread 0 initialises the barrier (offset 0 of dynamic shared memory), loads every panel of A and B, and all wait.
 __device__ __forceinline__ void load_panels(uint8_t* smem, const CUtensorMap* map_a, const CUtensorMap* map_b,
@@ -93,7 +107,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if constexpr (kTransB == 0) {  // [N][K] panels: slice s of panel s / 4, 32 bytes per slice
       desc_b = kmajor_sw128_desc(b0 + (s / kK16PerPanel) * g.b_panel_bytes + (s % kK16PerPanel) * kK16Bytes);
     } else {                       // [K][b_cols] panels: 16 K rows per step, LBO = one panel
-      desc_b = mnmajor_sw128_desc(b0 + b_piece + s * kK16Rows, g.b_panel_bytes);
+      desc_b = probe_mn_desc(b0 + b_piece + s * kK16Rows, g.b_panel_bytes, g);
     }
     if constexpr (kRegA) {
       // A fresh fragment per step, so each step waits for its wgmma before the registers are reused.
@@ -112,7 +126,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       if constexpr (kTransA == 0) {  // [64][K] panels
         desc_a = kmajor_sw128_desc(a0 + (s / kK16PerPanel) * g.a_panel_bytes + (s % kK16PerPanel) * kK16Bytes);
       } else {                       // [K][64]: one panel (M = 64)
-        desc_a = mnmajor_sw128_desc(a0 + s * kK16Rows, g.a_panel_bytes);
+        desc_a = probe_mn_desc(a0 + s * kK16Rows, g.a_panel_bytes, g);
       }
       fence_operands(d);
       wgmma_fence();

@@ -98,6 +98,15 @@ inline std::string plan_wgmma_probe(const WgmmaProbeParams& p, ProbePlan& plan) 
   g.k = p.k;
   g.b_col0 = p.trans_b ? p.b_col0 : 0;
   g.lda = p.k;
+  if (p.mn_lbo >= 0 && (p.mn_lbo % 16 != 0 || p.mn_sbo < 0 || p.mn_sbo % 16 != 0 || p.mn_base_offset < 0 ||
+                        p.mn_base_offset > 7)) {
+    return "MN-major descriptor override: lbo = " + std::to_string(p.mn_lbo) + ", sbo = " + std::to_string(p.mn_sbo) +
+           ", base offset = " + std::to_string(p.mn_base_offset) +
+           ": expected multiples of 16 bytes and a base offset in [0, 7]";
+  }
+  g.mn_lbo = p.mn_lbo;
+  g.mn_sbo = p.mn_sbo;
+  g.mn_base_offset = p.mn_base_offset;
   const int a_rows = p.trans_a ? p.k : frag::kWgmmaM, a_cols = p.trans_a ? frag::kWgmmaM : p.k;
   const int b_rows = p.trans_b ? p.k : p.n, b_cols = p.trans_b ? p.b_cols : p.k;
   std::string error = panel_map(&plan.map_a, p.bf16, p.a, a_cols, a_rows, "a");

@@ -321,8 +321,10 @@ int emu_tma_reduce(int rank, float* base, const uint64_t* dims, const uint64_t* 
 }
 
 int emu_wgmma_ss(int n, int k, int bf16, int trans_a, int trans_b, int reg_a, const void* a, const void* b,
-                 int b_cols, int b_col0, float* d_out, uint64_t seed, char* error, int error_bytes) {
-  const WgmmaProbeParams p{a, b, n, k, b_cols, b_col0, trans_a, trans_b, reg_a != 0, bf16 != 0};
+                 int b_cols, int b_col0, int mn_lbo, int mn_sbo, int mn_base_offset, float* d_out, uint64_t seed,
+                 char* error, int error_bytes) {
+  const WgmmaProbeParams p{a, b, n, k, b_cols, b_col0, trans_a, trans_b, reg_a != 0, bf16 != 0,
+                           mn_lbo, mn_sbo, mn_base_offset};
   wgmma_probe::ProbePlan plan;
   const std::string problem = wgmma_probe::plan_wgmma_probe(p, plan);
   return launch_probe(
