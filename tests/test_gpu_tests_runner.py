@@ -188,6 +188,13 @@ def test_a_collection_error_is_reported(tmp_path):
     assert proc.stdout.splitlines()[-1] == "gpu_tests: collection failed, no test ran"
 
 
+def test_gpu_check_runs_the_runner_and_parses():
+    script = REPO / "scripts" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    assert "scripts/gpu_tests.py" in text and "pytest -q -rfEs tests" not in text
+
+
 @pytest.mark.skipif(os.name != "posix", reason="the runner uses process groups")
 def test_the_plugin_stays_out_of_a_plain_pytest_run(tmp_path):
     (tmp_path / "test_plain.py").write_text("def test_x():\n    pass\n")
