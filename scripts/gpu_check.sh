@@ -13,7 +13,7 @@
 #   FLASHCORE_GPU_CHECK_TESTS_ARGS=".."  arguments for scripts/gpu_tests.py (word-split): a subset to rerun,
 #                                    e.g. "-k fwd_varlen" or "tests/test_cuda_sm90.py::test_gemm_matches_torch_matmul",
 #                                    or "--all" for the whole suite (the CPU-model tests take ~8 min on their own)
-#   FLASHCORE_GPU_TESTS_TIMEOUT_S=N  seconds one test may take before it counts as hung (default 60)
+#   FLASHCORE_GPU_TESTS_TIMEOUT_S=N  seconds one test may take before it counts as hung (default 30)
 #
 # The tests step runs scripts/gpu_tests.py, not a bare pytest: only the tests that use CUDA (CI runs the rest),
 # the smallest kernels first (wgmma probe, bwd_preprocess, gemm, fwd, bwd, the training loop), each under a

@@ -13,8 +13,9 @@ So the runner
   progress file and ends the process on a test that runs past --timeout (stacks dumped) or leaves CUDA unusable,
 * on a hang, a crash (a signal: the last test started and not ended is the culprit) or a poisoned context,
   restarts pytest on the tests not yet run, without the culprit, until all ran or --time-cap is reached;
-  after MAX_CULPRITS_PER_FUNCTION culprits among one test function's parameters the rest of it is abandoned
-  (a kernel that deadlocks does so for every shape, and each costs a timeout),
+  after MAX_CULPRITS_PER_FUNCTION culprits among one test function's parameters the rest of it is abandoned,
+  and after MAX_CULPRITS_PER_GROUP the rest of its PRIORITY group (a kernel that deadlocks does so for every
+  shape, and each costs a timeout),
 * ends the log with a summary whose last line is one line (scripts/gpu_check.sh puts it into summary.txt).
 
 The log stays under --log-cap bytes: full reports of failures until the cap, then only their first lines.
@@ -55,10 +56,13 @@ PRIORITY = (
     ("training loop", r"training_loop"),
 )
 
-TIMEOUT_S = 60.0            # per test: the largest GPU test runs in seconds; CUDA start-up rides on the first one
+TIMEOUT_S = 30.0            # per test: the largest GPU test (the training loop) runs in seconds; each hang costs it
 BACKSTOP_S = 15.0           # faulthandler's GIL-free exit comes this long after the timeout (the watchdog's is first)
 DRIVER_GRACE_S = 15.0       # and if even that did not end the process, the runner kills it this much later
 MAX_CULPRITS_PER_FUNCTION = 2  # two hangs or crashes among one function's parameters: it is the kernel, not a shape
+MAX_CULPRITS_PER_GROUP = 6  # and six in one PRIORITY group (fwd, bwd, ...): a kernel that hangs everywhere costs
+                            # six timeouts, not one per test function
+KILL_WAIT_S = 30.0          # a killed process stuck in the driver (uninterruptible) for longer: the GPU is wedged
 COLLECT_CAP_S = 300.0       # collection imports torch and loads the extension: seconds, unless it hangs
 POLL_S = 0.2                # how often the progress file is read
 MIN_RUN_S = 5.0             # a restart (pytest, torch import, collection) needs seconds; with less left, stop
@@ -117,6 +121,12 @@ def function_of(nodeid: str) -> str:
 def rank(nodeid: str) -> int:
     name = function_of(nodeid).rsplit("::", 1)[-1]
     return next((i for i, (_, pattern) in enumerate(PRIORITY) if re.search(pattern, name)), len(PRIORITY))
+
+
+def group_of(nodeid: str) -> str:
+    """The PRIORITY group's name ("group fwd"), or "group rest"."""
+    i = rank(nodeid)
+    return f"group {PRIORITY[i][0] if i < len(PRIORITY) else 'rest'}"
 
 
 def clip(text: str, limit: int) -> str:
@@ -240,7 +250,12 @@ class Runner:
                 killed = "hang"
             if killed:
                 os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                try:
+                    proc.wait(timeout=KILL_WAIT_S)
+                except subprocess.TimeoutExpired:
+                    self.log.event(f"-- pytest (pid {proc.pid}) survived SIGKILL for {KILL_WAIT_S:g} s (stuck in the "
+                                   "driver?); no further runs")
+                    self.stop_requested = True
                 rc = None
                 break
             time.sleep(POLL_S)
@@ -313,17 +328,18 @@ class Runner:
                 break
 
     def abandon_after(self, culprit: str, status: str, todo: list[str]) -> None:
-        function = function_of(culprit)
-        self.culprit_count[function] += 1
-        limit = self.args.max_culprits_per_function
-        if limit <= 0 or self.culprit_count[function] < limit:
-            return
-        dropped = [t for t in todo if function_of(t) == function]
-        for t in dropped:
-            self.abandoned[t] = f"{self.culprit_count[function]} hung/crashed/poisoned before it"
-        if dropped:
-            self.log.event(f"ABANDONED {len(dropped)} more of {function}: {self.culprit_count[function]} of its "
-                           f"tests hung, crashed or poisoned CUDA (last: {status})")
+        """Drop the rest of the culprit's function, or of its priority group, once it had its limit of culprits."""
+        for key, limit in ((function_of(culprit), self.args.max_culprits_per_function),
+                           (group_of(culprit), self.args.max_culprits_per_group)):
+            self.culprit_count[key] += 1
+            if limit <= 0 or self.culprit_count[key] < limit:
+                continue
+            dropped = [t for t in todo if key in (function_of(t), group_of(t)) and t not in self.abandoned]
+            for t in dropped:
+                self.abandoned[t] = key
+            if dropped:
+                self.log.event(f"ABANDONED {len(dropped)} more of {key}: {self.culprit_count[key]} of its tests hung, "
+                               f"crashed or poisoned CUDA (last: {status})")
 
     def collect_failures(self) -> None:
         path = self.workdir / f"run{self.runs}.progress.failures"
@@ -351,8 +367,8 @@ class Runner:
             lines.append(f"{r.status}: {t}: {r.message}"[:EVENT_LINE_CHARS])
         if len(failed) > SUMMARY_LIST:
             lines.append(f"... and {len(failed) - SUMMARY_LIST} more failed")
-        for function, n in Counter(function_of(t) for t in self.abandoned).items():
-            lines.append(f"abandoned: {n} of {function} after {self.culprit_count[function]} hung/crashed")
+        for key, n in Counter(self.abandoned.values()).items():
+            lines.append(f"abandoned: {n} of {key} after {self.culprit_count[key]} hung/crashed/poisoned")
         by_function = Counter(function_of(t) for t in not_reached)
         for function, n in list(by_function.items())[:SUMMARY_LIST]:
             lines.append(f"not reached: {n} of {function}")
@@ -394,6 +410,8 @@ def parse_args(argv=None):
                    help="seconds past --timeout for faulthandler's exit, when a hang holds the GIL")
     p.add_argument("--max-culprits-per-function", type=int, default=MAX_CULPRITS_PER_FUNCTION,
                    help="abandon a test function's other parameters after this many hung/crashed ones (0: never)")
+    p.add_argument("--max-culprits-per-group", type=int, default=MAX_CULPRITS_PER_GROUP,
+                   help="abandon the rest of a priority group (fwd, bwd, ...) after this many (0: never)")
     p.add_argument("--log-cap", type=int, default=LOG_CAP, help="bytes of log (default %(default)s)")
     p.add_argument("--list", action="store_true", help="print the test ids in run order and exit")
     p.add_argument("--workdir", help="keep the per-run progress files and pytest output here")
@@ -437,9 +455,9 @@ def run_all(args, workdir: Path) -> int:
     if args.list:
         print("\n".join(ids))
         return 0
-    groups = Counter(PRIORITY[rank(t)][0] if rank(t) < len(PRIORITY) else "rest" for t in ids)
+    groups = Counter(group_of(t).removeprefix("group ") for t in ids)
     log.write(f"collected {len(ids)} in {time.monotonic() - runner.start:.0f} s; order: "
-              + ", ".join(f"{name} {groups[name]}" for name in [n for n, _ in PRIORITY] + ["rest"] if groups[name]))
+              + ", ".join(f"{name} {n}" for name, n in groups.items()))
     runner.run(ids)
     if runner.details:
         log.write(f"==== failure reports ({len(runner.details)}) ====")

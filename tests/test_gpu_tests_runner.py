@@ -149,8 +149,22 @@ def test_a_function_that_keeps_crashing_is_abandoned(tmp_path):
     summary = summary_lines(proc.stdout)
     assert summary[-1].startswith("gpu_tests: 1 passed, 0 failed, 0 skipped, 0 hung, 2 crashed, 0 poisoned, "
                                   "3 abandoned, 0 not reached of 6"), summary[-1]
-    assert "abandoned: 3 of test_crash.py::test_crash after 2 hung/crashed" in summary
+    assert "abandoned: 3 of test_crash.py::test_crash after 2 hung/crashed/poisoned" in summary
     assert proc.returncode == 1
+
+
+def test_a_group_that_keeps_crashing_is_abandoned(tmp_path):
+    # Three fwd functions crash on every parameter: after 3 culprits in group fwd (one per function is allowed
+    # twice, so the group limit is what stops it) the rest of the group is dropped; test_gemm and test_zeta run.
+    fakes = "import os, pytest\n" + "".join(
+        f"@pytest.mark.parametrize('n', range(3))\ndef test_fwd_{name}(n):\n    os._exit(1)\n" for name in "abc")
+    fakes += "def test_gemm():\n    pass\ndef test_zeta():\n    pass\n"
+    proc = run(tmp_path, {"test_group.py": fakes}, "test_group.py", "--max-culprits-per-group", "3")
+    summary = summary_lines(proc.stdout)
+    assert summary[-1].startswith("gpu_tests: 2 passed, 0 failed, 0 skipped, 0 hung, 3 crashed, 0 poisoned, "
+                                  "6 abandoned, 0 not reached of 11"), summary[-1]
+    assert "abandoned: 1 of test_group.py::test_fwd_a after 2 hung/crashed/poisoned" in summary
+    assert "abandoned: 5 of group fwd after 3 hung/crashed/poisoned" in summary
 
 
 def test_the_time_cap_and_sigterm_end_with_a_summary(tmp_path):
