@@ -150,10 +150,12 @@ class Recorder:
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logfinish(self, nodeid, location):
+        # The context check runs while the watchdog still watches this test: a kernel it left running (no sync in
+        # the test) that never finishes hangs synchronize(), and the hang is this test's.
+        error = cuda_context_error()
         self.current = None
         faulthandler.cancel_dump_traceback_later()
         self.write("end", nodeid, self.outcome, f"{time.monotonic() - self.started:.2f}", self.message)
-        error = cuda_context_error()
         if error is not None:
             self.write("poisoned", nodeid, error)
             os._exit(EXIT_POISONED)

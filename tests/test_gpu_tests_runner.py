@@ -54,6 +54,12 @@ def test_poison():
     sys.modules["torch"] = types.SimpleNamespace(cuda=cuda)
     assert False, "wrong numbers"
 
+def test_left_a_hung_kernel():
+    # passes, but the fake synchronize() never returns: the hang is found after the test, and blamed on it
+    cuda = types.SimpleNamespace(is_available=lambda: True, is_initialized=lambda: True,
+                                 synchronize=lambda: time.sleep(60))
+    sys.modules["torch"] = types.SimpleNamespace(cuda=cuda)
+
 def test_last():
     pass
 
@@ -79,9 +85,10 @@ def test_each_outcome_is_reported_and_the_tests_after_a_hang_or_crash_still_run(
     out = proc.stdout
     assert proc.returncode == 1, out + proc.stderr
     summary = summary_lines(out)
-    assert summary[-1].startswith("gpu_tests: 5 passed, 1 failed, 1 skipped, 1 hung, 2 crashed, 1 poisoned, "
-                                  "0 abandoned, 0 not reached of 11 in "), summary[-1]
+    assert summary[-1].startswith("gpu_tests: 5 passed, 1 failed, 1 skipped, 2 hung, 2 crashed, 1 poisoned, "
+                                  "0 abandoned, 0 not reached of 12 in "), summary[-1]
     assert "hung: test_fakes.py::test_hang" in out and "the watchdog ended it" in out
+    assert any(line.startswith("hung: test_fakes.py::test_left_a_hung_kernel") for line in summary)
     assert any(line.startswith("crashed: test_fakes.py::test_abort") and "SIGABRT" in line for line in summary)
     assert any(line.startswith("crashed: test_fakes.py::test_exit") and "exit code 3" in line for line in summary)
     assert any(line.startswith("poisoned: test_fakes.py::test_poison") and "illegal memory access" in line
@@ -95,7 +102,7 @@ def test_each_outcome_is_reported_and_the_tests_after_a_hang_or_crash_still_run(
     assert re.search(r"(?m)^E +AssertionError: one is not two", out[:out.index("==== summary ====")])
     # One run, then a restart after each hang, crash and poisoning; the GEMM test ran first.
     work = tmp_path / "work"
-    assert sorted(p.name for p in work.glob("run*.order")) == [f"run{i}.order" for i in range(1, 6)]
+    assert sorted(p.name for p in work.glob("run*.order")) == [f"run{i}.order" for i in range(1, 7)]
     assert (work / "run1.order").read_text().splitlines()[0] == "test_fakes.py::test_gemm_runs_first"
     progress = (work / "run1.progress").read_text().splitlines()
     assert progress[:2] == ["start\ttest_fakes.py::test_gemm_runs_first",
