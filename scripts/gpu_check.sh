@@ -14,6 +14,17 @@
 #                                    e.g. "-k fwd_varlen" or "tests/test_cuda_sm90.py::test_gemm_matches_torch_matmul",
 #                                    or "--all" for the whole suite (the CPU-model tests take ~8 min on their own)
 #   FLASHCORE_GPU_TESTS_TIMEOUT_S=N  seconds one test may take before it counts as hung (default 30)
+#   FLASHCORE_GPU_CHECK_WATCHDOG=1   build with -DFLASHCORE_SM90_WATCHDOG (csrc/cuda/ptx/watchdog.cuh): an mbarrier
+#                                    wait or dQ-semaphore spin past 10 s prints block, thread and the barrier's
+#                                    shared offset and parity (or the flag's address and value), then traps, so a
+#                                    deadlock is a launch failure naming its barrier. Off, the SASS is unchanged;
+#                                    on, ptxas drops setmaxnreg (the report's printf is a call) and the consumers
+#                                    spill: slower, same protocol. Not for the bench or resources.json.
+#                                    Turning it on or off rebuilds from scratch (build/ and the .so removed: ninja
+#                                    does not see flags given through the environment). By hand, the same is
+#                                    rm -rf build flashcore/_C*.so && NVCC_APPEND_FLAGS=-DFLASHCORE_SM90_WATCHDOG \
+#                                      MAX_JOBS=16 CUDA_HOME=/usr/local/cuda python3 -m pip install -v \
+#                                      --no-build-isolation --no-deps -e .
 #
 # The tests step runs scripts/gpu_tests.py, not a bare pytest: only the tests that use CUDA (CI runs the rest),
 # the smallest kernels first (wgmma probe, bwd_preprocess, gemm, fwd, bwd, the training loop), each under a
@@ -80,15 +91,22 @@ command -v nvcc >/dev/null && nvcc --version | tail -n 2 | tee -a "$SUMMARY"
 note "---- steps (budget ${BUDGET_S}s) ----"
 
 # 1. Build: the editable install compiles the extension (compiler output, ptxas reports, in build.log).
+#    build/watchdog_stamp holds the FLASHCORE_GPU_CHECK_WATCHDOG the objects under build/ were compiled with.
 if ! skipped build; then
   t0=$(date +%s)
+  WATCHDOG=${FLASHCORE_GPU_CHECK_WATCHDOG:-0}
+  if [[ "$(cat build/watchdog_stamp 2>/dev/null || echo 0)" != "$WATCHDOG" ]]; then
+    rm -rf build flashcore/_C*.so
+  fi
+  ((WATCHDOG == 1)) && export NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:+$NVCC_APPEND_FLAGS }-DFLASHCORE_SM90_WATCHDOG"
   MAX_JOBS=16 CUDA_HOME=/usr/local/cuda timeout "$(cap $BUILD_CAP_S)" \
     "$PY" -m pip install -v --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
   rc=$?
+  mkdir -p build && echo "$WATCHDOG" >build/watchdog_stamp
   secs=$(($(date +%s) - t0))
-  echo "build time ${secs}s, exit code $rc" >>"$OUT/build.log"
+  echo "build time ${secs}s, exit code $rc, watchdog $WATCHDOG" >>"$OUT/build.log"
   spills=$(grep -cE '[1-9][0-9]* bytes spill (stores|loads)' "$OUT/build.log")
-  record build "$rc" "$secs" "(ptxas lines reporting spills: $spills)"
+  record build "$rc" "$secs" "(ptxas lines reporting spills: $spills; watchdog $WATCHDOG)"
 fi
 
 # 2. Tests: the CUDA tests through scripts/gpu_tests.py (a hang or crash costs one test, not the step). Its own
