@@ -271,6 +271,8 @@ class Runner:
             message = error if before.status == "passed" else f"{before.message} | then: {error}"
             self.results[nodeid] = Result("poisoned", before.seconds, message)
             self.log.event(f"POISONED {nodeid}: CUDA unusable after it: {error}")
+            # A trap's device printf (the watchdog build's report) lands here or in the test's captured stdout.
+            self.log.write("its run's output's end:\n" + clip(self.tail(stem), CULPRIT_DETAIL_CHARS))
             return nodeid, "poisoned", done
         if in_flight is None:
             if rc not in (0, 1):
