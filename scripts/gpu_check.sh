@@ -9,7 +9,28 @@
 #   FLASHCORE_GPU_CHECK_QUICK=1      same as --quick (bench --quick: 2 seqlens per head dim)
 #   FLASHCORE_GPU_CHECK_SKIP=a,b     skip steps by name: build, tests, sanitizer, gemm, bwdop, profile, bench
 #   FLASHCORE_GPU_CHECK_BUDGET_S=N   total seconds (default 540); the bench gets what the others leave
-#   FLASHCORE_GPU_CHECK_TESTS_CAP_S=N  seconds for the pytest step (default 120)
+#   FLASHCORE_GPU_CHECK_TESTS_CAP_S=N  seconds for the tests step (default 120)
+#   FLASHCORE_GPU_CHECK_TESTS_ARGS=".."  arguments for scripts/gpu_tests.py (word-split): a subset to rerun,
+#                                    e.g. "-k fwd_varlen" or "tests/test_cuda_sm90.py::test_gemm_matches_torch_matmul",
+#                                    or "--all" for the whole suite (the CPU-model tests take ~8 min on their own)
+#   FLASHCORE_GPU_TESTS_TIMEOUT_S=N  seconds one test may take before it counts as hung (default 30)
+#   FLASHCORE_GPU_CHECK_WATCHDOG=1   build with -DFLASHCORE_SM90_WATCHDOG (csrc/cuda/ptx/watchdog.cuh): an mbarrier
+#                                    wait or dQ-semaphore spin past 10 s prints block, thread and the barrier's
+#                                    shared offset and parity (or the flag's address and value), then traps, so a
+#                                    deadlock is a launch failure naming its barrier. Off, the SASS is unchanged;
+#                                    on, ptxas drops setmaxnreg (the report's printf is a call) and the consumers
+#                                    spill: slower, same protocol. Not for the bench or resources.json.
+#                                    Turning it on or off rebuilds from scratch (build/ and the .so removed: ninja
+#                                    does not see flags given through the environment). By hand, the same is
+#                                    rm -rf build flashcore/_C*.so && NVCC_APPEND_FLAGS=-DFLASHCORE_SM90_WATCHDOG \
+#                                      MAX_JOBS=16 CUDA_HOME=/usr/local/cuda python3 -m pip install -v \
+#                                      --no-build-isolation --no-deps -e .
+#
+# The tests step runs scripts/gpu_tests.py, not a bare pytest: only the tests that use CUDA (CI runs the rest),
+# the smallest kernels first (wgmma probe, bwd_preprocess, gemm, fwd, bwd, the training loop), each under a
+# watchdog. A test that hangs, crashes the process or leaves CUDA unusable (an illegal address poisons the
+# context) is named in tests.log with its stacks, and pytest restarts on the tests after it; tests.log ends with
+# every failure's first line and a one-line count (summary.txt's tests line). `python scripts/gpu_tests.py -h`.
 #
 # With the forward and backward kernels the full matrix of GPU tests can outgrow one 10-minute call. Split it
 # over calls (the device keeps ignored build outputs between calls, so only the first builds):
@@ -36,6 +57,7 @@ PY=${PYTHON:-python3}
 BUDGET_S=${FLASHCORE_GPU_CHECK_BUDGET_S:-540}  # 9 minutes: inside the device tool's 10-minute command limit
 BUILD_CAP_S=240      # a cold build of a few instantiations per head dim with 16 jobs; a warm one is seconds
 TESTS_CAP_S=${FLASHCORE_GPU_CHECK_TESTS_CAP_S:-120}  # a hang must not eat the bench's time
+TESTS_WRAP_UP_S=10   # the test runner stops its pytest and writes the summary in this much
 SANITIZER_CAP_S=75   # per tool: torch's CUDA start-up alone is slow under compute-sanitizer
 BENCH_RESERVE_S=40   # kept back from --time-budget: torch start-up and the peak (~10 s), the 16k shape in flight, the PNG
 BENCH_MIN_S=45       # below this the bench runs --quick whatever was asked
@@ -69,21 +91,32 @@ command -v nvcc >/dev/null && nvcc --version | tail -n 2 | tee -a "$SUMMARY"
 note "---- steps (budget ${BUDGET_S}s) ----"
 
 # 1. Build: the editable install compiles the extension (compiler output, ptxas reports, in build.log).
+#    build/watchdog_stamp holds the FLASHCORE_GPU_CHECK_WATCHDOG the objects under build/ were compiled with.
 if ! skipped build; then
   t0=$(date +%s)
+  WATCHDOG=${FLASHCORE_GPU_CHECK_WATCHDOG:-0}
+  if [[ "$(cat build/watchdog_stamp 2>/dev/null || echo 0)" != "$WATCHDOG" ]]; then
+    rm -rf build flashcore/_C*.so
+  fi
+  ((WATCHDOG == 1)) && export NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:+$NVCC_APPEND_FLAGS }-DFLASHCORE_SM90_WATCHDOG"
   MAX_JOBS=16 CUDA_HOME=/usr/local/cuda timeout "$(cap $BUILD_CAP_S)" \
     "$PY" -m pip install -v --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
   rc=$?
+  mkdir -p build && echo "$WATCHDOG" >build/watchdog_stamp
   secs=$(($(date +%s) - t0))
-  echo "build time ${secs}s, exit code $rc" >>"$OUT/build.log"
+  echo "build time ${secs}s, exit code $rc, watchdog $WATCHDOG" >>"$OUT/build.log"
   spills=$(grep -cE '[1-9][0-9]* bytes spill (stores|loads)' "$OUT/build.log")
-  record build "$rc" "$secs" "(ptxas lines reporting spills: $spills)"
+  record build "$rc" "$secs" "(ptxas lines reporting spills: $spills; watchdog $WATCHDOG)"
 fi
 
-# 2. Tests: GPU tests select themselves when a GPU is present.
+# 2. Tests: the CUDA tests through scripts/gpu_tests.py (a hang or crash costs one test, not the step). Its own
+#    time cap ends TESTS_WRAP_UP_S early, so the summary is written before `timeout` would stop it.
 if ! skipped tests; then
   t0=$(date +%s)
-  timeout "$(cap $TESTS_CAP_S)" "$PY" -m pytest -q -rfEs tests -p no:cacheprovider \
+  tests_cap=$(cap "$TESTS_CAP_S")
+  runner_cap=$((tests_cap > TESTS_WRAP_UP_S ? tests_cap - TESTS_WRAP_UP_S : 1))
+  # shellcheck disable=SC2086  # FLASHCORE_GPU_CHECK_TESTS_ARGS is a list of arguments
+  timeout "$tests_cap" "$PY" scripts/gpu_tests.py --time-cap "$runner_cap" ${FLASHCORE_GPU_CHECK_TESTS_ARGS:-} \
     >"$OUT/tests.log" 2>&1
   rc=$?
   record tests "$rc" "$(($(date +%s) - t0))" "($(tail -n 1 "$OUT/tests.log"))"

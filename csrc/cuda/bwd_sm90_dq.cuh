@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "bwd_sm90_common.cuh"
+#include "ptx/watchdog.cuh"
 
 namespace flashcore::sm90::bwd {
 
@@ -110,11 +111,22 @@ __device__ __forceinline__ bool dq_turn_came(const int32_t* sem, int32_t turn) {
   return ld_acquire_gpu(sem) >= turn;
 }
 
-__device__ __forceinline__ void wait_dq_turn(const int32_t* sem, int32_t turn, bool seen) {
-  if (!seen) {
-    while (ld_acquire_gpu(sem) < turn) {
-    }
+// Spins until the tile's semaphore reaches `turn` (acquire). With -DFLASHCORE_SM90_WATCHDOG a wait past
+// kWatchdogNs reports the semaphore and traps (ptx/watchdog.cuh).
+__device__ __forceinline__ void spin_until_turn(const int32_t* sem, int32_t turn) {
+#if defined(FLASHCORE_SM90_WATCHDOG) && !defined(FLASHCORE_SM90_EMU)
+  Watchdog watchdog;
+  for (int32_t seen; (seen = ld_acquire_gpu(sem)) < turn;) {
+    if (watchdog.expired()) watchdog_trap_flag(sem, seen, turn);
   }
+#else
+  while (ld_acquire_gpu(sem) < turn) {
+  }
+#endif
+}
+
+__device__ __forceinline__ void wait_dq_turn(const int32_t* sem, int32_t turn, bool seen) {
+  if (!seen) spin_until_turn(sem, turn);
   fence_proxy_async_global();
 }
 
@@ -164,10 +176,7 @@ __device__ __forceinline__ void dq_phase(const DqTile& d, uint32_t ds_base, uint
       if (d.lane == 0) mbarrier_arrive(empty);
       if constexpr (!C::kDqByTma) {
         if (d.sem != nullptr) {
-          if (consumer == 0 && d.t == 0) {
-            while (ld_acquire_gpu(d.sem) < d.turn) {
-            }
-          }
+          if (consumer == 0 && d.t == 0) spin_until_turn(d.sem, d.turn);
           named_barrier_sync(kBarDetGo, kConsumerThreads);
         }
       }

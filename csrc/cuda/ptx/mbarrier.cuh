@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "smem.cuh"
+#include "watchdog.cuh"
 
 namespace flashcore::sm90::ptx {
 constexpr uint32_t kMinRegsPerThread = 24;   // setmaxnreg's range is [24, 256] ...
@@ -85,9 +86,17 @@ __device__ __forceinline__ bool mbarrier_try_wait(uint64_t* bar, uint32_t parity
 }
 
 // Blocks until the phase with parity `parity` has completed (acquire: the data it guards is visible afterwards).
+// With -DFLASHCORE_SM90_WATCHDOG a wait past kWatchdogNs reports the barrier and traps (watchdog.cuh).
 __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
+#if defined(FLASHCORE_SM90_WATCHDOG)
+  Watchdog watchdog;
+  while (!mbarrier_try_wait(bar, parity)) {
+    if (watchdog.expired()) watchdog_trap_mbarrier(smem_u32(bar), parity);
+  }
+#else
   while (!mbarrier_try_wait(bar, parity)) {
   }
+#endif
 }
 
 // fence.proxy.async.shared::cta: orders this thread's generic-proxy shared-memory accesses (st.shared, stmatrix)

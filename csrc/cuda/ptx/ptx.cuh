@@ -3,6 +3,7 @@
 //
 //   smem.cuh      shared-window addresses, the 128B swizzle, stmatrix, st.shared.v2.f32, fp32 -> bf16x2/f16x2 packing
 //   mbarrier.cuh  mbarrier init/arrive/expect_tx/try_wait, proxy fences, named barriers, setmaxnreg
+//   watchdog.cuh  opt-in (-DFLASHCORE_SM90_WATCHDOG): spin loops that trap, naming what they waited on, after 10 s
 //   tma.cuh       host: tensor maps (cuTensorMapEncodeTiled via the runtime's driver entry point), 2D-5D;
 //                 device: cp.async.bulk.tensor loads (mbarrier completion), stores and fp32 reduce-adds (bulk
 //                 groups), prefetch
