@@ -120,6 +120,13 @@ if ! skipped tests; then
     >"$OUT/tests.log" 2>&1
   rc=$?
   record tests "$rc" "$(($(date +%s) - t0))" "($(tail -n 1 "$OUT/tests.log"))"
+  # Every MN-major wgmma form with the kernels' descriptor, and where one fails the descriptor readings that give
+  # the right product (seconds; bench/notes/gpu_playbook.md). Appended to tests.log: informational, not a step.
+  if [[ -z "${FLASHCORE_GPU_CHECK_TESTS_ARGS:-}" ]]; then
+    { echo "==== tests/wgmma_diagnose.py ===="
+      timeout "$(cap 60)" "$PY" tests/wgmma_diagnose.py 2>&1 | tail -n 40; } >>"$OUT/tests.log"
+    grep -E "MN-major cases fail" "$OUT/tests.log" | tail -n 1 >>"$SUMMARY"
+  fi
 fi
 
 # 3. compute-sanitizer on a small forward+backward through flashcore (tail tiles, causal, Sq != Sk,

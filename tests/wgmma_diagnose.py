@@ -84,6 +84,9 @@ def main() -> int:
     parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
     parser.add_argument("--all", action="store_true", help="try the candidates where the kernels' descriptor passes")
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("wgmma_diagnose: no CUDA GPU visible; it runs the probes on a GPU (CPU model: tests/test_cuda_emu_ptx.py)")
+        return 2
     from test_build_checks import find_extension  # the built library, loaded as tests/test_cuda_sm90.py does
     torch.ops.load_library(str(find_extension()))
     ops = torch.ops.flashcore_sm90
