@@ -12,6 +12,9 @@ learns which test was in flight when the process hung or died:
 and each failure's full report (traceback, captured output: the seed) to <progress>.failures as it happens, since a
 process that dies later never reaches pytest's own summary.
 
+A test marked `@pytest.mark.gpu_timeout(seconds)` (registered in tests/conftest.py) gets that limit instead of
+--gpu-tests-timeout: the few that start subprocesses or loop over many steps.
+
 After `hang` and `poisoned` the process exits at once (os._exit): nothing after it could be trusted. A test that
 holds the GIL while it hangs (a C call that never returns) starves the watchdog thread; faulthandler's own timer,
 which needs no GIL, then dumps the stacks ("Timeout (...)!" in <progress>.stacks) and exits a little later.
@@ -50,7 +53,13 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(session, config, items):
     """Keep only the listed tests, in the listed order (the runner's priority order, and on a restart only the
-    tests not yet run)."""
+    tests not yet run); note the tests that carry their own time limit."""
+    recorder = config.pluginmanager.get_plugin("gpu_tests_recorder")
+    if recorder is not None:
+        for item in items:
+            marker = item.get_closest_marker("gpu_timeout")
+            if marker is not None:
+                recorder.limits[item.nodeid] = float(marker.args[0])
     path = config.getoption("--gpu-tests-order")
     if not path:
         return
@@ -97,6 +106,8 @@ class Recorder:
         self.stacks = open(path + ".stacks", "a", buffering=1)
         self.failures = open(path + ".failures", "a", buffering=1)
         self.timeout_s = config.getoption("--gpu-tests-timeout")
+        self.limits: dict[str, float] = {}  # nodeid -> its gpu_timeout marker's seconds
+        self.limit_s = self.timeout_s       # the test in flight's limit
         self.backstop_s = config.getoption("--gpu-tests-backstop")
         self.lock = threading.Lock()
         self.current: str | None = None
@@ -116,9 +127,9 @@ class Recorder:
         while True:
             time.sleep(WATCH_PERIOD_S)
             nodeid, started = self.current, self.started
-            if nodeid is None or time.monotonic() - started <= self.timeout_s:
+            if nodeid is None or time.monotonic() - started <= self.limit_s:
                 continue
-            self.stacks.write(f"==== hang {nodeid} after {self.timeout_s:g} s: all threads ====\n")
+            self.stacks.write(f"==== hang {nodeid} after {self.limit_s:g} s: all threads ====\n")
             faulthandler.dump_traceback(file=self.stacks, all_threads=True)
             self.stacks.flush()
             self.write("hang", nodeid, f"{time.monotonic() - started:.1f}")
@@ -128,7 +139,8 @@ class Recorder:
     def pytest_runtest_logstart(self, nodeid, location):
         self.outcome, self.message = "passed", ""
         self.write("start", nodeid)
-        faulthandler.dump_traceback_later(self.timeout_s + self.backstop_s, exit=True, file=self.stacks)
+        self.limit_s = self.limits.get(nodeid, self.timeout_s)
+        faulthandler.dump_traceback_later(self.limit_s + self.backstop_s, exit=True, file=self.stacks)
         self.started = time.monotonic()
         self.current = nodeid
 

@@ -7,6 +7,11 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))  # tests/naive.py
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu_timeout(seconds): scripts/gpu_tests.py's per-test limit for this test "
+                                       "(subprocesses, long loops) instead of its default")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_seed():
     """Fresh random inputs every run; the seed is printed, so a failing run can be replayed

@@ -625,6 +625,7 @@ def _train(attention_fn, steps=100, seed=0):
 
 
 @pytest.mark.parametrize("kernels", ["bwd", "fwd+bwd"])
+@pytest.mark.gpu_timeout(120)  # 100 optimizer steps, twice
 def test_bwd_training_loop_matches_reference(kernels):
     """100 steps of a small transformer: the loss curve with this backward kernel (after the reference forward, or
     after the sm_90a forward kernel) follows the reference backend's (same seed, same data) and actually learns."""
@@ -865,6 +866,7 @@ def run_schedule_case(tmp_path, static: bool) -> list:
     return torch.load(path)
 
 
+@pytest.mark.gpu_timeout(120)  # two subprocesses, each starting torch and CUDA
 def test_fwd_static_and_dynamic_schedules_are_bit_identical(tmp_path):
     static, dynamic = run_schedule_case(tmp_path, True), run_schedule_case(tmp_path, False)
     for name, a, b in zip(("out", "lse", "varlen out", "varlen lse"), static, dynamic):
@@ -946,6 +948,7 @@ def run_bwd_schedule_case(tmp_path, inputs: Path, static: bool) -> list:
     return torch.load(path)
 
 
+@pytest.mark.gpu_timeout(240)  # two subprocesses and a float64 reference
 def test_bwd_static_and_dynamic_schedules_agree(tmp_path):
     if not _has_bwd():
         pytest.skip("this build has no flashcore_sm90.bwd")

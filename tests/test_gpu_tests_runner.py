@@ -128,6 +128,22 @@ def test_a_hang_holding_the_gil_is_ended_by_the_backstop(tmp_path):
     assert re.search(r'test_gil.py", line \d+ in test_gil', proc.stdout)
 
 
+def test_a_gpu_timeout_marker_raises_one_tests_limit(tmp_path):
+    # Both sleep past the default limit (1.5 s); only the unmarked one is a hang.
+    fakes = '''
+        import time, pytest
+        @pytest.mark.gpu_timeout(8)
+        def test_slow_but_marked():
+            time.sleep(2.5)
+        def test_slow_unmarked():
+            time.sleep(2.5)
+    '''
+    proc = run(tmp_path, {"test_slow.py": fakes}, "test_slow.py")
+    last = proc.stdout.splitlines()[-1]
+    assert last.startswith("gpu_tests: 1 passed, 0 failed, 0 skipped, 1 hung, 0 crashed"), proc.stdout
+    assert "hung: test_slow.py::test_slow_unmarked" in proc.stdout
+
+
 def test_priority_order_and_node_id_pass_through(tmp_path):
     names = ["test_zeta", "test_bwd_training_loop_x", "test_bwd_dense", "test_fwd_dense", "test_gemm_x",
              "test_bwd_preprocess_x", "test_wgmma_probe_x"]
