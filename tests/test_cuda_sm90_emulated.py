@@ -605,8 +605,12 @@ def test_backward_window(emu, window, seqlens):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_backward_softcap(emu, dtype):
+    """Both softcap forms: tanh in a pass of its own over S^T (D = 64, 128, 192) and per score (D = 96, where the
+    pass spilled: BwdConfig::kSoftcapPass)."""
     check_bwd(emu, 1, 100, 140, 2, 1, 64, DTYPES[dtype], causal=True, softcap=2.0)
     check_bwd(emu, 1, 33, 70, 1, 1, 192, DTYPES[dtype], window=(20, 10), softcap=30.0)
+    check_bwd(emu, 1, 70, 90, 2, 2, 96, DTYPES[dtype], softcap=5.0)
+    check_bwd(emu, 1, 65, 130, 1, 1, 128, DTYPES[dtype], causal=True, softcap=3.0)
 
 
 @pytest.mark.parametrize("heads", [(4, 2), (3, 1)])

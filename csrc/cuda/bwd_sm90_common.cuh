@@ -39,7 +39,8 @@ struct BwdArgs {
   int32_t seqlen_q, seqlen_k;  // dense lengths (varlen: unused, cu_seqlens give them)
   int32_t window_left, window_right;
   int32_t m_tiles;      // ceil(max_seqlen_q / block_m): semaphores per (batch, head)
-  float score_mul;      // no softcap: softmax_scale * log2(e), signed (a negative scale needs no q negation here)
+  float score_mul;      // no softcap: softmax_scale * log2(e), signed (a negative scale needs no q negation here);
+                        // softcap: 1 (the tanh pass has already scaled the scores to log2 units)
   float tanh_in;        // softcap: softmax_scale / softcap
   float softcap_log2;   // softcap: softcap * log2(e)
   float inv_softcap_log2;  // softcap: 1 / softcap_log2 (tanh recovered from P, see consume)

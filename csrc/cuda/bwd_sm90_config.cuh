@@ -65,7 +65,13 @@ struct BwdConfig {
   static_assert(kCols % 32 == 0, "column pieces are 32 or 64 wide");
   // S^T and dP^T in flight together (dP^T's GEMM overlapping the exponentials) when dK + dV + both fp32 tiles
   // leave room for addresses: every head dim but 128, measured (D = 128 spills with both, 128 + 64 + ~60 > 240).
-  static constexpr bool kOverlapSdP = kCols + kSQueries <= 160;
+  static constexpr int kOverlapColsMax = 160;
+  static constexpr bool kOverlapSdP = kCols + kSQueries <= kOverlapColsMax;
+  // With softcap, tanh in a pass of its own over S^T before the exponentials (one uniform branch, so the exponential
+  // loop is straight-line: tested per score, ptxas kept a branch around each and no two MUFU.EX2 issued back to
+  // back). Not where dP^T is in flight with the full kOverlapColsMax (D = 96): the pass spilled 16-32 bytes there,
+  // so the test stays per score.
+  static constexpr bool kSoftcapPass = !kOverlapSdP || kCols + kSQueries < kOverlapColsMax;
   // dV += P^T dO and dK += dS^T Q with A from registers (RS): P^T and dS^T are this consumer's accumulator tiles,
   // packed to 16 bits, and a 16-query slice of an accumulator is exactly wgmma's register-A fragment. That halves
   // those GEMMs' shared-memory operand traffic (SS m64n64k16 reads 4 KB per 32 tensor cycles: all of the 128 B/clk)

@@ -340,6 +340,15 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
             // P = exp2(score_log2 - lse * log2(e)): one FFMA. A row with lse = -inf (it saw no key in the forward)
             // gives +inf here, but such a row sees no key of this block either, so its tile is masked and the
             // select below makes it 0; the rows past seqlen_q (other rows' LSE values) likewise.
+            // Softcap scores are tanh(s * tanh_in) * softcap_log2, computed in place (a.score_mul is then 1), in a
+            // pass of their own where C::kSoftcapPass says so (why: there), else per score.
+            auto softcap_score = [&](int i) { st[i] = tanh_accurate(st[i] * a.tanh_in) * a.softcap_log2; };
+            if constexpr (C::kSoftcapPass) {
+              if (a.softcap) {
+#pragma unroll
+                for (int i = 0; i < kSRegs; ++i) softcap_score(i);
+              }
+            }
             const float* lse = s.lse[stage] + kQ0;
 #pragma unroll
             for (int i = 0; i < kSRegs; i += 2) {
@@ -347,9 +356,10 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
 #pragma unroll
               for (int h = 0; h < 2; ++h) {
                 const int col = frag::acc_col(t, i + h);
-                const float score = a.softcap ? tanh_accurate(st[i + h] * a.tanh_in) * a.softcap_log2
-                                              : st[i + h] * a.score_mul;
-                p2[h] = exp2f(fmaf(lse[col], -kLog2e, score));
+                if constexpr (!C::kSoftcapPass) {
+                  if (a.softcap) softcap_score(i + h);
+                }
+                p2[h] = exp2f(fmaf(lse[col], -kLog2e, st[i + h] * a.score_mul));
                 if (masked && !mask.visible(frag::acc_row(t, i + h), col)) p2[h] = 0.0f;
               }
               pk[i / 2] = pack_half2<kType>(p2[0], p2[1]);

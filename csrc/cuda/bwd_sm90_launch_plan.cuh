@@ -160,7 +160,7 @@ std::string plan_bwd(const BwdParams& p, int num_sms, bool static_schedule, BwdL
   a.window_left = f.window_left, a.window_right = f.window_right;
   a.m_tiles = m_tiles(p);
   a.softcap = f.softcap > 0.0f ? 1 : 0;
-  a.score_mul = f.softmax_scale * kLog2e;
+  a.score_mul = a.softcap ? 1.0f : f.softmax_scale * kLog2e;  // with softcap the kernel scales in its tanh pass
   a.tanh_in = a.softcap ? f.softmax_scale / f.softcap : 0.0f;
   a.softcap_log2 = a.softcap ? f.softcap * kLog2e : 0.0f;
   a.inv_softcap_log2 = a.softcap ? 1.0f / a.softcap_log2 : 0.0f;
