@@ -32,6 +32,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 #include "../fwd_params.h"  // HalfType, kLog2e
@@ -349,21 +350,24 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
                 for (int i = 0; i < kSRegs; ++i) softcap_score(i);
               }
             }
+            // P in place of S^T, then the mask behind one branch (ptxas had predicated its ~6 instructions per score
+            // on `masked`: issued, and discarded, on every unmasked tile), then the packing.
             const float* lse = s.lse[stage] + kQ0;
 #pragma unroll
-            for (int i = 0; i < kSRegs; i += 2) {
-              float p2[2];
-#pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                const int col = frag::acc_col(t, i + h);
-                if constexpr (!C::kSoftcapPass) {
-                  if (a.softcap) softcap_score(i + h);
-                }
-                p2[h] = exp2f(fmaf(lse[col], -kLog2e, st[i + h] * a.score_mul));
-                if (masked && !mask.visible(frag::acc_row(t, i + h), col)) p2[h] = 0.0f;
+            for (int i = 0; i < kSRegs; ++i) {
+              if constexpr (!C::kSoftcapPass) {
+                if (a.softcap) softcap_score(i);
               }
-              pk[i / 2] = pack_half2<kType>(p2[0], p2[1]);
+              st[i] = exp2f(fmaf(lse[frag::acc_col(t, i)], -kLog2e, st[i] * a.score_mul));
             }
+            if (masked) {
+#pragma unroll
+              for (int i = 0; i < kSRegs; ++i) {
+                if (!mask.visible(frag::acc_row(t, i), frag::acc_col(t, i))) st[i] = 0.0f;
+              }
+            }
+#pragma unroll
+            for (int i = 0; i < kSRegs; i += 2) pk[i / 2] = pack_half2<kType>(st[i], st[i + 1]);
           }
           if constexpr (!C::kOverlapSdP) {
             issue_gemm(dpt, v_tile, do_stage);
@@ -395,22 +399,29 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
           {
             const float* lse = s.lse[stage] + kQ0;
             const float* delta = s.delta[stage] + kQ0;
+            auto ds_from_p = [&](auto softcap) {
 #pragma unroll
-            for (int i = 0; i < kSRegs; i += 2) {
-              const float2 p = unpack_half2<kType>(pk[i / 2]);
-              float ds2[2];
+              for (int i = 0; i < kSRegs; i += 2) {
+                const float2 p = unpack_half2<kType>(pk[i / 2]);
+                float ds2[2];
 #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                const int col = frag::acc_col(t, i + h);
-                const float pv = h == 0 ? p.x : p.y;
-                float dscore = a.dscale;
-                if (a.softcap) {
-                  const float th = fmaf(lse[col], kLog2e, __log2f(pv)) * a.inv_softcap_log2;
-                  dscore = pv > 0.0f ? a.dscale * (1.0f - th * th) : 0.0f;
+                for (int h = 0; h < 2; ++h) {
+                  const int col = frag::acc_col(t, i + h);
+                  const float pv = h == 0 ? p.x : p.y;
+                  float dscore = a.dscale;
+                  if constexpr (decltype(softcap)::value) {
+                    const float th = fmaf(lse[col], kLog2e, __log2f(pv)) * a.inv_softcap_log2;
+                    dscore = pv > 0.0f ? a.dscale * (1.0f - th * th) : 0.0f;
+                  }
+                  ds2[h] = pv * (dpt[i + h] - delta[col]) * dscore;
                 }
-                ds2[h] = pv * (dpt[i + h] - delta[col]) * dscore;
+                pk[i / 2] = pack_half2<kType>(ds2[0], ds2[1]);
               }
-              pk[i / 2] = pack_half2<kType>(ds2[0], ds2[1]);
+            };
+            if (a.softcap) {
+              ds_from_p(std::true_type{});
+            } else {
+              ds_from_p(std::false_type{});
             }
           }
           fence_operands(dk);
