@@ -20,15 +20,72 @@ using namespace ptx;
 template <class C, MmaType kMma, int kStart, int kWidth>
 __device__ __forceinline__ void dq_piece_gemm(float (&dq)[kWidth / 2], uint32_t ds_base, uint32_t k_base) {
   constexpr uint32_t kOff = (kStart / kColBlock) * C::kKColBlockBytes + (kStart % kColBlock) * kElemBytes;
+  const uint64_t a0 = mnmajor_sw128_desc(ds_base, C::kBlockN * kRowBytes);  // base descriptors, advanced per step
+  const uint64_t b0 = mnmajor_sw128_desc(k_base + kOff, C::kKColBlockBytes);
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < C::kBlockN / kWgmmaK; ++kk) {
-    const uint64_t a_ds = mnmajor_sw128_desc(ds_base + kk * kK16Rows, C::kBlockN * kRowBytes);
-    const uint64_t b_k = mnmajor_sw128_desc(k_base + kOff + kk * kK16Rows, C::kKColBlockBytes);
-    wgmma_ss_n<kWidth, kMma, 1, 1>(dq, a_ds, b_k, kk > 0);
+    wgmma_ss_n<kWidth, kMma, 1, 1>(dq, desc_advance(a0, kk * kK16Rows), desc_advance(b0, kk * kK16Rows), kk > 0);
   }
   wgmma_commit();
 }
+
+namespace dq_staging {
+constexpr uint32_t kFloatBytes = sizeof(float);
+constexpr int kSwapRegs = 8;                   // 16 columns over: 4 registers per 8-column group
+constexpr uint32_t kSwapPositions = 4;         // ... = byte ^ 64 = chunk position ^ 4
+constexpr int kGroupCols = 8;                  // columns of one accumulator register group (4 registers)
+constexpr int kGroupsPerBox = kDqBoxCols / kGroupCols;
+constexpr uint32_t kSecondRowBytes = frag::kRowHalf * kRowBytes;  // row + 8: the same swizzle phase
+
+// Byte offset (from the staging area) of 8-column group g (within a box) of thread `tid`'s first row, for the pair
+// the thread stores at that group's steps: its own, or for an odd row the pair 16 columns over (the swap).
+__host__ __device__ constexpr uint32_t group_offset(int tid, int g) {
+  const uint32_t row = frag::acc_row(tid, 0);
+  const uint32_t phase = (row % kSwizzle128Rows) ^ (row % 2 != 0 ? kSwapPositions : 0u);
+  const uint32_t lane_chunk = (tid % frag::kQuad) / 2;  // columns 2 (lane % 4): chunk (lane % 4) / 2 of the group
+  return row * kRowBytes + (tid % 2) * 2 * kFloatBytes + ((2 * g + lane_chunk) ^ phase) * kSwizzleChunk;
+}
+
+// Step i's offset from group_offset(tid, its group % 4): the box and the second row, the same for every thread.
+__host__ __device__ constexpr uint32_t step_offset(int col0, int i) {
+  const int group = col0 / kGroupCols + i / frag::kRegsPerColBlock;
+  return (group / kGroupsPerBox) * kDqBoxBytes + ((i / 2) % 2) * kSecondRowBytes;
+}
+
+// The register pair thread `tid` stores at step i.
+__host__ __device__ constexpr int stored_pair(int tid, int i) {
+  return frag::acc_row(tid, 0) % 2 != 0 ? i ^ kSwapRegs : i;
+}
+
+// Compile-time proof over every thread and step of a 64-column piece: each stored pair lands where the 128B-swizzled
+// box layout wants it (swizzle128_offset of its row and chunk), and each half-warp's STS.64 covers 32 distinct
+// banks twice over (16 lanes x 8 bytes = 128 bytes: one wavefront).
+constexpr bool layout_is_right_and_conflict_free() {
+  constexpr int kCols = 64;
+  for (int i = 0; i < kCols / 2; i += 2) {
+    for (int half = 0; half < frag::kWarpgroupThreads / 16; ++half) {
+      bool bank_used[32] = {};
+      for (int tid = 16 * half; tid < 16 * half + 16; ++tid) {
+        const int pair = stored_pair(tid, i);
+        const int col = frag::acc_col(tid, pair), row = frag::acc_row(tid, pair);
+        const uint32_t byte = (col % kDqBoxCols) * kFloatBytes;
+        const uint32_t want = (col / kDqBoxCols) * kDqBoxBytes + swizzle128_offset(row, byte / kSwizzleChunk) +
+                              byte % kSwizzleChunk;
+        const uint32_t got = group_offset(tid, (i / frag::kRegsPerColBlock) % kGroupsPerBox) + step_offset(0, i);
+        if (got != want) return false;
+        for (uint32_t b = 0; b < 2; ++b) {
+          const uint32_t bank = (got / 4 + b) % 32;
+          if (bank_used[bank]) return false;
+          bank_used[bank] = true;
+        }
+      }
+    }
+  }
+  return true;
+}
+static_assert(layout_is_right_and_conflict_free(), "dQ staging: a pair off its swizzled place, or a bank conflict");
+}  // namespace dq_staging
 
 // One dQ piece (64 queries x kWidth columns) into this consumer's staging boxes, at column kCol0 of its dQ
 // columns: box kCol0 / 32 on, row = query, one 128-byte row per query with the 128B swizzle of the map that
@@ -37,27 +94,35 @@ __device__ __forceinline__ void dq_piece_gemm(float (&dq)[kWidth / 2], uint32_t 
 // group. The swizzle puts chunk k of row r at position k ^ (r % 8), so rows r and r ^ 1 would hit the same two
 // positions (2-way). Lanes of odd rows store, at the same step, the pair 16 columns over (register i ^ 8: column
 // group ^ 2, same box), whose chunks sit at positions ^ 4: the half-warp covers all 8, conflict free.
+// Addresses: a thread's two rows (r, r + 8) share r % 8, so of the swizzled position only the 8-column group within
+// the box varies with the register: four addresses per thread (dq_staging::group_offset, the swap folded in), and
+// every store is one of them plus a constant (step_offset: box, second row), i.e. STS [reg + imm]. Proven against
+// swizzle128_offset, and conflict free, at compile time (layout_is_right_and_conflict_free).
 // Rows from valid_rows on (queries past seqlen_q: the next sequence's or batch's rows of dq_accum, which the map
 // does not clip) are staged as zeros: their dS is 0 times dP, and a non-finite dP there (an inf in this block's V,
-// or in the neighbour's dO) must not turn into NaN in another sequence's dQ.
+// or in the neighbour's dO) must not turn into NaN in another sequence's dQ. Only a sequence's last tile has such
+// rows: one branch, not a select per value.
 template <int kCol0, int kWidth>
-__device__ __forceinline__ void stage_dq(const float (&dq)[kWidth / 2], uint32_t stage, int tid, int32_t valid_rows) {
+__device__ __forceinline__ void stage_dq(float (&dq)[kWidth / 2], uint32_t stage, int tid, int32_t valid_rows) {
+  using namespace dq_staging;
   static_assert(kCol0 % kDqBoxCols == 0 && kWidth % kDqBoxCols == 0, "pieces are whole staging boxes");
-  constexpr uint32_t kFloatBytes = sizeof(float);
-  constexpr int kSwapRegs = 8;                        // 16 columns over: 4 registers per 8-column group
-  constexpr uint32_t kSwapBytes = 16 * kFloatBytes;   // ... = column ^ 16 = byte ^ 64 = chunk position ^ 4
   static_assert(kWidth / 2 >= 2 * kSwapRegs, "the swapped pair stays in the piece (pieces are >= 32 columns)");
+  if (valid_rows < kWgmmaM) {
+#pragma unroll
+    for (int i = 0; i < kWidth / 2; ++i) {
+      if (frag::acc_row(tid, i) >= valid_rows) dq[i] = 0.0f;
+    }
+  }
+  uint32_t group_addr[kGroupsPerBox];
+#pragma unroll
+  for (int g = 0; g < kGroupsPerBox; ++g) group_addr[g] = stage + group_offset(tid, g);
   const bool odd_row = frag::acc_row(tid, 0) % 2 != 0;
-  const uint32_t swap = odd_row ? kSwapBytes : 0u;
 #pragma unroll
   for (int i = 0; i < kWidth / 2; i += 2) {
-    const int col = kCol0 + frag::acc_col(tid, i);
-    const uint32_t byte = (col % kDqBoxCols) * kFloatBytes;  // within the query's 128-byte row
-    const uint32_t addr = stage + (col / kDqBoxCols) * kDqBoxBytes +
-                          swizzle128_offset(frag::acc_row(tid, i), byte / kSwizzleChunk) + byte % kSwizzleChunk;
-    const bool valid = frag::acc_row(tid, i) < valid_rows;  // the swapped pair is on the same row
+    const uint32_t addr = group_addr[(kCol0 / kGroupCols + i / frag::kRegsPerColBlock) % kGroupsPerBox] +
+                          step_offset(kCol0, i);
     const float x = odd_row ? dq[i ^ kSwapRegs] : dq[i], y = odd_row ? dq[(i ^ kSwapRegs) + 1] : dq[i + 1];
-    st_shared_v2_f32(addr ^ swap, valid ? x : 0.0f, valid ? y : 0.0f);
+    st_shared_v2_f32(addr, x, y);
   }
 }
 

@@ -148,15 +148,17 @@ template <class C, MmaType kMma, int kPart>
 __device__ __forceinline__ void dkv_gemms(float (&dk)[C::kCols / 2], float (&dv)[C::kCols / 2], uint32_t p_base,
                                           uint32_t ds_base, uint32_t q_stage, uint32_t do_stage,
                                           uint32_t key_row0_bytes) {
+  const uint64_t a_p0 = kmajor_sw128_desc(p_base + key_row0_bytes);  // base descriptors, advanced per step
+  const uint64_t a_ds0 = kmajor_sw128_desc(ds_base + key_row0_bytes);
+  const uint64_t b_do0 = mnmajor_sw128_desc(do_stage, C::kQColBlockBytes);
+  const uint64_t b_q0 = mnmajor_sw128_desc(q_stage, C::kQColBlockBytes);
   wgmma_fence();
   for_each_dkv_wgmma<C, kPart>([&](int kq, auto width, auto reg0, uint32_t b_off) {
     constexpr int kWidth = decltype(width)::value;
-    const uint64_t a_p = kmajor_sw128_desc(p_base + key_row0_bytes + kq * kK16Bytes);
-    const uint64_t a_ds = kmajor_sw128_desc(ds_base + key_row0_bytes + kq * kK16Bytes);
-    const uint64_t b_do = mnmajor_sw128_desc(do_stage + b_off, C::kQColBlockBytes);
-    const uint64_t b_q = mnmajor_sw128_desc(q_stage + b_off, C::kQColBlockBytes);
-    wgmma_ss_n<kWidth, kMma, 0, 1>(piece_regs<kWidth, C::kCols>(dv, reg0), a_p, b_do, true);
-    wgmma_ss_n<kWidth, kMma, 0, 1>(piece_regs<kWidth, C::kCols>(dk, reg0), a_ds, b_q, true);
+    wgmma_ss_n<kWidth, kMma, 0, 1>(piece_regs<kWidth, C::kCols>(dv, reg0), desc_advance(a_p0, kq * kK16Bytes),
+                                   desc_advance(b_do0, b_off), true);
+    wgmma_ss_n<kWidth, kMma, 0, 1>(piece_regs<kWidth, C::kCols>(dk, reg0), desc_advance(a_ds0, kq * kK16Bytes),
+                                   desc_advance(b_q0, b_off), true);
   });
   wgmma_commit();
 }
@@ -169,12 +171,12 @@ __device__ __forceinline__ void dkv_gemms(float (&dk)[C::kCols / 2], float (&dv)
 template <class C, MmaType kMma, int kPart>
 __device__ __forceinline__ void dkv_gemm_rs(float (&acc)[C::kCols / 2], const uint32_t (&a)[C::kBlockM / 4],
                                             uint32_t b_stage) {
+  const uint64_t b0 = mnmajor_sw128_desc(b_stage, C::kQColBlockBytes);  // base descriptor, advanced per step
   wgmma_fence();
   for_each_dkv_wgmma<C, kPart>([&](int kq, auto width, auto reg0, uint32_t b_off) {
     constexpr int kWidth = decltype(width)::value;
     const uint32_t(&a_k)[4] = *reinterpret_cast<const uint32_t(*)[4]>(&a[4 * kq]);
-    wgmma_rs_n<kWidth, kMma, 1>(piece_regs<kWidth, C::kCols>(acc, reg0), a_k,
-                                mnmajor_sw128_desc(b_stage + b_off, C::kQColBlockBytes), true);
+    wgmma_rs_n<kWidth, kMma, 1>(piece_regs<kWidth, C::kCols>(acc, reg0), a_k, desc_advance(b0, b_off), true);
   });
   wgmma_commit();
 }
@@ -269,11 +271,14 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
           mbarrier_wait(&s.full[stage], parity & 1);
           // Rebuild the shared-memory bases each tile: otherwise the compiler hoists every (loop-invariant)
           // 64-bit descriptor of the K, V, P and dS operands out of the loop, ~50 registers the accumulators need.
-          const uint32_t base = opaque(smem0);
+          // Through a shuffle, the bases are warp-uniform as far as ptxas can tell: the descriptors built from
+          // them then live in uniform registers, not in vector registers moved over by R2UR before each wgmma.
+          const uint32_t base = __shfl_sync(frag::kFullWarpMask, opaque(smem0), 0);
+          const uint32_t stage_bytes = __shfl_sync(frag::kFullWarpMask, stage * kQStageBytes, 0);
           const uint32_t k_tile = base + offsetof(S, k), v_tile = base + offsetof(S, v);
           const uint32_t p_tile = base + offsetof(S, p), ds_tile = base + offsetof(S, ds);
-          const uint32_t q_stage = base + offsetof(S, q) + stage * kQStageBytes;
-          const uint32_t do_stage = base + offsetof(S, dout) + stage * kQStageBytes;
+          const uint32_t q_stage = base + offsetof(S, q) + stage_bytes;
+          const uint32_t do_stage = base + offsetof(S, dout) + stage_bytes;
           const int t = static_cast<int>(opaque(static_cast<uint32_t>(tid)));  // likewise the per-thread offsets
           const int ln = t % frag::kWarpSize, wp = t / frag::kWarpSize;
           // A sequence's last query tile, when partial: the delta values past its end zeroed (the flat 2D map
@@ -302,13 +307,15 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
           const bool masked = tile_needs_mask(si.g, m, n, C::kBlockM, C::kBlockN);
           const TileMask mask = tile_mask(si.g, q0, key0);
           auto issue_gemm = [&](float (&acc)[kSRegs], uint32_t a_tile, uint32_t b_stage) {
+            // Base descriptors once, then compile-time advances: built per step, each cost ~10 instructions.
+            const uint64_t a0 = kmajor_sw128_desc(a_tile + key_row0_bytes);
+            const uint64_t b0 = kmajor_sw128_desc(b_stage + kQ0 * kRowBytes);
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < kKSteps16; ++kk) {
               const uint32_t col = (kk / 4) * C::kKColBlockBytes + (kk % 4) * kK16Bytes;
-              const uint32_t qcol = (kk / 4) * C::kQColBlockBytes + (kk % 4) * kK16Bytes + kQ0 * kRowBytes;
-              wgmma_ss_n<C::kSQueries, kMma, 0, 0>(acc, kmajor_sw128_desc(a_tile + col + key_row0_bytes),
-                                                   kmajor_sw128_desc(b_stage + qcol), kk > 0);
+              const uint32_t qcol = (kk / 4) * C::kQColBlockBytes + (kk % 4) * kK16Bytes;
+              wgmma_ss_n<C::kSQueries, kMma, 0, 0>(acc, desc_advance(a0, col), desc_advance(b0, qcol), kk > 0);
             }
             wgmma_commit();
           };
@@ -518,7 +525,10 @@ __global__ void __launch_bounds__(BwdConfig<kHeadDim>::kThreads, 1)
   }
   __syncthreads();
 
-  const int warpgroup = threadIdx.x / kWarpgroupThreads;
+  // Read through a shuffle so that ptxas knows the role, and so the consumer index and every shared-memory address
+  // derived from it, is warp-uniform: the wgmma descriptors are then built in uniform registers (without it, each
+  // was built in vector registers and moved over by R2UR, ~100 per tile at D = 128).
+  const int warpgroup = __shfl_sync(frag::kFullWarpMask, static_cast<int>(threadIdx.x) / kWarpgroupThreads, 0);
   if (warpgroup == 0) {
     setmaxnreg_dec<C::kProducerRegs>();
     if (threadIdx.x == 0) produce<C>(s, &tmap_q, &tmap_k, &tmap_v, &tmap_do, &tmap_lse, &tmap_delta, args);

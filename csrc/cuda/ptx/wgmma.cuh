@@ -87,9 +87,11 @@ __host__ __device__ constexpr uint64_t mnmajor_sw128_desc(uint32_t smem_addr, ui
 }
 
 // The same descriptor moved `bytes` further (a multiple of 16 that keeps the address field below 2^14 units, i.e.
-// inside shared memory: no carry into the next field).
+// inside shared memory: no carry into the next field). Only the low word changes, so a kernel that builds a base
+// descriptor once and advances it per K step pays one 32-bit add per wgmma operand (a 64-bit add would carry).
 __host__ __device__ constexpr uint64_t desc_advance(uint64_t desc, uint32_t bytes) {
-  return desc + (bytes >> kDescAddrShift);
+  constexpr uint64_t kHighWord = 0xFFFFFFFF00000000ull;
+  return (desc & kHighWord) | static_cast<uint32_t>(static_cast<uint32_t>(desc) + (bytes >> kDescAddrShift));
 }
 
 enum class MmaType { kBf16, kF16 };  // the 16-bit input types of the forms below
