@@ -128,14 +128,27 @@ __device__ __forceinline__ void stage_dq(float (&dq)[kWidth / 2], uint32_t stage
 
 // One dQ piece (64 queries x kWidth columns from kStart) into the fp32 workspace. Rows past seqlen_q are dropped
 // (their values are 0 anyway; for varlen they would be the next sequence's rows).
+// The thread's two row addresses are computed once, then every pair is one of them plus a constant column offset
+// (acc_col(t, i) = acc_col(t, 0) + acc_col(0, i)): computed per pair, the 64-bit index arithmetic cost ~20
+// instructions per REDG (D = 256: ~650 per tile and thread, 2.5x the tile's tensor time in issue slots).
 template <int kStart, int kWidth, bool kOrdered>
 __device__ __forceinline__ void add_dq(const float (&dq)[kWidth / 2], const BwdArgs& a, int32_t dq_row0, int32_t hq,
                                        int32_t q0, int32_t seqlen_q, int tid) {
+  constexpr int kRowsPerThread = 2;  // accumulator rows l/4 and l/4 + 8 of the warp's 16 (layout.cuh)
+  float* row_ptr[kRowsPerThread];
+  bool row_ok[kRowsPerThread];
+#pragma unroll
+  for (int h = 0; h < kRowsPerThread; ++h) {
+    const int32_t q = q0 + frag::acc_row(tid, 2 * h);  // register 2h: row half h
+    row_ok[h] = q < seqlen_q;
+    row_ptr[h] = a.dq_accum + (int64_t(dq_row0 + (row_ok[h] ? q : 0)) * a.heads_q + hq) * a.head_dim + kStart +
+                 frag::acc_col(tid, 0);
+  }
 #pragma unroll
   for (int i = 0; i < kWidth / 2; i += 2) {
-    const int32_t q = q0 + frag::acc_row(tid, i);
-    if (q >= seqlen_q) continue;
-    float* ptr = a.dq_accum + (int64_t(dq_row0 + q) * a.heads_q + hq) * a.head_dim + kStart + frag::acc_col(tid, i);
+    const int h = frag::acc_row_half(i);
+    if (!row_ok[h]) continue;
+    float* ptr = row_ptr[h] + frag::acc_col(0, i);
     if constexpr (kOrdered) {
       float2 v = __ldcg(reinterpret_cast<const float2*>(ptr));  // L2: another SM wrote it last
       v.x += dq[i], v.y += dq[i + 1];
