@@ -301,10 +301,14 @@ EOF
   metrics=sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,gpu__time_duration.sum
   metrics+=,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum
   metrics+=,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum
+  # Issue slots: the backward's tiles were issue-bound on paper before v2.3 (bench/notes/bwd_sm90.md); these say
+  # whether they still are (issue-active near 100 % with the tensor pipe well below it) and how many instructions
+  # a launch executes against the static loop counts in the notes.
+  metrics+=,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum
   timeout "$(cap 120)" "$NCU" --clock-control none -k 'regex:fwd_kernel|bwd_sm90_kernel' -c 3 \
     --section SpeedOfLight --section WarpStateStats --metrics "$metrics" "$PY" "$PROF" >"$OUT/profile.log" 2>&1
   rc=$?
-  grep -E 'sm90_kernel|fwd_kernel|hmma_cycles_active|gpu__time_duration' "$OUT/profile.log" | head -n 12 >>"$SUMMARY"
+  grep -E 'sm90_kernel|fwd_kernel|hmma_cycles_active|issue_active|gpu__time_duration' "$OUT/profile.log" | head -n 15 >>"$SUMMARY"
   rm -f "$PROF"
   record profile "$rc" "$(($(date +%s) - t0))" ""
 fi
