@@ -53,11 +53,13 @@ __device__ __forceinline__ void issue_qk(float (&s)[FwdTraits<D>::kSRegs], uint3
   using T = FwdTraits<D>;
   constexpr uint32_t kSliceBytes = 16 * T::kElemBytes;
   constexpr int kSlicesPerPanel = T::kPanelCols / 16;
+  // Base descriptors once, then compile-time advances (one uniform add per operand and step, not a rebuild).
+  const uint64_t desc_q0 = ptx::kmajor_sw128_desc(q_rows), desc_k0 = ptx::kmajor_sw128_desc(k_tile);
 #pragma unroll
   for (int ks = 0; ks < T::kQkSteps; ++ks) {
     const int panel = ks / kSlicesPerPanel, slice = ks % kSlicesPerPanel;
-    const uint64_t desc_q = ptx::kmajor_sw128_desc(q_rows + panel * T::kQPanelBytes + slice * kSliceBytes);
-    const uint64_t desc_k = ptx::kmajor_sw128_desc(k_tile + panel * T::kKvPanelBytes + slice * kSliceBytes);
+    const uint64_t desc_q = ptx::desc_advance(desc_q0, panel * T::kQPanelBytes + slice * kSliceBytes);
+    const uint64_t desc_k = ptx::desc_advance(desc_k0, panel * T::kKvPanelBytes + slice * kSliceBytes);
     ptx::wgmma_ss<T::kBlockN, kType>(s, desc_q, desc_k, ks > 0);  // the first slice overwrites S
   }
   ptx::wgmma_commit();
@@ -71,12 +73,12 @@ __device__ __forceinline__ void issue_pv(float (&o)[FwdTraits<D>::kORegs], const
                                          uint32_t v_tile) {
   using T = FwdTraits<D>;
   constexpr uint32_t kSliceBytes = 16 * ptx::kSwizzle128Row;
+  const uint64_t desc_v0 = ptx::mnmajor_sw128_desc(v_tile, T::kKvPanelBytes);  // advanced per step, as above
 #pragma unroll
   for (int j = 0; j < T::kPvSteps; ++j) {
     // P's own registers, not a copy: the tensor core reads them until the wait (the CPU model checks that array).
     const auto& a = *reinterpret_cast<const uint32_t(*)[frag::kARegs]>(&p[frag::kARegs * j]);
-    const uint64_t desc_v = ptx::mnmajor_sw128_desc(v_tile + j * kSliceBytes, T::kKvPanelBytes);
-    ptx::wgmma_rs<D, kType, /*kTransB=*/1>(o, a, desc_v, true);
+    ptx::wgmma_rs<D, kType, /*kTransB=*/1>(o, a, ptx::desc_advance(desc_v0, j * kSliceBytes), true);
   }
   ptx::wgmma_commit();
 }
