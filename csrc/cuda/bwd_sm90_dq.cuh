@@ -65,7 +65,7 @@ constexpr bool layout_is_right_and_conflict_free() {
   constexpr int kCols = 64;
   for (int i = 0; i < kCols / 2; i += 2) {
     for (int half = 0; half < frag::kWarpgroupThreads / 16; ++half) {
-      bool bank_used[32] = {};
+      bool bank_used[frag::kBanks] = {};
       for (int tid = 16 * half; tid < 16 * half + 16; ++tid) {
         const int pair = stored_pair(tid, i);
         const int col = frag::acc_col(tid, pair), row = frag::acc_row(tid, pair);
@@ -74,8 +74,8 @@ constexpr bool layout_is_right_and_conflict_free() {
                               byte % kSwizzleChunk;
         const uint32_t got = group_offset(tid, (i / frag::kRegsPerColBlock) % kGroupsPerBox) + step_offset(0, i);
         if (got != want) return false;
-        for (uint32_t b = 0; b < 2; ++b) {
-          const uint32_t bank = (got / 4 + b) % 32;
+        for (uint32_t b = 0; b < 2 * kFloatBytes / frag::kBankBytes; ++b) {  // an 8-byte store: 2 banks
+          const uint32_t bank = (got / frag::kBankBytes + b) % frag::kBanks;
           if (bank_used[bank]) return false;
           bank_used[bank] = true;
         }

@@ -347,7 +347,7 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
             fence_operands(st);
             // P = exp2(score_log2 - lse * log2(e)): one FFMA. A row with lse = -inf (it saw no key in the forward)
             // gives +inf here, but such a row sees no key of this block either, so its tile is masked and the
-            // select below makes it 0; the rows past seqlen_q (other rows' LSE values) likewise.
+            // mask pass below makes it 0; the rows past seqlen_q (other rows' LSE values) likewise.
             // Softcap scores are tanh(s * tanh_in) * softcap_log2, computed in place (a.score_mul is then 1), in a
             // pass of their own where C::kSoftcapPass says so (why: there), else per score.
             auto softcap_score = [&](int i) { st[i] = tanh_accurate(st[i] * a.tanh_in) * a.softcap_log2; };

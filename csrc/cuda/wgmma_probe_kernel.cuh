@@ -100,14 +100,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t a0 = smem_u32(smem + kTileBase), b0 = a0 + g.a_panels * g.a_panel_bytes;
   // The MN-major piece: whole panels, then 2 bytes per column inside the panel's swizzled rows.
   const uint32_t b_piece = (g.b_col0 / kPanelCols) * g.b_panel_bytes + (g.b_col0 % kPanelCols) * 2;
+  // Base descriptors advanced per step (desc_advance), as the kernels build them.
+  const uint64_t desc_a0 = kTransA ? probe_mn_desc(a0, g.a_panel_bytes, g) : kmajor_sw128_desc(a0);
+  const uint64_t desc_b0 = kTransB ? probe_mn_desc(b0, g.b_panel_bytes, g) : kmajor_sw128_desc(b0);
   float d[N / 2];
 #pragma unroll 1
   for (int s = 0; s < g.k / kWgmmaK; ++s) {
     uint64_t desc_b;
     if constexpr (kTransB == 0) {  // [N][K] panels: slice s of panel s / 4, 32 bytes per slice
-      desc_b = kmajor_sw128_desc(b0 + (s / kK16PerPanel) * g.b_panel_bytes + (s % kK16PerPanel) * kK16Bytes);
+      desc_b = desc_advance(desc_b0, (s / kK16PerPanel) * g.b_panel_bytes + (s % kK16PerPanel) * kK16Bytes);
     } else {                       // [K][b_cols] panels: 16 K rows per step, LBO = one panel
-      desc_b = probe_mn_desc(b0 + b_piece + s * kK16Rows, g.b_panel_bytes, g);
+      desc_b = desc_advance(desc_b0, b_piece + s * kK16Rows);
     }
     if constexpr (kRegA) {
       // A fresh fragment per step, so each step waits for its wgmma before the registers are reused.
@@ -124,9 +127,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     } else {
       uint64_t desc_a;
       if constexpr (kTransA == 0) {  // [64][K] panels
-        desc_a = kmajor_sw128_desc(a0 + (s / kK16PerPanel) * g.a_panel_bytes + (s % kK16PerPanel) * kK16Bytes);
+        desc_a = desc_advance(desc_a0, (s / kK16PerPanel) * g.a_panel_bytes + (s % kK16PerPanel) * kK16Bytes);
       } else {                       // [K][64]: one panel (M = 64)
-        desc_a = probe_mn_desc(a0 + s * kK16Rows, g.a_panel_bytes, g);
+        desc_a = desc_advance(desc_a0, s * kK16Rows);
       }
       fence_operands(d);
       wgmma_fence();
@@ -171,13 +174,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   mbarrier_wait(bar, 0);
   float s[NS / 2];
+  const uint64_t dq0 = kmajor_sw128_desc(smem_u32(q)), dk0 = kmajor_sw128_desc(smem_u32(k));
   wgmma_fence();
 #pragma unroll
   for (int ks = 0; ks < D / kWgmmaK; ++ks) {  // as fwd/consumer.cuh issue_qk
     const uint32_t slice = (ks % kK16PerPanel) * kK16Bytes;
-    const uint64_t dq = kmajor_sw128_desc(smem_u32(q) + (ks / kK16PerPanel) * kQPanel + slice);
-    const uint64_t dk = kmajor_sw128_desc(smem_u32(k) + (ks / kK16PerPanel) * kKvPanel + slice);
-    wgmma_ss<NS, kType>(s, dq, dk, ks > 0);
+    wgmma_ss<NS, kType>(s, desc_advance(dq0, (ks / kK16PerPanel) * kQPanel + slice),
+                        desc_advance(dk0, (ks / kK16PerPanel) * kKvPanel + slice), ks > 0);
   }
   wgmma_commit();
   wgmma_wait<0>();
@@ -185,6 +188,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   float o[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
+  const uint64_t dv0 = mnmajor_sw128_desc(smem_u32(v), kKvPanel);  // as issue_pv
 #pragma unroll
   for (int j = 0; j < NS / kWgmmaK; ++j) {  // as issue_pv, one K slice per group (the probe is not about overlap)
     uint32_t a[frag::kARegs];
@@ -192,7 +196,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     fence_operands(o);
     fence_operands(a);
     wgmma_fence();
-    wgmma_rs<D, kType, 1>(o, a, mnmajor_sw128_desc(smem_u32(v) + j * kK16Rows, kKvPanel), true);
+    wgmma_rs<D, kType, 1>(o, a, desc_advance(dv0, j * kK16Rows), true);
     wgmma_commit();
     wgmma_wait<0>();
     fence_operands(a);
