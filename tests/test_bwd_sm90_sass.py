@@ -1,4 +1,5 @@
-"""What ptxas says about the sm_90a backward (csrc/cuda/bwd_sm90.cu, all 10 main-kernel instantiations); no GPU.
+"""What ptxas says about the sm_90a backward (csrc/cuda/bwd_sm90.cu, all 10 main-kernel instantiations, default and
+under -DFLASHCORE_BWD_SM90_DQ_LAG); no GPU.
 
 tests/test_build_checks.py holds opcode counts and resources of the built binary (csrc/cuda/resources.json). This
 file compiles the backward itself to see what the binary cannot show:
@@ -23,14 +24,20 @@ from wgmma_hazards import wgmma_register_hazards
 KERNELS = 10  # head dims 64 / 96 / 128 / 192 / 256 x fp16 / bf16
 
 
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
+# The default build, and the switch that puts dQ one tile behind (-DFLASHCORE_BWD_SM90_DQ_LAG, bwd_sm90.md v3:
+# D = 64 / 96 / 128 change, D = 192 / 256 are the default's): every check below holds for both.
+BUILDS = {"default": [], "dq_lag": ["-DFLASHCORE_BWD_SM90_DQ_LAG"]}
+
+
+@pytest.fixture(scope="module", params=list(BUILDS))
+def compiled(request, tmp_path_factory):
     nvcc, cuobjdump = find_nvcc(), find_cuobjdump()
     if nvcc is None or cuobjdump is None:
         pytest.skip("nvcc or cuobjdump not found: the sm_90a backward cannot be compiled here")
     obj = tmp_path_factory.mktemp("bwd_sass") / "bwd_sm90.o"
     proc = subprocess.run([nvcc, "-std=c++20", "-O3", "--use_fast_math", "--expt-relaxed-constexpr",
-                           "-gencode=arch=compute_90a,code=sm_90a", "-DFLASHCORE_CUDA=1", *_include_flags(), "-c",
+                           "-gencode=arch=compute_90a,code=sm_90a", "-DFLASHCORE_CUDA=1", *_include_flags(),
+                           *BUILDS[request.param], "-c",
                            str(ROOT / "csrc" / "cuda" / "bwd_sm90.cu"), "-o", str(obj), "-Xptxas", "-v"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -40,6 +40,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 FULL = os.environ.get("FLASHCORE_EMU_FULL") == "1"
 OUT_IN_Q_HEAD_DIMS = [64, 128]  # head dims that stage the output in a buffer of their own by default
 SS_DKV_HEAD_DIMS = [64, 96, 128]  # head dims whose backward takes dV / dK's A operand from registers by default
+# -DFLASHCORE_BWD_SM90_DQ_LAG (bwd_sm90_config.cuh kDqLag: dQ one tile behind, RS head dims): both dtypes at 128
+DQ_LAG_BUILDS = [(64, 1), (96, 1), (128, 1), (128, 0)]
 # -DFLASHCORE_FWD_SM90_D64_TWO_CONSUMERS: D=64 as 128-row blocks of 2 consumers (v3), for bisecting on a GPU. Not in
 # the extension's binary, so not in resources.json: its cap at entry is ptxas' 168 of __launch_bounds__(384, 1).
 TWO_CONSUMER_REGISTERS = 168
@@ -59,9 +61,9 @@ def _cuda_include() -> Path | None:
     return None
 
 
-ENGINE, MAIN, SWITCHES, TWO_CONSUMERS, N176 = "engine", "main", "switches", "two_consumers", "n176"  # object
-# groups; ENGINE's objects go into every library
-GROUPS = (MAIN, SWITCHES, TWO_CONSUMERS, N176)  # one library each
+ENGINE, MAIN, SWITCHES, TWO_CONSUMERS, N176, DQ_LAG = ("engine", "main", "switches", "two_consumers", "n176",
+                                                       "dq_lag")  # object groups; ENGINE's go into every library
+GROUPS = (MAIN, SWITCHES, TWO_CONSUMERS, N176, DQ_LAG)  # one library each
 
 
 def _sources() -> list[tuple[str, list[str], str]]:
@@ -70,7 +72,8 @@ def _sources() -> list[tuple[str, list[str], str]]:
     in libraries of their own: each changes its kernel's traits and SharedStorage, and two definitions of one
     template in one library would be an ODR violation (the linker keeps one: a kernel mixing both layouts). The
     forward's switches overlap per head dim (OUT_IN_Q and D64_TWO_CONSUMERS both change FwdTraits<64>, OUT_IN_Q and
-    D128_N176 both FwdTraits<128>), so the D=64 two-consumer build and the D=128 176-key build get a library each."""
+    D128_N176 both FwdTraits<128>), so the D=64 two-consumer build and the D=128 176-key build get a library each;
+    the backward's two switches both change BwdConfig<64 / 96 / 128>: DQ_LAG gets its own."""
     engine = sorted(str(p.relative_to(CSRC)) for p in (CSRC / "cuda_emu").glob("*.cpp")
                     if not p.name.startswith("harness_"))
     engine += sorted(str(p.relative_to(CSRC)) for p in (CSRC / "emu_common").glob("*.cpp"))
@@ -91,6 +94,9 @@ def _sources() -> list[tuple[str, list[str], str]]:
     for bf16 in (1, 0):
         flags = ["-DFLASHCORE_EMU_HEAD_DIM=128", f"-DFLASHCORE_EMU_BF16={bf16}", "-DFLASHCORE_FWD_SM90_D128_N176"]
         out.append(("cuda_emu/harness_fwd.cpp", flags, N176))
+    for d, bf16 in DQ_LAG_BUILDS:
+        flags = [f"-DFLASHCORE_EMU_HEAD_DIM={d}", f"-DFLASHCORE_EMU_BF16={bf16}", "-DFLASHCORE_BWD_SM90_DQ_LAG"]
+        out.append(("cuda_emu/harness_bwd.cpp", flags, DQ_LAG))
     return out
 
 
@@ -150,6 +156,11 @@ def emu_two_consumers(libraries):
 @pytest.fixture(scope="session")
 def emu_n176(libraries):
     return libraries[N176]
+
+
+@pytest.fixture(scope="session")
+def emu_dq_lag(libraries):
+    return libraries[DQ_LAG]
 
 
 # ------------------------------------------------------------------------------------------------ calling
@@ -641,6 +652,10 @@ def test_backward_varlen(emu, head_dim, causal):
     """Sequences of lengths (q, k): (1, 130), (0, 5) -> dk = dv = 0, (33, 0) -> dq = 0, (130, 33), (17, 17);
     deterministic when causal. Not causal: dQ by TMA reduce-add at D = 64 and 192 (tiles overhang into the next
     sequence's rows, adding zeros there; the last one past total_q, clipped by the map), red.global at D = 256."""
+    check_bwd_varlen(emu, head_dim, causal)
+
+
+def check_bwd_varlen(emu, head_dim, causal, run=None):
     lens_q, lens_k = [1, 0, 33, 130, 17], [130, 5, 0, 33, 17]
     dtype = torch.bfloat16
     q, k, v, cu_q, cu_k = _varlen(lens_q, lens_k, 2, 1, head_dim, dtype)
@@ -649,7 +664,7 @@ def test_backward_varlen(emu, head_dim, causal):
     out, lse = forward_for(q, k, v, **options)
     dlse = torch.randn(lse.shape)
     *got, delta, _ = emu_bwd(emu, q, k, v, out, lse, dout, dlse, max_seqlen_q=max(lens_q),
-                             max_seqlen_k=max(lens_k), deterministic=causal, **options)
+                             max_seqlen_k=max(lens_k), deterministic=causal, **options, **(run or {}))
     torch.testing.assert_close(delta.double(), _delta_ref(out, dout, dlse, True), rtol=1e-4, atol=1e-4)
     assert_grads_match(got, reference_bwd(q, k, v, out, lse, dout, dlse, **options), dtype)
     assert torch.equal(got[1][130:135], torch.zeros_like(got[1][130:135]))  # keys of the query-less sequence
@@ -788,6 +803,48 @@ def test_backward_ss_dkv_switch(emu_switches, head_dim, interleaving):
     run = dict(num_sms=2, variant="_ss_dkv", **INTERLEAVINGS[interleaving])
     check_bwd(emu_switches, 1, 200, 150, 2, 1, head_dim, torch.bfloat16, causal=True, run=run)
     check_bwd(emu_switches, 2, 77, 130, 4, 2, head_dim, torch.bfloat16, run=run)
+
+
+@pytest.mark.parametrize("interleaving", ["random", "round_robin", "priority_1", "priority_2", "lowest_first",
+                                          "highest_lazy", "priority_lazy_4"])
+@pytest.mark.parametrize("head_dim", sorted({d for d, _ in DQ_LAG_BUILDS}))
+def test_backward_dq_lag_switch(emu_dq_lag, head_dim, interleaving):
+    """-DFLASHCORE_BWD_SM90_DQ_LAG (bwd_sm90.md v3): each tile's dQ one tile later, from a second dS^T buffer, the
+    consumers signalling each other one way. Causal with several K/V blocks and heads per CTA (the lag crosses
+    heads inside an item and is flushed at each item's end), ragged GQA, varlen with an empty sequence."""
+    run = dict(num_sms=2, variant="_dq_lag", **INTERLEAVINGS[interleaving])
+    check_bwd(emu_dq_lag, 1, 200, 150, 2, 1, head_dim, torch.bfloat16, causal=True, run=run)
+    check_bwd(emu_dq_lag, 2, 77, 130, 4, 2, head_dim, torch.bfloat16, run=run)
+
+
+@pytest.mark.parametrize("head_dim", sorted({d for d, _ in DQ_LAG_BUILDS}))
+def test_backward_dq_lag_switch_modes(emu, emu_dq_lag, head_dim):
+    """The lagged dQ under the deterministic turns (bit-identical to the default build's, across interleavings, the
+    static schedule and one SM), softcap + window on one SM (every item through one CTA: the lag's buffers and
+    barriers carried across items), and varlen (empty sequences, a one-row one; deterministic when causal)."""
+    dtype = torch.bfloat16
+    q, k, v = random_qkv(1, 300, 260, 2, 1, head_dim, dtype)
+    dout = torch.randn(q.shape).to(dtype)
+    out, lse = forward_for(q, k, v, causal=True)
+    # The same adds in the same order as the default build, only later: the same bits.
+    want = emu_bwd(emu, q, k, v, out, lse, dout, causal=True, deterministic=True, num_sms=3)[:3]
+    assert_grads_match(want, reference_bwd(q, k, v, out, lse, dout, None, causal=True), dtype)
+    for run in (dict(seed=5), dict(schedule=ROUND_ROBIN, static=True), dict(num_sms=1),
+                dict(schedule=RANDOM_PRIORITY, seed=2, max_async_delay=LAZY_ASYNC)):
+        got = emu_bwd(emu_dq_lag, q, k, v, out, lse, dout, causal=True, deterministic=True, variant="_dq_lag",
+                      **{"num_sms": 3, **run})[:3]
+        for name, x, y in zip(("dq", "dk", "dv"), want, got):
+            assert torch.equal(x, y), f"{name} differs from the default build with {run}"
+    check_bwd(emu_dq_lag, 1, 190, 250, 2, 2, head_dim, torch.bfloat16, window=(40, 7), softcap=15.0,
+              run=dict(num_sms=1, variant="_dq_lag"))
+    for causal in (False, True):
+        check_bwd_varlen(emu_dq_lag, head_dim, causal, run=dict(num_sms=2, variant="_dq_lag"))
+
+
+@pytest.mark.parametrize("head_dim", [128])
+def test_backward_dq_lag_switch_fp16(emu_dq_lag, head_dim):
+    run = dict(num_sms=2, variant="_dq_lag")
+    check_bwd(emu_dq_lag, 2, 150, 140, 2, 1, head_dim, torch.float16, causal=True, run=run)
 
 
 @pytest.mark.skipif(not FULL, reason="FLASHCORE_EMU_FULL=1: the larger backward sweep")

@@ -61,6 +61,20 @@ constexpr uint32_t kBarKvZeroed = 8;  // varlen: both consumers zeroed and fence
 constexpr uint32_t kBarStageZeroed = 9;  // both consumers zeroed and fenced a sequence's last tile's delta values
                                          // past its end (and, varlen, its Q / dO rows)
 constexpr uint32_t kConsumerThreads = 2 * kWarpgroupThreads;
+// kDqLag (bwd_sm90_config.cuh): per dS^T buffer b and writing consumer w, a "written" barrier (10 + 2b + w: the
+// writer's bar.arrive, the reader's bar.sync) and a "read" barrier (2 + 2b + w: the reader's bar.arrive after its
+// dQ GEMM, the writer's bar.sync before its next write there). Two, not one used in alternation: the writer does
+// not wait for its "written" phase to complete, so its next bar.sync could land in that same phase. With two, each
+// side arrives again only after a wait that the other's previous phase made possible. Ids 2..5 are kBarDsFree,
+// kBarDsReady, kBarDetGo and kBarDetDone elsewhere: kDqLag builds use none of them (no lockstep, dQ by TMA).
+constexpr uint32_t kBarDsWritten = 10;
+constexpr uint32_t kBarDsRead = 2;
+__device__ __forceinline__ uint32_t ds_written_barrier(uint32_t buffer, int writer) {
+  return kBarDsWritten + 2 * buffer + static_cast<uint32_t>(writer);
+}
+__device__ __forceinline__ uint32_t ds_read_barrier(uint32_t buffer, int writer) {
+  return kBarDsRead + 2 * buffer + static_cast<uint32_t>(writer);
+}
 
 // Where sequence b lives: dense sequences are whole tensors' slices (the tensor map's batch coordinate), varlen
 // ones are row ranges of the flat (total, heads, head_dim) tensors.

@@ -83,6 +83,17 @@ struct BwdConfig {
 #else
   static constexpr bool kRsDkv = kParts == 1;
 #endif
+  // dQ one tile behind (-DFLASHCORE_BWD_SM90_DQ_LAG, bwd_sm90.md v3): tile t's dQ GEMM runs after tile t + 1's
+  // S^T / dP^T / dS^T, from a second dS^T buffer, and the consumers hand each other their dS^T halves by one-way
+  // signals (bar.arrive by the writer, bar.sync by the reader) instead of meeting twice per tile: they may drift up
+  // to about a tile apart, so that one's exponentials can run under the other's GEMMs. RS form only (its P^T
+  // buffer is not needed: the second dS^T buffer takes its place).
+#if defined(FLASHCORE_BWD_SM90_DQ_LAG)
+  static constexpr bool kDqLag = kRsDkv;
+#else
+  static constexpr bool kDqLag = false;
+#endif
+  static constexpr int kDsBuffers = kDqLag ? 2 : 1;
   static constexpr int kColBlocks = (kHeadDim + kColBlock - 1) / kColBlock;  // D = 96: 2 blocks, the 2nd half zeros
   static constexpr int kKSteps = kHeadDim / kWgmmaK;  // K steps of S^T = K Q^T and dP^T = V dO^T (over D)
 
@@ -120,11 +131,12 @@ struct BwdConfig {
   // a bound on the rest (LSE / delta rows, mbarriers and the hand-off ring) and the alignment pad: smem_bytes() is
   // checked exactly by plan_bwd's static_assert.
   static constexpr int kTileBytes = static_cast<int>(kKvBytes) + 2 * kStages * kColBlocks * kQColBlockBytes +
-                                    kBlockN * kBlockM * kElemBytes +
+                                    kDsBuffers * kBlockN * kBlockM * kElemBytes +
                                     (kRsDkv ? kSmemAlign : kBlockN * kBlockM * kElemBytes);
   static constexpr int kBarrierBytesBound = 1024;  // mbarriers + the hand-off ring: < 128 B today
   static constexpr int kSmallBytesBound = 2 * kStages * static_cast<int>(kRowStatBytes) + kBarrierBytesBound;
   static constexpr bool kDqByTma = kTileBytes + kDqStageBytes + kSmallBytesBound + kSmemAlign <= kMaxSmemPerBlock;
+  static_assert(!kDqLag || (kDqByTma && kParts == 1), "kDqLag's barrier ids stand in for those it does not use");
   // Deterministic mode: releases of a query tile's semaphore per contributing block. By TMA each consumer passes
   // its own adds on (no barrier between them); otherwise one thread releases both consumers' adds.
   static constexpr int kDqReleasesPerBlock = kDqByTma ? kConsumers : 1;
@@ -152,7 +164,8 @@ struct SharedStorage {
   uint16_t v[C::kColBlocks][C::kBlockN * kColBlock];
   uint16_t q[C::kStages][C::kColBlocks][C::kBlockM * kColBlock];
   uint16_t dout[C::kStages][C::kColBlocks][C::kBlockM * kColBlock];
-  uint16_t ds[C::kBlockN * C::kBlockM];  // dS^T [keys][queries] (softmax_scale and the softcap derivative in)
+  uint16_t ds[C::kDsBuffers][C::kBlockN * C::kBlockM];  // dS^T [keys][queries] (softmax_scale and the softcap
+                                                       // derivative in); kDqLag: tile t's in buffer t % 2
   [[no_unique_address]] DqStaging<C> dq;  // dQ boxes on their way to the workspace (TMA reduce-add)
   // P^T [keys][queries], 128B-swizzled rows: read by the SS dV GEMM; the RS form keeps P^T in registers, and one
   // swizzle row stands in (the struct keeps one layout; a 1 KB-aligned offset is all the SS form needs of it).

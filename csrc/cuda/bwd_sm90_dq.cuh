@@ -237,10 +237,13 @@ __device__ __forceinline__ void pass_dq_turn(DqTurn& turn) {
 // complete (pass_dq_turn): no barrier between the consumers.
 // Otherwise deterministic (D = 256): the two consumers wait for the turn together, add their disjoint columns with
 // plain L2 loads / stores, fence, and one thread passes the turn on.
-template <class C, MmaType kMma, int kDqPart, class F>
+// ds_read() runs once the last dQ GEMM has completed (dS^T is no longer read). kDqLag's flush after an item's last
+// tile (kReleasesStage = false) has no dV / dK group in flight and no stage to release.
+template <class C, MmaType kMma, int kDqPart, bool kReleasesStage = true, class F, class G>
 __device__ __forceinline__ void dq_phase(const DqTile& d, uint32_t ds_base, uint32_t k_base, uint64_t* empty,
-                                         int consumer, F&& dkv_done) {
+                                         int consumer, F&& dkv_done, G&& ds_read) {
   using Cols = DqCols<C, kDqPart>;
+  constexpr int kPieces = piece_count(Cols::kC0, Cols::kCols);
   for_each_piece<Cols::kC0, Cols::kCols>([&](auto piece) {
     constexpr int kP = decltype(piece)::value;
     constexpr int kStart = piece_start(Cols::kC0, Cols::kCols, kP);
@@ -249,9 +252,11 @@ __device__ __forceinline__ void dq_phase(const DqTile& d, uint32_t ds_base, uint
     dq_piece_gemm<C, kMma, kStart, kWidth>(dq, ds_base, k_base);
     fence_operands(dq);
     if constexpr (kP == 0) {
-      wgmma_wait<1>();  // dV / dK group done: Q and dO of this stage are no longer read
-      dkv_done();
-      if (d.lane == 0) mbarrier_arrive(empty);
+      if constexpr (kReleasesStage) {
+        wgmma_wait<1>();  // dV / dK group done: Q and dO of this stage are no longer read
+        dkv_done();
+        if (d.lane == 0) mbarrier_arrive(empty);
+      }
       if constexpr (!C::kDqByTma) {
         if (d.sem != nullptr) {
           if (consumer == 0 && d.t == 0) spin_until_turn(d.sem, d.turn);
@@ -261,6 +266,7 @@ __device__ __forceinline__ void dq_phase(const DqTile& d, uint32_t ds_base, uint
     }
     wgmma_wait<0>();
     fence_operands(dq);
+    if constexpr (kP == kPieces - 1) ds_read();
     if constexpr (C::kDqByTma) {
       // Rows past seqlen_q are added too, as zeros (stage_dq), and the map clips rows past the workspace's end;
       // other columns / heads are never touched (boxes inside head_dim).

@@ -235,6 +235,9 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
   const bool dynamic = a.item_counter != nullptr;
   HandoffCursor handoff;
   const int32_t items = static_cast<int32_t>(work_items(a.grid));
+  // kDqLag: dS^T tiles written so far (both consumers count the same sequence): tile number w goes to buffer
+  // w % 2, and from the third on the writer first waits for the other's dQ GEMM to have read the buffer.
+  uint32_t ds_writes = 0;
   auto next_item = [&](int32_t item) {
     return dynamic ? take_tile(s, handoff, lane) : static_next_tile(item, grid_ctas(), items);
   };
@@ -249,6 +252,27 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
 #pragma unroll
     for (int i = 0; i < C::kCols / 2; ++i) dk[i] = 0.0f, dv[i] = 0.0f;  // keys no query sees: dK = dV = 0
     const int32_t key0 = n * C::kBlockN + kg * kWgmmaM;
+
+    // dQ of query tile m of head hq: consumer c computes and adds columns dq_cols(c) of the tile over all block_n
+    // keys, from the dS^T tile at ds_base.
+    auto dq_of = [&](auto releases_stage, int32_t hq_x, int32_t m_x, uint32_t ds_base, uint32_t k_base,
+                     uint64_t* empty, int t, int ln, auto&& dkv_done, auto&& ds_read) {
+      constexpr bool kReleases = decltype(releases_stage)::value;
+      int32_t* sem = a.deterministic ? a.semaphores + semaphore_index(b, hq_x, m_x, a.heads_q, a.m_tiles) : nullptr;
+      const float* dq_stage = reinterpret_cast<const float*>(reinterpret_cast<const uint8_t*>(&s) + offsetof(S, dq)) +
+                              consumer * C::kDqBoxes * kWgmmaM * kDqBoxCols;
+      const int32_t turn =
+          sem != nullptr ? det_rank(si.g, m_x, n, C::kBlockM, C::kBlockN) * C::kDqReleasesPerBlock : 0;
+      const DqTile tile{a, si.dq_row0, hq_x, m_x * C::kBlockM, si.g.seqlen_q, t, ln, sem, turn,
+                        &s.dq_turn[consumer], tmap_dq, dq_stage};
+      if (consumer == 0) {
+        dq_phase<C, kMma, 0, kReleases>(tile, ds_base, k_base, empty, consumer, dkv_done, ds_read);
+      } else {
+        dq_phase<C, kMma, 1, kReleases>(tile, ds_base, k_base, empty, consumer, dkv_done, ds_read);
+      }
+    };
+    // kDqLag: the query tile whose dQ is still to do (prev_m < 0: none), one tile behind.
+    int32_t prev_hq = 0, prev_m = -1;
 
     if (tiles.begin < tiles.end) {
       mbarrier_wait(&s.kv_full, parity >> 1);
@@ -333,10 +357,12 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
               // Deterministic: one look at this tile's dQ turn while the GEMMs run, where the load's L2 latency
               // hides under them (in dq_phase it would hold up the warpgroup's next wgmma). Only a look: waiting
               // here, before the previous tile's turn is passed on, could deadlock (pass_dq_turn).
-              if (a.deterministic && t == 0) {
+              // kDqLag: the tile whose dQ this iteration adds is the previous one.
+              const int32_t look_hq = C::kDqLag ? prev_hq : hq, look_m = C::kDqLag ? prev_m : m;
+              if (a.deterministic && t == 0 && (!C::kDqLag || look_m >= 0)) {
                 s.dq_turn[consumer].seen =
-                    dq_turn_came(a.semaphores + semaphore_index(b, hq, m, a.heads_q, a.m_tiles),
-                                 det_rank(si.g, m, n, C::kBlockM, C::kBlockN) * C::kDqReleasesPerBlock);
+                    dq_turn_came(a.semaphores + semaphore_index(b, look_hq, look_m, a.heads_q, a.m_tiles),
+                                 det_rank(si.g, look_m, n, C::kBlockM, C::kBlockN) * C::kDqReleasesPerBlock);
               }
             }
             if constexpr (C::kOverlapSdP) {
@@ -439,51 +465,83 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
             dkv_gemm_rs<C, kMma, kPart>(dk, pk, q_stage);
             fence_operands(dk);
           }
-          // dS^T is read by both consumers' dQ GEMMs: wait until the previous tile's have completed (each consumer
-          // reaches this barrier only after its last wgmma_wait of that tile).
-          named_barrier_sync(kBarDsFree, kConsumerThreads);
+          auto store_ds = [&](uint32_t ds_base) {
 #pragma unroll
-          for (int j = 0; j < C::kSQueries / 16; ++j) {
-            const uint32_t off = frag::stmatrix_sw128_offset(ln, kg * kWgmmaM + wp * frag::kRowsPerWarp,
-                                                             (kQ0 + 16 * j) / 8);
-            stmatrix_x4(ds_tile + off, pk[4 * j], pk[4 * j + 1], pk[4 * j + 2], pk[4 * j + 3]);
-          }
-          fence_proxy_async_shared();  // this thread's P^T and dS^T stores before the readers' wgmmas
-          if constexpr (C::kDqByTma) {
-            // The previous tile's dQ boxes have been read (issued a tile ago: no wait in practice); the barrier
-            // tells the warpgroup, which rewrites them in dq_phase. Deterministic: that tile's adds are complete
-            // and its turn goes on to the next block.
-            if (t == 0) pass_dq_turn(s.dq_turn[consumer]);
-          }
-          named_barrier_sync(kBarDsReady, kConsumerThreads);
-
-          if constexpr (!C::kRsDkv) {
-            dkv_gemms<C, kMma, kPart>(dk, dv, p_tile, ds_tile, q_stage, do_stage, key_row0_bytes);
-            fence_operands(dk);
-            fence_operands(dv);
-          }
+            for (int j = 0; j < C::kSQueries / 16; ++j) {
+              const uint32_t off = frag::stmatrix_sw128_offset(ln, kg * kWgmmaM + wp * frag::kRowsPerWarp,
+                                                               (kQ0 + 16 * j) / 8);
+              stmatrix_x4(ds_base + off, pk[4 * j], pk[4 * j + 1], pk[4 * j + 2], pk[4 * j + 3]);
+            }
+            fence_proxy_async_shared();  // this thread's dS^T stores before the readers' wgmmas
+          };
           // The RS form's dS^T registers stay the tensor core's until the dK group completes (in dq_phase).
           auto dkv_done = [&] {
             if constexpr (C::kRsDkv) fence_operands(pk);
           };
-
-          // dQ: consumer c computes and adds columns dq_cols(c) of the tile over all block_n keys.
-          int32_t* sem = a.deterministic ? a.semaphores + semaphore_index(b, hq, m, a.heads_q, a.m_tiles) : nullptr;
-          const float* dq_stage = reinterpret_cast<const float*>(reinterpret_cast<const uint8_t*>(&s) + offsetof(S, dq)) +
-                                  consumer * C::kDqBoxes * kWgmmaM * kDqBoxCols;
-          const int32_t turn =
-              sem != nullptr ? det_rank(si.g, m, n, C::kBlockM, C::kBlockN) * C::kDqReleasesPerBlock : 0;
-          const DqTile tile{a, si.dq_row0, hq, m * C::kBlockM, si.g.seqlen_q, t, ln, sem, turn,
-                            &s.dq_turn[consumer], tmap_dq, dq_stage};
-          if (consumer == 0) {
-            dq_phase<C, kMma, 0>(tile, ds_tile, k_tile, &s.empty[stage], consumer, dkv_done);
+          if constexpr (C::kDqLag) {
+            // This tile's dS^T half into buffer w % 2 (once the other's dQ GEMM two tiles ago has read it), then
+            // the previous tile's dQ from the other buffer, once the other consumer's half is there.
+            // Through a shuffle, as the stage: warp-uniform, so the dQ GEMM's descriptors stay in uniform registers.
+            const uint32_t buf = __shfl_sync(frag::kFullWarpMask, ds_writes % 2, 0);
+            const uint32_t ds_size = C::kBlockN * C::kBlockM * kElemBytes;
+            if (ds_writes >= 2) named_barrier_sync(ds_read_barrier(buf, consumer), kConsumerThreads);
+            store_ds(ds_tile + buf * ds_size);
+            named_barrier_arrive(ds_written_barrier(buf, consumer), kConsumerThreads);
+            ++ds_writes;
+            // The previous tile's dQ boxes have been read (issued a tile ago: no wait in practice), its turn passed
+            // on (deterministic); pass_dq_turn's bulk wait is per thread, dq_phase's staging barrier orders it
+            // before the warpgroup's rewrites.
+            if (t == 0) pass_dq_turn(s.dq_turn[consumer]);
+            if (prev_m >= 0) {
+              named_barrier_sync(ds_written_barrier(buf ^ 1, 1 - consumer), kConsumerThreads);
+              auto ds_read = [&] { named_barrier_arrive(ds_read_barrier(buf ^ 1, 1 - consumer), kConsumerThreads); };
+              dq_of(std::true_type{}, prev_hq, prev_m, ds_tile + (buf ^ 1) * ds_size, k_tile, &s.empty[stage], t,
+                    ln, dkv_done, ds_read);
+            } else {
+              wgmma_wait<0>();  // the item's first tile: no dQ yet; the dV / dK group frees the stage
+              dkv_done();
+              if (lane == 0) mbarrier_arrive(&s.empty[stage]);
+            }
+            prev_hq = hq, prev_m = m;
           } else {
-            dq_phase<C, kMma, 1>(tile, ds_tile, k_tile, &s.empty[stage], consumer, dkv_done);
+            // dS^T is read by both consumers' dQ GEMMs: wait until the previous tile's have completed (each
+            // consumer reaches this barrier only after its last wgmma_wait of that tile).
+            named_barrier_sync(kBarDsFree, kConsumerThreads);
+            store_ds(ds_tile);
+            if constexpr (C::kDqByTma) {
+              // The previous tile's dQ boxes have been read (issued a tile ago: no wait in practice); the barrier
+              // tells the warpgroup, which rewrites them in dq_phase. Deterministic: that tile's adds are
+              // complete and its turn goes on to the next block.
+              if (t == 0) pass_dq_turn(s.dq_turn[consumer]);
+            }
+            named_barrier_sync(kBarDsReady, kConsumerThreads);
+
+            if constexpr (!C::kRsDkv) {
+              dkv_gemms<C, kMma, kPart>(dk, dv, p_tile, ds_tile, q_stage, do_stage, key_row0_bytes);
+              fence_operands(dk);
+              fence_operands(dv);
+            }
+            dq_of(std::true_type{}, hq, m, ds_tile, k_tile, &s.empty[stage], t, ln, dkv_done, [] {});
           }
           fence_operands(dk);
           fence_operands(dv);
           if (++stage == C::kStages) stage = 0, parity ^= 1;
         }
+      }
+      if constexpr (C::kDqLag) {
+        // The item's last tile's dQ, before K is released.
+        const int t = static_cast<int>(opaque(static_cast<uint32_t>(tid)));
+        const uint32_t ds_tile = __shfl_sync(frag::kFullWarpMask, opaque(smem0), 0) + offsetof(S, ds) +
+                                 ((ds_writes - 1) % 2) * (C::kBlockN * C::kBlockM * kElemBytes);
+        const uint32_t k_tile = __shfl_sync(frag::kFullWarpMask, opaque(smem0), 0) + offsetof(S, k);
+        const uint32_t buf = (ds_writes - 1) % 2;
+        if (t == 0) {
+          pass_dq_turn(s.dq_turn[consumer]);
+          s.dq_turn[consumer].seen = 0;  // no early look for this tile: dq_phase waits for the turn itself
+        }
+        named_barrier_sync(ds_written_barrier(buf, 1 - consumer), kConsumerThreads);
+        dq_of(std::false_type{}, prev_hq, prev_m, ds_tile, k_tile, nullptr, t, t % frag::kWarpSize, [] {},
+              [&] { named_barrier_arrive(ds_read_barrier(buf, 1 - consumer), kConsumerThreads); });
       }
       if (lane == 0) mbarrier_arrive(&s.kv_empty);  // the last dQ GEMM (reading K) has completed
     }
@@ -494,6 +552,13 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
                         int64_t(hk) * a.dv_stride_h;
     store_rows<C, kType, kPart>(dk, dk_head, a.dk_stride_s, key0, si.g.seqlen_k, tid);
     store_rows<C, kType, kPart>(dv, dv_head, a.dv_stride_s, key0, si.g.seqlen_k, tid);
+  }
+  if constexpr (C::kDqLag) {
+    // Every dS^T buffer's last phase is the reader's arrival after its dQ GEMM: consumed here, so that no named
+    // barrier is left mid-phase when the CTA exits.
+    for (uint32_t w = ds_writes > 2 ? ds_writes - 2 : 0; w < ds_writes; ++w) {
+      named_barrier_sync(ds_read_barrier(w % 2, consumer), kConsumerThreads);
+    }
   }
   if constexpr (C::kDqByTma) {
     // The last dQ reduce-adds done before the CTA's shared memory is released, and their turn passed on.
