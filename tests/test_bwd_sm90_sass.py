@@ -1,5 +1,5 @@
 """What ptxas says about the sm_90a backward (csrc/cuda/bwd_sm90.cu, all 10 main-kernel instantiations, default and
-under -DFLASHCORE_BWD_SM90_DQ_LAG); no GPU.
+under the -DFLASHCORE_BWD_SM90_DQ_LAG switches); no GPU.
 
 tests/test_build_checks.py holds opcode counts and resources of the built binary (csrc/cuda/resources.json). This
 file compiles the backward itself to see what the binary cannot show:
@@ -24,9 +24,10 @@ from wgmma_hazards import wgmma_register_hazards
 KERNELS = 10  # head dims 64 / 96 / 128 / 192 / 256 x fp16 / bf16
 
 
-# The default build, and the switch that puts dQ one tile behind (-DFLASHCORE_BWD_SM90_DQ_LAG, bwd_sm90.md v3:
-# D = 64 / 96 / 128 change, D = 192 / 256 are the default's): every check below holds for both.
-BUILDS = {"default": [], "dq_lag": ["-DFLASHCORE_BWD_SM90_DQ_LAG"]}
+# The default build, the switch that puts dQ one tile behind (-DFLASHCORE_BWD_SM90_DQ_LAG, bwd_sm90.md v3: D = 64 /
+# 96 / 128 change, D = 192 / 256 are the default's) and the same with the S^T ping-pong: every check holds for all.
+BUILDS = {"default": [], "dq_lag": ["-DFLASHCORE_BWD_SM90_DQ_LAG"],
+          "dq_lag_pingpong": ["-DFLASHCORE_BWD_SM90_DQ_LAG_PINGPONG"]}
 
 
 @pytest.fixture(scope="module", params=list(BUILDS))

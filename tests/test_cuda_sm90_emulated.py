@@ -40,7 +40,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 FULL = os.environ.get("FLASHCORE_EMU_FULL") == "1"
 OUT_IN_Q_HEAD_DIMS = [64, 128]  # head dims that stage the output in a buffer of their own by default
 SS_DKV_HEAD_DIMS = [64, 96, 128]  # head dims whose backward takes dV / dK's A operand from registers by default
-# -DFLASHCORE_BWD_SM90_DQ_LAG (bwd_sm90_config.cuh kDqLag: dQ one tile behind, RS head dims): both dtypes at 128
+# -DFLASHCORE_BWD_SM90_DQ_LAG (bwd_sm90_config.cuh kDqLag: dQ one tile behind, RS head dims) and
+# -DFLASHCORE_BWD_SM90_DQ_LAG_PINGPONG (kPingPong: the same with the consumers' S^T issues in turn): both dtypes at 128
 DQ_LAG_BUILDS = [(64, 1), (96, 1), (128, 1), (128, 0)]
 # -DFLASHCORE_FWD_SM90_D64_TWO_CONSUMERS: D=64 as 128-row blocks of 2 consumers (v3), for bisecting on a GPU. Not in
 # the extension's binary, so not in resources.json: its cap at entry is ptxas' 168 of __launch_bounds__(384, 1).
@@ -61,9 +62,9 @@ def _cuda_include() -> Path | None:
     return None
 
 
-ENGINE, MAIN, SWITCHES, TWO_CONSUMERS, N176, DQ_LAG = ("engine", "main", "switches", "two_consumers", "n176",
-                                                       "dq_lag")  # object groups; ENGINE's go into every library
-GROUPS = (MAIN, SWITCHES, TWO_CONSUMERS, N176, DQ_LAG)  # one library each
+ENGINE, MAIN, SWITCHES, TWO_CONSUMERS, N176 = "engine", "main", "switches", "two_consumers", "n176"  # object
+DQ_LAG, DQ_LAG_PP = "dq_lag", "dq_lag_pp"  # groups; ENGINE's objects go into every library
+GROUPS = (MAIN, SWITCHES, TWO_CONSUMERS, N176, DQ_LAG, DQ_LAG_PP)  # one library each
 
 
 def _sources() -> list[tuple[str, list[str], str]]:
@@ -94,9 +95,10 @@ def _sources() -> list[tuple[str, list[str], str]]:
     for bf16 in (1, 0):
         flags = ["-DFLASHCORE_EMU_HEAD_DIM=128", f"-DFLASHCORE_EMU_BF16={bf16}", "-DFLASHCORE_FWD_SM90_D128_N176"]
         out.append(("cuda_emu/harness_fwd.cpp", flags, N176))
-    for d, bf16 in DQ_LAG_BUILDS:
-        flags = [f"-DFLASHCORE_EMU_HEAD_DIM={d}", f"-DFLASHCORE_EMU_BF16={bf16}", "-DFLASHCORE_BWD_SM90_DQ_LAG"]
-        out.append(("cuda_emu/harness_bwd.cpp", flags, DQ_LAG))
+    for group, switch in ((DQ_LAG, "-DFLASHCORE_BWD_SM90_DQ_LAG"), (DQ_LAG_PP, "-DFLASHCORE_BWD_SM90_DQ_LAG_PINGPONG")):
+        for d, bf16 in DQ_LAG_BUILDS:
+            flags = [f"-DFLASHCORE_EMU_HEAD_DIM={d}", f"-DFLASHCORE_EMU_BF16={bf16}", switch]
+            out.append(("cuda_emu/harness_bwd.cpp", flags, group))
     return out
 
 
@@ -158,9 +160,10 @@ def emu_n176(libraries):
     return libraries[N176]
 
 
-@pytest.fixture(scope="session")
-def emu_dq_lag(libraries):
-    return libraries[DQ_LAG]
+@pytest.fixture(scope="session", params=[DQ_LAG, DQ_LAG_PP])
+def emu_dq_lag(request, libraries):
+    """The lagged-dQ builds, without and with the S^T ping-pong: (library, variant)."""
+    return libraries[request.param], "_" + request.param
 
 
 # ------------------------------------------------------------------------------------------------ calling
@@ -812,9 +815,10 @@ def test_backward_dq_lag_switch(emu_dq_lag, head_dim, interleaving):
     """-DFLASHCORE_BWD_SM90_DQ_LAG (bwd_sm90.md v3): each tile's dQ one tile later, from a second dS^T buffer, the
     consumers signalling each other one way. Causal with several K/V blocks and heads per CTA (the lag crosses
     heads inside an item and is flushed at each item's end), ragged GQA, varlen with an empty sequence."""
-    run = dict(num_sms=2, variant="_dq_lag", **INTERLEAVINGS[interleaving])
-    check_bwd(emu_dq_lag, 1, 200, 150, 2, 1, head_dim, torch.bfloat16, causal=True, run=run)
-    check_bwd(emu_dq_lag, 2, 77, 130, 4, 2, head_dim, torch.bfloat16, run=run)
+    lib, variant = emu_dq_lag
+    run = dict(num_sms=2, variant=variant, **INTERLEAVINGS[interleaving])
+    check_bwd(lib, 1, 200, 150, 2, 1, head_dim, torch.bfloat16, causal=True, run=run)
+    check_bwd(lib, 2, 77, 130, 4, 2, head_dim, torch.bfloat16, run=run)
 
 
 @pytest.mark.parametrize("head_dim", sorted({d for d, _ in DQ_LAG_BUILDS}))
@@ -822,6 +826,7 @@ def test_backward_dq_lag_switch_modes(emu, emu_dq_lag, head_dim):
     """The lagged dQ under the deterministic turns (bit-identical to the default build's, across interleavings, the
     static schedule and one SM), softcap + window on one SM (every item through one CTA: the lag's buffers and
     barriers carried across items), and varlen (empty sequences, a one-row one; deterministic when causal)."""
+    lib, variant = emu_dq_lag
     dtype = torch.bfloat16
     q, k, v = random_qkv(1, 300, 260, 2, 1, head_dim, dtype)
     dout = torch.randn(q.shape).to(dtype)
@@ -831,20 +836,20 @@ def test_backward_dq_lag_switch_modes(emu, emu_dq_lag, head_dim):
     assert_grads_match(want, reference_bwd(q, k, v, out, lse, dout, None, causal=True), dtype)
     for run in (dict(seed=5), dict(schedule=ROUND_ROBIN, static=True), dict(num_sms=1),
                 dict(schedule=RANDOM_PRIORITY, seed=2, max_async_delay=LAZY_ASYNC)):
-        got = emu_bwd(emu_dq_lag, q, k, v, out, lse, dout, causal=True, deterministic=True, variant="_dq_lag",
+        got = emu_bwd(lib, q, k, v, out, lse, dout, causal=True, deterministic=True, variant=variant,
                       **{"num_sms": 3, **run})[:3]
         for name, x, y in zip(("dq", "dk", "dv"), want, got):
             assert torch.equal(x, y), f"{name} differs from the default build with {run}"
-    check_bwd(emu_dq_lag, 1, 190, 250, 2, 2, head_dim, torch.bfloat16, window=(40, 7), softcap=15.0,
-              run=dict(num_sms=1, variant="_dq_lag"))
+    check_bwd(lib, 1, 190, 250, 2, 2, head_dim, torch.bfloat16, window=(40, 7), softcap=15.0,
+              run=dict(num_sms=1, variant=variant))
     for causal in (False, True):
-        check_bwd_varlen(emu_dq_lag, head_dim, causal, run=dict(num_sms=2, variant="_dq_lag"))
+        check_bwd_varlen(lib, head_dim, causal, run=dict(num_sms=2, variant=variant))
 
 
 @pytest.mark.parametrize("head_dim", [128])
 def test_backward_dq_lag_switch_fp16(emu_dq_lag, head_dim):
-    run = dict(num_sms=2, variant="_dq_lag")
-    check_bwd(emu_dq_lag, 2, 150, 140, 2, 1, head_dim, torch.float16, causal=True, run=run)
+    lib, variant = emu_dq_lag
+    check_bwd(lib, 2, 150, 140, 2, 1, head_dim, torch.float16, causal=True, run=dict(num_sms=2, variant=variant))
 
 
 @pytest.mark.skipif(not FULL, reason="FLASHCORE_EMU_FULL=1: the larger backward sweep")

@@ -88,10 +88,18 @@ struct BwdConfig {
   // signals (bar.arrive by the writer, bar.sync by the reader) instead of meeting twice per tile: they may drift up
   // to about a tile apart, so that one's exponentials can run under the other's GEMMs. RS form only (its P^T
   // buffer is not needed: the second dS^T buffer takes its place).
-#if defined(FLASHCORE_BWD_SM90_DQ_LAG)
+  // -DFLASHCORE_BWD_SM90_DQ_LAG_PINGPONG adds an order: consumer 1 issues a tile's S^T GEMM after consumer 0 has
+  // issued it, and consumer 0 the next tile's after consumer 1 (two named barriers), which keeps the two about a GEMM
+  // apart instead of leaving the drift to chance (FlashAttention-3's forward orders its warpgroups so).
+#if defined(FLASHCORE_BWD_SM90_DQ_LAG) || defined(FLASHCORE_BWD_SM90_DQ_LAG_PINGPONG)
   static constexpr bool kDqLag = kRsDkv;
 #else
   static constexpr bool kDqLag = false;
+#endif
+#if defined(FLASHCORE_BWD_SM90_DQ_LAG_PINGPONG)
+  static constexpr bool kPingPong = kDqLag;
+#else
+  static constexpr bool kPingPong = false;
 #endif
   static constexpr int kDsBuffers = kDqLag ? 2 : 1;
   static constexpr int kColBlocks = (kHeadDim + kColBlock - 1) / kColBlock;  // D = 96: 2 blocks, the 2nd half zeros

@@ -238,6 +238,10 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
   // kDqLag: dS^T tiles written so far (both consumers count the same sequence): tile number w goes to buffer
   // w % 2, and from the third on the writer first waits for the other's dQ GEMM to have read the buffer.
   uint32_t ds_writes = 0;
+  // kPingPong: consumer 0 issues first; each S^T issue opens the other's turn, the last one is absorbed at exit.
+  if constexpr (C::kPingPong) {
+    if (consumer == 1) named_barrier_arrive(kBarSTurn, kConsumerThreads);
+  }
   auto next_item = [&](int32_t item) {
     return dynamic ? take_tile(s, handoff, lane) : static_next_tile(item, grid_ctas(), items);
   };
@@ -347,12 +351,14 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
           float dpt[kSRegs];
           {
             float st[kSRegs];
+            if constexpr (C::kPingPong) named_barrier_sync(kBarSTurn + consumer, kConsumerThreads);
             issue_gemm(st, k_tile, q_stage);
             fence_operands(st);
             if constexpr (C::kOverlapSdP) {
               issue_gemm(dpt, v_tile, do_stage);
               fence_operands(dpt);
             }
+            if constexpr (C::kPingPong) named_barrier_arrive(kBarSTurn + (1 - consumer), kConsumerThreads);
             if constexpr (C::kDqByTma) {
               // Deterministic: one look at this tile's dQ turn while the GEMMs run, where the load's L2 latency
               // hides under them (in dq_phase it would hold up the warpgroup's next wgmma). Only a look: waiting
@@ -559,6 +565,9 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
     for (uint32_t w = ds_writes > 2 ? ds_writes - 2 : 0; w < ds_writes; ++w) {
       named_barrier_sync(ds_read_barrier(w % 2, consumer), kConsumerThreads);
     }
+  }
+  if constexpr (C::kPingPong) {
+    if (consumer == 0) named_barrier_sync(kBarSTurn, kConsumerThreads);  // consumer 1's last S^T issue
   }
   if constexpr (C::kDqByTma) {
     // The last dQ reduce-adds done before the CTA's shared memory is released, and their turn passed on.
