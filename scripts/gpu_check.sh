@@ -7,7 +7,8 @@
 #
 # Environment:
 #   FLASHCORE_GPU_CHECK_QUICK=1      same as --quick (bench --quick: 2 seqlens per head dim)
-#   FLASHCORE_GPU_CHECK_SKIP=a,b     skip steps by name: build, tests, sanitizer, gemm, bwdop, profile, bench
+#   FLASHCORE_GPU_CHECK_SKIP=a,b     skip steps by name: build, tests, sanitizer, gemm, bwdop, profile, bench,
+#                                    variants
 #   FLASHCORE_GPU_CHECK_BUDGET_S=N   total seconds (default 540); the bench gets what the others leave
 #   FLASHCORE_GPU_CHECK_TESTS_CAP_S=N  seconds for the tests step (default 120)
 #   FLASHCORE_GPU_CHECK_TESTS_ARGS=".."  arguments for scripts/gpu_tests.py (word-split): a subset to rerun,
@@ -36,7 +37,9 @@
 # over calls (the device keeps ignored build outputs between calls, so only the first builds):
 #   call 1: FLASHCORE_GPU_CHECK_SKIP=sanitizer,gemm,bwdop,profile,bench FLASHCORE_GPU_CHECK_TESTS_CAP_S=420 \
 #           scripts/gpu_check.sh $OUT
-#   call 2: FLASHCORE_GPU_CHECK_SKIP=tests scripts/gpu_check.sh $OUT
+#   call 2: FLASHCORE_GPU_CHECK_SKIP=tests,variants scripts/gpu_check.sh $OUT
+#   call 3: FLASHCORE_GPU_CHECK_SKIP=build,tests,sanitizer,gemm,profile,bench scripts/gpu_check.sh $OUT
+#           (the default backward op at D=128, then the backward's v3 switches built, tested and timed beside it)
 #   FLASHCORE_GIT_COMMIT=<sha>       recorded in bench.json when the copy has no .git
 #   PYTHON=python3                   the interpreter holding torch (no pip install of torch here)
 #
@@ -323,6 +326,34 @@ if ! skipped bench; then
     >"$OUT/bench.log" 2>&1
   rc=$?
   record bench "$rc" "$(($(date +%s) - t0))" "($(grep -m1 "^wrote" "$OUT/bench.log" | sed "s/.* in //" | cut -c1-80))"
+fi
+
+# 8. The backward's v3 switches (bench/notes/bwd_sm90.md: dQ one tile behind, and with the S^T ping-pong), each
+#    built in a copy of the tree with its -D flag (ninja does not see flags given through the environment), then
+#    its backward GPU tests and the D=128 backward op bench; lines into summary.txt, beside step 5's default build.
+#    The copies leave this tree's build alone.
+VARIANT_BUILD_CAP_S=150  # one build of the whole extension with 16 jobs: the backward file is the longest
+if ! skipped variants; then
+  for switch in FLASHCORE_BWD_SM90_DQ_LAG FLASHCORE_BWD_SM90_DQ_LAG_PINGPONG; do
+    t0=$(date +%s)
+    VDIR=$(mktemp -d /tmp/flashcore_variant.XXXXXX)
+    tar --exclude=./build --exclude='./flashcore/_C*' --exclude=./.git -cf - . | tar -xf - -C "$VDIR"
+    (cd "$VDIR" && NVCC_APPEND_FLAGS="-D$switch" MAX_JOBS=16 CUDA_HOME=/usr/local/cuda       timeout "$(cap $VARIANT_BUILD_CAP_S)" "$PY" setup.py build_ext --inplace >"$VDIR/build.log" 2>&1)
+    rc=$?
+    detail="(build rc $rc)"
+    if ((rc == 0)); then
+      (cd "$VDIR" && timeout "$(cap 150)" "$PY" scripts/gpu_tests.py --time-cap "$(cap 140)" -k bwd         >"$VDIR/tests.log" 2>&1)
+      rc=$?
+      detail="(tests: $(tail -n 1 "$VDIR/tests.log"))"
+      tail -n 6 "$VDIR/tests.log" | sed "s/^/$switch: /" >>"$SUMMARY"
+      (cd "$VDIR" && PYTHONUNBUFFERED=1 timeout "$(cap 90)" "$PY" -m flashcore.bench --bwd-op --quick         --head-dims 128 --out "$VDIR" >"$VDIR/bench.log" 2>&1) || rc=$((rc == 0 ? 1 : rc))
+      grep -E "^bwd |Error" "$VDIR/bench.log" | tail -n 12 | sed "s/^/$switch: /" >>"$SUMMARY"
+    else
+      tail -n 5 "$VDIR/build.log" >>"$SUMMARY"
+    fi
+    rm -rf "$VDIR"
+    record "${switch#FLASHCORE_BWD_SM90_}" "$rc" "$(($(date +%s) - t0))" "$detail"
+  done
 fi
 
 note "---- total $(($(date +%s) - START))s; failed: ${FAILED[*]:-none} ----"

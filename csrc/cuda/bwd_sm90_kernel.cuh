@@ -25,6 +25,8 @@
 //             Where a tile overhangs its sequence's end, the rows past it are zeroed in shared memory before the
 //             GEMMs (varlen: K / V per item, Q / dO per tile; dense and varlen: delta; zero_rows_past_end).
 //             After the item: dK, dV -> global (row-predicated stores: varlen blocks end mid-block).
+//             -DFLASHCORE_BWD_SM90_DQ_LAG[_PINGPONG] (D <= 128, BwdConfig::kDqLag): each tile's dQ in the next
+//             iteration, from a second dS^T buffer, the halves handed over by one-way named barriers.
 // softmax_scale and the softcap derivative are folded into dS, so dK and the dQ workspace need no scaling after.
 #pragma once
 
