@@ -890,6 +890,47 @@ def _fuzz_case(rng):
     return head_dim, heads_q, heads_kv, dtype, shape, options, run
 
 
+def _fuzz_inputs(shape, heads_q, heads_kv, head_dim, dtype):
+    """q, k, v and the varlen / size arguments of a fuzz case's shape."""
+    if "lens_q" in shape:
+        q, k, v, cu_q, cu_k = _varlen(shape["lens_q"], shape["lens_k"], heads_q, heads_kv, head_dim, dtype)
+        return (q, k, v, dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k),
+                dict(max_seqlen_q=max(shape["lens_q"]), max_seqlen_k=max(shape["lens_k"])))
+    q, k, v = random_qkv(shape["batch"], shape["seqlen_q"], shape["seqlen_k"], heads_q, heads_kv, head_dim, dtype)
+    return q, k, v, {}, {}
+
+
+@pytest.mark.skipif(FUZZ_CASES == 0, reason="FLASHCORE_EMU_FUZZ=<cases>: random problems, the v3 backward builds")
+def test_fuzz_backward_dq_lag(emu_dq_lag):
+    """The fuzz cases whose head dim and dtype a lagged-dQ library holds, backward only."""
+    import random
+
+    lib, variant = emu_dq_lag
+    base = int(os.environ.get("FLASHCORE_TEST_SEED", "0")) or random.randrange(1 << 30)
+    ran = 0
+    for case in range(FUZZ_CASES):
+        rng = random.Random(base + case)
+        head_dim, heads_q, heads_kv, dtype, shape, options, run = _fuzz_case(rng)
+        if (head_dim, int(dtype == torch.bfloat16)) not in DQ_LAG_BUILDS:
+            continue
+        where = f"case {base + case}: D={head_dim} heads={heads_q}/{heads_kv} {dtype} {shape} {options} {run}"
+        q, k, v, varlen, sizes = _fuzz_inputs(shape, heads_q, heads_kv, head_dim, dtype)
+        if q.shape[-3] == 0 or k.shape[-3] == 0:
+            continue  # the extension returns zeros without a launch
+        ref_out, ref_lse = reference_fwd(q, k, v, **options, **varlen)
+        out16, lse32 = ref_out.to(dtype), ref_lse.float()
+        dout = torch.randn(q.shape).to(dtype)
+        dlse = torch.randn(lse32.shape)
+        try:
+            *got, _, _ = emu_bwd(lib, q, k, v, out16, lse32, dout, dlse, deterministic=rng.random() < 0.3,
+                                 variant=variant, **options, **varlen, **sizes, **run)
+            assert_grads_match(got, reference_bwd(q, k, v, out16, lse32, dout, dlse, **options, **varlen), dtype)
+        except (AssertionError, RuntimeError) as exc:
+            raise AssertionError(f"{where}: {exc}") from None
+        ran += 1
+    assert ran > 0 or FUZZ_CASES < 8, "no fuzz case had a lagged build's head dim and dtype"
+
+
 @pytest.mark.skipif(FUZZ_CASES == 0, reason="FLASHCORE_EMU_FUZZ=<cases>: random problems, forward and backward")
 def test_fuzz(emu):
     import random
@@ -900,13 +941,7 @@ def test_fuzz(emu):
         head_dim, heads_q, heads_kv, dtype, shape, options, run = _fuzz_case(rng)
         where = f"case {base + case}: D={head_dim} heads={heads_q}/{heads_kv} {dtype} {shape} {options} {run}"
         try:
-            if "lens_q" in shape:
-                q, k, v, cu_q, cu_k = _varlen(shape["lens_q"], shape["lens_k"], heads_q, heads_kv, head_dim, dtype)
-                varlen = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
-                sizes = dict(max_seqlen_q=max(shape["lens_q"]), max_seqlen_k=max(shape["lens_k"]))
-            else:
-                q, k, v = random_qkv(shape["batch"], shape["seqlen_q"], shape["seqlen_k"], heads_q, heads_kv, head_dim, dtype)
-                varlen, sizes = {}, {}
+            q, k, v, varlen, sizes = _fuzz_inputs(shape, heads_q, heads_kv, head_dim, dtype)
             if q.numel() == 0:
                 continue  # the extension returns the empty outputs without a launch
             out, lse, _ = emu_fwd(emu, q, k, v, **options, **varlen, **sizes, **run)
