@@ -240,6 +240,7 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
   // kDqLag: dS^T tiles written so far (both consumers count the same sequence): tile number w goes to buffer
   // w % 2, and from the third on the writer first waits for the other's dQ GEMM to have read the buffer.
   uint32_t ds_writes = 0;
+  constexpr uint32_t kDsBytes = C::kBlockN * C::kBlockM * kElemBytes;  // one dS^T buffer
   // kPingPong: consumer 0 issues first; each S^T issue opens the other's turn, the last one is absorbed at exit.
   if constexpr (C::kPingPong) {
     if (consumer == 1) named_barrier_arrive(kBarSTurn, kConsumerThreads);
@@ -491,19 +492,18 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
             // the previous tile's dQ from the other buffer, once the other consumer's half is there.
             // Through a shuffle, as the stage: warp-uniform, so the dQ GEMM's descriptors stay in uniform registers.
             const uint32_t buf = __shfl_sync(frag::kFullWarpMask, ds_writes % 2, 0);
-            const uint32_t ds_size = C::kBlockN * C::kBlockM * kElemBytes;
             if (ds_writes >= 2) named_barrier_sync(ds_read_barrier(buf, consumer), kConsumerThreads);
-            store_ds(ds_tile + buf * ds_size);
+            store_ds(ds_tile + buf * kDsBytes);
             named_barrier_arrive(ds_written_barrier(buf, consumer), kConsumerThreads);
             ++ds_writes;
             // The previous tile's dQ boxes have been read (issued a tile ago: no wait in practice), its turn passed
-            // on (deterministic); pass_dq_turn's bulk wait is per thread, dq_phase's staging barrier orders it
-            // before the warpgroup's rewrites.
+            // on (deterministic). The bulk wait is thread 0's: the "written" bar.sync below, which all of this
+            // warpgroup's threads join, orders it before their staging writes in dq_phase.
             if (t == 0) pass_dq_turn(s.dq_turn[consumer]);
             if (prev_m >= 0) {
               named_barrier_sync(ds_written_barrier(buf ^ 1, 1 - consumer), kConsumerThreads);
               auto ds_read = [&] { named_barrier_arrive(ds_read_barrier(buf ^ 1, 1 - consumer), kConsumerThreads); };
-              dq_of(std::true_type{}, prev_hq, prev_m, ds_tile + (buf ^ 1) * ds_size, k_tile, &s.empty[stage], t,
+              dq_of(std::true_type{}, prev_hq, prev_m, ds_tile + (buf ^ 1) * kDsBytes, k_tile, &s.empty[stage], t,
                     ln, dkv_done, ds_read);
             } else {
               wgmma_wait<0>();  // the item's first tile: no dQ yet; the dV / dK group frees the stage
@@ -537,12 +537,11 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
         }
       }
       if constexpr (C::kDqLag) {
-        // The item's last tile's dQ, before K is released.
+        // The item's last tile's dQ, before K is released (bases and buffer warp-uniform, as in the loop).
         const int t = static_cast<int>(opaque(static_cast<uint32_t>(tid)));
-        const uint32_t ds_tile = __shfl_sync(frag::kFullWarpMask, opaque(smem0), 0) + offsetof(S, ds) +
-                                 ((ds_writes - 1) % 2) * (C::kBlockN * C::kBlockM * kElemBytes);
-        const uint32_t k_tile = __shfl_sync(frag::kFullWarpMask, opaque(smem0), 0) + offsetof(S, k);
-        const uint32_t buf = (ds_writes - 1) % 2;
+        const uint32_t base = __shfl_sync(frag::kFullWarpMask, opaque(smem0), 0);
+        const uint32_t buf = __shfl_sync(frag::kFullWarpMask, (ds_writes - 1) % 2, 0);
+        const uint32_t ds_tile = base + offsetof(S, ds) + buf * kDsBytes, k_tile = base + offsetof(S, k);
         if (t == 0) {
           pass_dq_turn(s.dq_turn[consumer]);
           s.dq_turn[consumer].seen = 0;  // no early look for this tile: dq_phase waits for the turn itself
