@@ -11,6 +11,9 @@
 #                                    variants
 #   FLASHCORE_GPU_CHECK_BUDGET_S=N   total seconds (default 540); the bench gets what the others leave
 #   FLASHCORE_GPU_CHECK_TESTS_CAP_S=N  seconds for the tests step (default 120)
+#   FLASHCORE_GPU_CHECK_VARIANTS=".."  the build switches the variants step builds, tests and times (default:
+#                                    FLASHCORE_BWD_SM90_DQ_LAG FLASHCORE_BWD_SM90_DQ_LAG_PINGPONG; one per call
+#                                    when both do not fit)
 #   FLASHCORE_GPU_CHECK_TESTS_ARGS=".."  arguments for scripts/gpu_tests.py (word-split): a subset to rerun,
 #                                    e.g. "-k fwd_varlen" or "tests/test_cuda_sm90.py::test_gemm_matches_torch_matmul",
 #                                    or "--all" for the whole suite (the CPU-model tests take ~8 min on their own)
@@ -38,8 +41,11 @@
 #   call 1: FLASHCORE_GPU_CHECK_SKIP=sanitizer,gemm,bwdop,profile,bench FLASHCORE_GPU_CHECK_TESTS_CAP_S=420 \
 #           scripts/gpu_check.sh $OUT
 #   call 2: FLASHCORE_GPU_CHECK_SKIP=tests,variants scripts/gpu_check.sh $OUT
-#   call 3: FLASHCORE_GPU_CHECK_SKIP=build,tests,sanitizer,gemm,profile,bench scripts/gpu_check.sh $OUT
-#           (the default backward op at D=128, then the backward's v3 switches built, tested and timed beside it)
+#   call 3: FLASHCORE_GPU_CHECK_SKIP=build,tests,sanitizer,gemm,profile,bench FLASHCORE_GPU_CHECK_BUDGET_S=580 \
+#           scripts/gpu_check.sh $OUT
+#           (the default backward op at D=128, then the backward's v3 switches built, tested and timed beside it;
+#           ~2 x (1-1.5 min build + tests + 30 s bench): if the second is cut off, rerun with
+#           FLASHCORE_GPU_CHECK_VARIANTS=FLASHCORE_BWD_SM90_DQ_LAG_PINGPONG)
 #   FLASHCORE_GIT_COMMIT=<sha>       recorded in bench.json when the copy has no .git
 #   PYTHON=python3                   the interpreter holding torch (no pip install of torch here)
 #
@@ -334,7 +340,8 @@ fi
 #    The copies leave this tree's build alone.
 VARIANT_BUILD_CAP_S=150  # one build of the whole extension with 16 jobs: the backward file is the longest
 if ! skipped variants; then
-  for switch in FLASHCORE_BWD_SM90_DQ_LAG FLASHCORE_BWD_SM90_DQ_LAG_PINGPONG; do
+  # shellcheck disable=SC2086  # a list of switch names
+  for switch in ${FLASHCORE_GPU_CHECK_VARIANTS:-FLASHCORE_BWD_SM90_DQ_LAG FLASHCORE_BWD_SM90_DQ_LAG_PINGPONG}; do
     t0=$(date +%s)
     VDIR=$(mktemp -d /tmp/flashcore_variant.XXXXXX)
     tar --exclude=./build --exclude='./flashcore/_C*' --exclude=./.git -cf - . | tar -xf - -C "$VDIR"
