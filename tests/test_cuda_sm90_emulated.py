@@ -74,7 +74,7 @@ def _sources() -> list[tuple[str, list[str], str]]:
     template in one library would be an ODR violation (the linker keeps one: a kernel mixing both layouts). The
     forward's switches overlap per head dim (OUT_IN_Q and D64_TWO_CONSUMERS both change FwdTraits<64>, OUT_IN_Q and
     D128_N176 both FwdTraits<128>), so the D=64 two-consumer build and the D=128 176-key build get a library each;
-    the backward's two switches both change BwdConfig<64 / 96 / 128>: DQ_LAG gets its own."""
+    the backward's switches all change BwdConfig<64 / 96 / 128>: SS_DKV, DQ_LAG and DQ_LAG_PP one library each."""
     engine = sorted(str(p.relative_to(CSRC)) for p in (CSRC / "cuda_emu").glob("*.cpp")
                     if not p.name.startswith("harness_"))
     engine += sorted(str(p.relative_to(CSRC)) for p in (CSRC / "emu_common").glob("*.cpp"))
@@ -814,7 +814,7 @@ def test_backward_ss_dkv_switch(emu_switches, head_dim, interleaving):
 def test_backward_dq_lag_switch(emu_dq_lag, head_dim, interleaving):
     """-DFLASHCORE_BWD_SM90_DQ_LAG (bwd_sm90.md v3): each tile's dQ one tile later, from a second dS^T buffer, the
     consumers signalling each other one way. Causal with several K/V blocks and heads per CTA (the lag crosses
-    heads inside an item and is flushed at each item's end), ragged GQA, varlen with an empty sequence."""
+    heads inside an item and is flushed at each item's end), and ragged GQA."""
     lib, variant = emu_dq_lag
     run = dict(num_sms=2, variant=variant, **INTERLEAVINGS[interleaving])
     check_bwd(lib, 1, 200, 150, 2, 1, head_dim, torch.bfloat16, causal=True, run=run)
