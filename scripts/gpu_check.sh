@@ -12,8 +12,9 @@
 #   FLASHCORE_GPU_CHECK_BUDGET_S=N   total seconds (default 540); the bench gets what the others leave
 #   FLASHCORE_GPU_CHECK_TESTS_CAP_S=N  seconds for the tests step (default 120)
 #   FLASHCORE_GPU_CHECK_VARIANTS=".."  the build switches the variants step builds, tests and times (default:
-#                                    FLASHCORE_BWD_SM90_DQ_LAG FLASHCORE_BWD_SM90_DQ_LAG_PINGPONG; one per call
-#                                    when both do not fit)
+#                                    FLASHCORE_BWD_SM90_DQ_LAG FLASHCORE_BWD_SM90_DQ_LAG_PINGPONG; any backward or
+#                                    forward switch the README lists, e.g. FLASHCORE_FWD_SM90_D128_N176; two per
+#                                    call fit)
 #   FLASHCORE_GPU_CHECK_TESTS_ARGS=".."  arguments for scripts/gpu_tests.py (word-split): a subset to rerun,
 #                                    e.g. "-k fwd_varlen" or "tests/test_cuda_sm90.py::test_gemm_matches_torch_matmul",
 #                                    or "--all" for the whole suite (the CPU-model tests take ~8 min on their own)
@@ -334,32 +335,53 @@ if ! skipped bench; then
   record bench "$rc" "$(($(date +%s) - t0))" "($(grep -m1 "^wrote" "$OUT/bench.log" | sed "s/.* in //" | cut -c1-80))"
 fi
 
-# 8. The backward's v3 switches (bench/notes/bwd_sm90.md: dQ one tile behind, and with the S^T ping-pong), each
-#    built in a copy of the tree with its -D flag (ninja does not see flags given through the environment), then
-#    its backward GPU tests and the D=128 backward op bench; lines into summary.txt, beside step 5's default build.
-#    The copies leave this tree's build alone.
+# 8. Build switches against the default (bench/notes: the backward's v3 switches by default; any of the forward's
+#    too), each built in a copy of the tree with its -D flag (ninja does not see flags given through the
+#    environment), then the GPU tests of its kernel and a quick timing of the head dims it changes; lines into
+#    summary.txt, prefixed with the switch, beside the default build's (step 5 for the backward, step 7 or a plain
+#    `python -m flashcore.bench` for the forward). The copies leave this tree's build alone.
 VARIANT_BUILD_CAP_S=150  # one build of the whole extension with 16 jobs: the backward file is the longest
+FWD_PEERS=flashcore_sm90,sdpa_flash,sdpa_cudnn
+variant_plan() {  # SWITCH -> "pytest -k expression|bench arguments"
+  case "$1" in
+    *_BWD_*) echo "bwd|--bwd-op --quick --head-dims 128" ;;
+    *D64_TWO_CONSUMERS) echo "fwd|--mode fwd --quick --json-only --head-dims 64 --peers $FWD_PEERS" ;;
+    *D128_N176) echo "fwd|--mode fwd --quick --json-only --head-dims 128 --peers $FWD_PEERS" ;;
+    *_FWD_*) echo "fwd|--mode fwd --quick --json-only --head-dims 64,128 --peers $FWD_PEERS" ;;
+    *) echo "|" ;;
+  esac
+}
 if ! skipped variants; then
   # shellcheck disable=SC2086  # a list of switch names
   for switch in ${FLASHCORE_GPU_CHECK_VARIANTS:-FLASHCORE_BWD_SM90_DQ_LAG FLASHCORE_BWD_SM90_DQ_LAG_PINGPONG}; do
     t0=$(date +%s)
+    plan=$(variant_plan "$switch")
+    select=${plan%%|*} bench_args=${plan#*|}
+    if [[ -z "$select" ]]; then
+      record "${switch#FLASHCORE_}" 2 0 "(unknown switch: no tests or timing for it)"
+      continue
+    fi
     VDIR=$(mktemp -d /tmp/flashcore_variant.XXXXXX)
     tar --exclude=./build --exclude='./flashcore/_C*' --exclude=./.git -cf - . | tar -xf - -C "$VDIR"
-    (cd "$VDIR" && NVCC_APPEND_FLAGS="-D$switch" MAX_JOBS=16 CUDA_HOME=/usr/local/cuda       timeout "$(cap $VARIANT_BUILD_CAP_S)" "$PY" setup.py build_ext --inplace >"$VDIR/build.log" 2>&1)
+    (cd "$VDIR" && NVCC_APPEND_FLAGS="-D$switch" MAX_JOBS=16 CUDA_HOME=/usr/local/cuda \
+      timeout "$(cap $VARIANT_BUILD_CAP_S)" "$PY" setup.py build_ext --inplace >"$VDIR/build.log" 2>&1)
     rc=$?
     detail="(build rc $rc)"
     if ((rc == 0)); then
-      (cd "$VDIR" && timeout "$(cap 150)" "$PY" scripts/gpu_tests.py --time-cap "$(cap 140)" -k bwd         >"$VDIR/tests.log" 2>&1)
+      (cd "$VDIR" && timeout "$(cap 150)" "$PY" scripts/gpu_tests.py --time-cap "$(cap 140)" -k "$select" \
+        >"$VDIR/tests.log" 2>&1)
       rc=$?
       detail="(tests: $(tail -n 1 "$VDIR/tests.log"))"
       tail -n 6 "$VDIR/tests.log" | sed "s/^/$switch: /" >>"$SUMMARY"
-      (cd "$VDIR" && PYTHONUNBUFFERED=1 timeout "$(cap 90)" "$PY" -m flashcore.bench --bwd-op --quick         --head-dims 128 --out "$VDIR" >"$VDIR/bench.log" 2>&1) || rc=$((rc == 0 ? 1 : rc))
-      grep -E "^bwd |Error" "$VDIR/bench.log" | tail -n 12 | sed "s/^/$switch: /" >>"$SUMMARY"
+      # shellcheck disable=SC2086  # bench_args is a list of arguments
+      (cd "$VDIR" && PYTHONUNBUFFERED=1 timeout "$(cap 90)" "$PY" -m flashcore.bench $bench_args --out "$VDIR" \
+        >"$VDIR/bench.log" 2>&1) || rc=$((rc == 0 ? 1 : rc))
+      grep -E "^\[|^bwd |Error" "$VDIR/bench.log" | tail -n 16 | sed "s/^/$switch: /" >>"$SUMMARY"
     else
       tail -n 5 "$VDIR/build.log" >>"$SUMMARY"
     fi
     rm -rf "$VDIR"
-    record "${switch#FLASHCORE_BWD_SM90_}" "$rc" "$(($(date +%s) - t0))" "$detail"
+    record "${switch#FLASHCORE_}" "$rc" "$(($(date +%s) - t0))" "$detail"
   done
 fi
 
