@@ -553,10 +553,10 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
       if (lane == 0) mbarrier_arrive(&s.kv_empty);  // the last dQ GEMM (reading K) has completed
     }
 
-    uint16_t* dk_head = static_cast<uint16_t*>(a.dk) + int64_t(b) * a.dk_stride_b + int64_t(si.start_k) * a.dk_stride_s +
-                        int64_t(hk) * a.dk_stride_h;
-    uint16_t* dv_head = static_cast<uint16_t*>(a.dv) + int64_t(b) * a.dv_stride_b + int64_t(si.start_k) * a.dv_stride_s +
-                        int64_t(hk) * a.dv_stride_h;
+    uint16_t* dk_head = static_cast<uint16_t*>(a.dk) + int64_t(b) * a.dk_stride_b +
+                        int64_t(si.start_k) * a.dk_stride_s + int64_t(hk) * a.dk_stride_h;
+    uint16_t* dv_head = static_cast<uint16_t*>(a.dv) + int64_t(b) * a.dv_stride_b +
+                        int64_t(si.start_k) * a.dv_stride_s + int64_t(hk) * a.dv_stride_h;
     store_rows<C, kType, kPart>(dk, dk_head, a.dk_stride_s, key0, si.g.seqlen_k, tid);
     store_rows<C, kType, kPart>(dv, dv_head, a.dv_stride_s, key0, si.g.seqlen_k, tid);
   }

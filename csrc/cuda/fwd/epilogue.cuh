@@ -3,10 +3,11 @@
 //   * O: bf16/fp16 through shared memory and a TMA store: stmatrix into the consumer's 64 rows of a staging buffer
 //     (128B swizzle, the Q panel layout), then one thread stores each 64-column panel with one bulk tensor copy.
 //     The staging buffer is a separate output buffer where shared memory allows (traits.cuh kSeparateOut: Q is
-//     then released right after the last S GEMM), else the consumer's own 64 rows of Q, dead by then. The tensor map clips at the tensor's edge: for
-//     dense inputs the sequence is its own map dimension, so rows past seqlen_q are dropped by the hardware. A
-//     packed varlen tensor has no such edge between sequences, so a warpgroup whose rows run past its sequence's end
-//     stores from registers instead (4-byte stores, masked per row): one warpgroup per sequence at most.
+//     then released right after the last S GEMM), else the consumer's own 64 rows of Q, dead by then. The tensor
+//     map clips at the tensor's edge: for dense inputs the sequence is its own map dimension, so rows past seqlen_q
+//     are dropped by the hardware. A packed varlen tensor has no such edge between sequences, so a warpgroup whose
+//     rows run past its sequence's end stores from registers instead (4-byte stores, masked per row): one
+//     warpgroup per sequence at most.
 #pragma once
 
 #include "softmax.cuh"

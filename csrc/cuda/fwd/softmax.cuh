@@ -98,7 +98,9 @@ __device__ __forceinline__ void softmax_step(float (&s)[kRegs], float score_mul,
 template <bool kBf16, int kRegs>
 __device__ __forceinline__ void pack_p(const float (&s)[kRegs], uint32_t (&p)[kRegs / 2]) {
 #pragma unroll
-  for (int i = 0; i < kRegs; i += 2) p[i / 2] = kBf16 ? ptx::pack_bf16x2(s[i], s[i + 1]) : ptx::pack_f16x2(s[i], s[i + 1]);
+  for (int i = 0; i < kRegs; i += 2) {
+    p[i / 2] = kBf16 ? ptx::pack_bf16x2(s[i], s[i + 1]) : ptx::pack_f16x2(s[i], s[i + 1]);
+  }
 }
 
 template <int kRegs>
