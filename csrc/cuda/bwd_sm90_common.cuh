@@ -67,7 +67,6 @@ constexpr uint32_t kConsumerThreads = 2 * kWarpgroupThreads;
 // not wait for its "written" phase to complete, so its next bar.sync could land in that same phase. With two, each
 // side arrives again only after a wait that the other's previous phase made possible. Ids 2..5 are kBarDsFree,
 // kBarDsReady, kBarDetGo and kBarDetDone elsewhere: kDqLag builds use none of them (no lockstep, dQ by TMA).
-constexpr uint32_t kBarSTurn = 14;  // + consumer (14, 15), kPingPong: this consumer may issue its S^T GEMM
 constexpr uint32_t kBarDsWritten = 10;
 constexpr uint32_t kBarDsRead = 2;
 __device__ __forceinline__ uint32_t ds_written_barrier(uint32_t buffer, int writer) {
@@ -76,6 +75,7 @@ __device__ __forceinline__ uint32_t ds_written_barrier(uint32_t buffer, int writ
 __device__ __forceinline__ uint32_t ds_read_barrier(uint32_t buffer, int writer) {
   return kBarDsRead + 2 * buffer + static_cast<uint32_t>(writer);
 }
+constexpr uint32_t kBarSTurn = 14;  // + consumer (14, 15), kPingPong: this consumer may issue its S^T GEMM
 
 // Where sequence b lives: dense sequences are whole tensors' slices (the tensor map's batch coordinate), varlen
 // ones are row ranges of the flat (total, heads, head_dim) tensors.

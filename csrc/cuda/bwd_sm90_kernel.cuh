@@ -278,8 +278,15 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
         dq_phase<C, kMma, 1, kReleases>(tile, ds_base, k_base, empty, consumer, dkv_done, ds_read);
       }
     };
-    // kDqLag: the query tile whose dQ is still to do (prev_m < 0: none), one tile behind.
+    // kDqLag: the query tile whose dQ is still to do (prev_m < 0: none), one tile behind; its dQ from dS^T buffer
+    // `buf` (at ds_base) once the other consumer's half is in it, then the signal that this consumer has read it.
     int32_t prev_hq = 0, prev_m = -1;
+    auto lagged_dq = [&](auto releases_stage, uint32_t buf, uint32_t ds_base, uint32_t k_base, uint64_t* empty,
+                         int t, int ln, auto&& dkv_done) {
+      named_barrier_sync(ds_written_barrier(buf, 1 - consumer), kConsumerThreads);
+      dq_of(releases_stage, prev_hq, prev_m, ds_base, k_base, empty, t, ln, dkv_done,
+            [&] { named_barrier_arrive(ds_read_barrier(buf, 1 - consumer), kConsumerThreads); });
+    };
 
     if (tiles.begin < tiles.end) {
       mbarrier_wait(&s.kv_full, parity >> 1);
@@ -501,10 +508,8 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
             // warpgroup's threads join, orders it before their staging writes in dq_phase.
             if (t == 0) pass_dq_turn(s.dq_turn[consumer]);
             if (prev_m >= 0) {
-              named_barrier_sync(ds_written_barrier(buf ^ 1, 1 - consumer), kConsumerThreads);
-              auto ds_read = [&] { named_barrier_arrive(ds_read_barrier(buf ^ 1, 1 - consumer), kConsumerThreads); };
-              dq_of(std::true_type{}, prev_hq, prev_m, ds_tile + (buf ^ 1) * kDsBytes, k_tile, &s.empty[stage], t,
-                    ln, dkv_done, ds_read);
+              lagged_dq(std::true_type{}, buf ^ 1, ds_tile + (buf ^ 1) * kDsBytes, k_tile, &s.empty[stage], t, ln,
+                        dkv_done);
             } else {
               wgmma_wait<0>();  // the item's first tile: no dQ yet; the dV / dK group frees the stage
               dkv_done();
@@ -546,9 +551,7 @@ __device__ __forceinline__ void consume(SharedStorage<C>& s, const BwdArgs& a, c
           pass_dq_turn(s.dq_turn[consumer]);
           s.dq_turn[consumer].seen = 0;  // no early look for this tile: dq_phase waits for the turn itself
         }
-        named_barrier_sync(ds_written_barrier(buf, 1 - consumer), kConsumerThreads);
-        dq_of(std::false_type{}, prev_hq, prev_m, ds_tile, k_tile, nullptr, t, t % frag::kWarpSize, [] {},
-              [&] { named_barrier_arrive(ds_read_barrier(buf, 1 - consumer), kConsumerThreads); });
+        lagged_dq(std::false_type{}, buf, ds_tile, k_tile, nullptr, t, t % frag::kWarpSize, [] {});
       }
       if (lane == 0) mbarrier_arrive(&s.kv_empty);  // the last dQ GEMM (reading K) has completed
     }
