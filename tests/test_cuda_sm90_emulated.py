@@ -49,6 +49,9 @@ TWO_CONSUMER_REGISTERS = 168
 # -DFLASHCORE_FWD_SM90_D128_N176: D=128 with 176-key tiles (fwd/traits.cuh kD128SwitchBlockN), the output staged in Q's
 # buffer; registers at entry as the default D=128 kernel (resources.json), so no override is needed.
 N176_BLOCK_N = 176
+# -DFLASHCORE_FWD_SM90_ITEM_PIPELINE (fwd/traits.cuh kItemPipeline: an item's tail turn also issues the next item's
+# first S, Q double-buffered): the head dims where it takes effect in bf16, and D=128 in fp16
+ITEM_PIPELINE_BUILDS = [(64, 1), (96, 1), (128, 1), (128, 0)]
 PRETEND_SMS = 3  # CTAs of the persistent grids: small, so that each CTA runs several tiles / items
 RESOURCES = json.loads((CSRC / "cuda" / "resources.json").read_text())["kernels"]
 
@@ -63,8 +66,8 @@ def _cuda_include() -> Path | None:
 
 
 ENGINE, MAIN, SWITCHES, TWO_CONSUMERS, N176 = "engine", "main", "switches", "two_consumers", "n176"  # object
-DQ_LAG, DQ_LAG_PP = "dq_lag", "dq_lag_pp"  # groups; ENGINE's objects go into every library
-GROUPS = (MAIN, SWITCHES, TWO_CONSUMERS, N176, DQ_LAG, DQ_LAG_PP)  # one library each
+DQ_LAG, DQ_LAG_PP, ITEM_PIPELINE = "dq_lag", "dq_lag_pp", "item_pipeline"  # groups; ENGINE's objects: every library
+GROUPS = (MAIN, SWITCHES, TWO_CONSUMERS, N176, DQ_LAG, DQ_LAG_PP, ITEM_PIPELINE)  # one library each
 
 
 def _sources() -> list[tuple[str, list[str], str]]:
@@ -73,7 +76,8 @@ def _sources() -> list[tuple[str, list[str], str]]:
     in libraries of their own: each changes its kernel's traits and SharedStorage, and two definitions of one
     template in one library would be an ODR violation (the linker keeps one: a kernel mixing both layouts). The
     forward's switches overlap per head dim (OUT_IN_Q and D64_TWO_CONSUMERS both change FwdTraits<64>, OUT_IN_Q and
-    D128_N176 both FwdTraits<128>), so the D=64 two-consumer build and the D=128 176-key build get a library each;
+    D128_N176 both FwdTraits<128>), so the D=64 two-consumer build, the D=128 176-key build and the item-pipelined
+    build get a library each;
     the backward's switches all change BwdConfig<64 / 96 / 128>: SS_DKV, DQ_LAG and DQ_LAG_PP one library each."""
     engine = sorted(str(p.relative_to(CSRC)) for p in (CSRC / "cuda_emu").glob("*.cpp")
                     if not p.name.startswith("harness_"))
@@ -95,6 +99,9 @@ def _sources() -> list[tuple[str, list[str], str]]:
     for bf16 in (1, 0):
         flags = ["-DFLASHCORE_EMU_HEAD_DIM=128", f"-DFLASHCORE_EMU_BF16={bf16}", "-DFLASHCORE_FWD_SM90_D128_N176"]
         out.append(("cuda_emu/harness_fwd.cpp", flags, N176))
+    for d, bf16 in ITEM_PIPELINE_BUILDS:
+        flags = [f"-DFLASHCORE_EMU_HEAD_DIM={d}", f"-DFLASHCORE_EMU_BF16={bf16}", "-DFLASHCORE_FWD_SM90_ITEM_PIPELINE"]
+        out.append(("cuda_emu/harness_fwd.cpp", flags, ITEM_PIPELINE))
     for group, switch in ((DQ_LAG, "-DFLASHCORE_BWD_SM90_DQ_LAG"), (DQ_LAG_PP, "-DFLASHCORE_BWD_SM90_DQ_LAG_PINGPONG")):
         for d, bf16 in DQ_LAG_BUILDS:
             flags = [f"-DFLASHCORE_EMU_HEAD_DIM={d}", f"-DFLASHCORE_EMU_BF16={bf16}", switch]
@@ -158,6 +165,11 @@ def emu_two_consumers(libraries):
 @pytest.fixture(scope="session")
 def emu_n176(libraries):
     return libraries[N176]
+
+
+@pytest.fixture(scope="session")
+def emu_item_pipeline(libraries):
+    return libraries[ITEM_PIPELINE]
 
 
 @pytest.fixture(scope="session", params=[DQ_LAG, DQ_LAG_PP])
@@ -278,7 +290,8 @@ def emu_fwd(emu, q, k, v, *, softmax_scale=None, causal=False, window=(-1, -1), 
     """csrc/cuda/fwd on the model. Dense q (b, sq, hq, d) or varlen (total, hq, d) with cu_seqlens; returns
     (out, lse, stats). out (or the given out view) and lse start as NaN. variant "_out_in_q": the build with
     -DFLASHCORE_FWD_SM90_OUT_IN_Q; "_two_consumers": with -DFLASHCORE_FWD_SM90_D64_TWO_CONSUMERS; "_n176": with
-    -DFLASHCORE_FWD_SM90_D128_N176. registers: the kernel's cap at entry (default: resources.json's)."""
+    -DFLASHCORE_FWD_SM90_D128_N176; "_item_pipeline": with -DFLASHCORE_FWD_SM90_ITEM_PIPELINE. registers: the
+    kernel's cap at entry (default: resources.json's)."""
     varlen = cu_seqlens_q is not None
     d = q.shape[-1]
     scale = softmax_scale if softmax_scale is not None else d ** -0.5
@@ -526,6 +539,85 @@ def test_forward_d128_n176_switch(emu_n176, interleaving):
         out, lse, _ = emu_fwd(emu_n176, q, k, v, max_seqlen_q=max(lens_q), max_seqlen_k=max(lens_k),
                               variant="_n176", **options, **run)
         assert_fwd_matches(out, lse, *reference_fwd(q, k, v, **options), dtype)
+
+
+ITEM_PIPELINE_INTERLEAVINGS = ["random", "priority_1", "priority_2", "lowest_first", "highest_lazy", "lazy_async",
+                               "priority_lazy_4"]
+
+
+def _item_pipeline_fwd(emu_item_pipeline, q, k, v, **options):
+    return emu_fwd(emu_item_pipeline, q, k, v, variant="_item_pipeline", **options)
+
+
+@pytest.mark.parametrize("interleaving", ITEM_PIPELINE_INTERLEAVINGS)
+@pytest.mark.parametrize("head_dim", sorted({d for d, _ in ITEM_PIPELINE_BUILDS}))
+def test_forward_item_pipeline_switch(emu, emu_item_pipeline, head_dim, interleaving):
+    """-DFLASHCORE_FWD_SM90_ITEM_PIPELINE (an item's tail turn also issues the next item's first S, and its epilogue
+    runs under it; Q in two buffers): many short items per CTA (2 pretend SMs), so the tail turns, the Q buffers'
+    alternation and the output buffer's reuse all cycle, with items of 1 key tile (the tail turn then also reads the
+    item's only V tile) and of several. Each row still walks its key tiles in the same order with the same
+    arithmetic, so the outputs are bit-identical to the default build's."""
+    run = dict(num_sms=2, **INTERLEAVINGS[interleaving])
+    for batch, seqlen_q, seqlen_k, causal in [(2, 512, 100, False), (1, 256, 700, True), (3, 130, 129, True)]:
+        q, k, v = random_qkv(batch, seqlen_q, seqlen_k, 2, 1, head_dim, torch.bfloat16)
+        out, lse, _ = _item_pipeline_fwd(emu_item_pipeline, q, k, v, causal=causal, **run)
+        assert_fwd_matches(out, lse, *reference_fwd(q, k, v, causal=causal), torch.bfloat16)
+        out0, lse0, _ = emu_fwd(emu, q, k, v, causal=causal, **run)
+        assert torch.equal(out, out0) and torch.equal(lse, lse0), f"not the default build's: {seqlen_q, seqlen_k}"
+
+
+@pytest.mark.parametrize("interleaving", ["random", "priority_1", "lazy_async", "highest_lazy"])
+@pytest.mark.parametrize("head_dim", sorted({d for d, _ in ITEM_PIPELINE_BUILDS}))
+def test_forward_item_pipeline_switch_modes(emu_item_pipeline, head_dim, interleaving):
+    """The pipelined build with tiles whose rows see no key between items that do (causal with seqlen_q > seqlen_k:
+    the first query blocks; varlen sequences without keys), which the consumers skip while seeking the next item;
+    window + softcap; GQA; varlen whose partial blocks store from registers; and a non-finite value in the next
+    sequence's V rows, which consumer 0 must zero in the item's first V tile before the turn that reads it (here one
+    turn after the item's first S, no longer before it)."""
+    run = dict(num_sms=2, **INTERLEAVINGS[interleaving])
+    dtype = torch.bfloat16
+    for batch, seqlen_q, seqlen_k, heads, options in [(1, 400, 150, (2, 1), dict(causal=True)),
+                                                       (1, 300, 260, (2, 1), dict(window=(60, 20), softcap=30.0)),
+                                                       (2, 200, 333, (4, 2), dict(causal=True))]:
+        q, k, v = random_qkv(batch, seqlen_q, seqlen_k, *heads, head_dim, dtype)
+        out, lse, _ = _item_pipeline_fwd(emu_item_pipeline, q, k, v, **options, **run)
+        assert_fwd_matches(out, lse, *reference_fwd(q, k, v, **options), dtype)
+    lens_q, lens_k = [1, 70, 33, 130, 140, 50, 90], [130, 50, 0, 33, 140, 0, 90]
+    q, k, v, cu_q, cu_k = _varlen(lens_q, lens_k, 2, 1, head_dim, dtype)
+    v[int(cu_k[2]) + 3, 0, 5] = float("inf")  # sequence 3's keys (sequence 2 has none): read by sequence 1's last tile
+    for causal in (False, True):
+        options = dict(causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+        out, lse, _ = _item_pipeline_fwd(emu_item_pipeline, q, k, v, max_seqlen_q=max(lens_q),
+                                         max_seqlen_k=max(lens_k), **options, **run)
+        for b in (0, 1, 2, 4, 5, 6):  # every sequence but the one holding the inf
+            lo_q, hi_q, lo_k, hi_k = int(cu_q[b]), int(cu_q[b + 1]), int(cu_k[b]), int(cu_k[b + 1])
+            one_q = torch.tensor([0, hi_q - lo_q], dtype=torch.int32)
+            one_k = torch.tensor([0, hi_k - lo_k], dtype=torch.int32)
+            ref_out, ref_lse = reference_fwd(q[lo_q:hi_q], k[lo_k:hi_k], v[lo_k:hi_k], causal=causal,
+                                             cu_seqlens_q=one_q, cu_seqlens_k=one_k)
+            assert_fwd_matches(out[lo_q:hi_q], lse[:, lo_q:hi_q], ref_out, ref_lse, dtype)
+
+
+def test_forward_item_pipeline_switch_fp16(emu_item_pipeline):
+    """fp16 at D=128, several items per CTA, causal and not."""
+    for causal in (False, True):
+        check_fwd(emu_item_pipeline, 2, 300, 260, 2, 1, 128, torch.float16, causal=causal,
+                  run=dict(variant="_item_pipeline", num_sms=2))
+
+
+def test_forward_item_pipeline_switch_takes_effect(emu, emu_item_pipeline):
+    """The switch's library really merges the item boundaries: every key tile is one ping-pong turn per consumer, plus
+    one turn per item in the default build (its first S alone) but one per CTA in the pipelined one (the first item's).
+    The model counts completed named barriers; the epilogues' and the exit's are the same in both builds, so the
+    difference is (items - CTAs) x consumers exactly (static schedule: every CTA gets items)."""
+    head_dim, consumers, block_m = 128, 2, 128  # csrc/tiles/sm90_fwd.h's row for D=128
+    q, k, v = random_qkv(2, 700, 300, 2, 1, head_dim, torch.bfloat16)
+    run = dict(num_sms=3, static=True)
+    _, _, stats = emu_fwd(emu, q, k, v, **run)
+    out, lse, stats_pipe = _item_pipeline_fwd(emu_item_pipeline, q, k, v, **run)
+    assert_fwd_matches(out, lse, *reference_fwd(q, k, v), torch.bfloat16)
+    items = 2 * 2 * -(-700 // block_m)
+    assert stats["barriers"] - stats_pipe["barriers"] == (items - 3) * consumers, (stats, stats_pipe)
 
 
 def test_forward_nan_propagates(emu):

@@ -9,10 +9,11 @@
   longest-first inside a group. And the dynamic scheduler's hand-off (tile_handoff.h, shared with the backward): a
   model of each CTA's producer and 8 or 12 consumer warps (2 or 3 consumer warpgroups) with the kernel's barriers
   (tile-index ring, Q buffer, K/V rings, the consumers' ping-pong named barriers, the epilogue's named barrier),
-  stepped through random interleavings of 1-5 CTAs claiming from one counter: every tile handed out once and run by
-  all consumer warps of one CTA, all roles of a CTA see one sequence ending in the sentinel, equal ping-pong turns
-  opened in consumer order with no named barrier left pending, no deadlock, and every mbarrier parity wait means
-  the phase it names (no role laps another).
+  stepped through random interleavings of 1-5 CTAs claiming from one counter, also as built with
+  -DFLASHCORE_FWD_SM90_ITEM_PIPELINE (two Q buffers, the next item's first S in the last one's tail turn): every
+  tile handed out once and run by all consumer warps of one CTA, all roles of a CTA see one sequence ending in the
+  sentinel, equal ping-pong turns opened in consumer order with no named barrier left pending, no deadlock, and
+  every mbarrier parity wait means the phase it names (no role laps another).
 * tests/cpp/fwd_sm90_layout_check.cu (nvcc for sm_90a, run on the host): wgmma accumulator / register-A fragment
   formulas against the PTX ISA figures re-encoded, the masking shortcut, the S -> P packing order, the epilogue's
   stmatrix addresses against the 128B-swizzled panel a TMA store reads, descriptor fields, shared-memory budgets.
@@ -79,11 +80,21 @@ def test_layout_under_the_d128_n176_switch(tmp_path):
     assert "D=64 block_m=192 block_n=128 " in out, out  # the other head dims keep their rows
 
 
+def test_layout_under_the_item_pipeline_switch(tmp_path):
+    """-DFLASHCORE_FWD_SM90_ITEM_PIPELINE (fwd/traits.cuh kItemPipeline): two Q buffers next to the output buffer
+    where all three fit (D = 64, 96, 128), within the shared-memory limit and 1024-byte aligned; D = 192 / 256 (no
+    output buffer) keep one."""
+    out = _layout_check(tmp_path, ["-DFLASHCORE_FWD_SM90_ITEM_PIPELINE"])
+    assert ", 0 failures" in out, out
+    for head_dim, buffers in [(64, 2), (96, 2), (128, 2), (192, 1), (256, 1)]:
+        assert f"D={head_dim} Q buffers: {buffers}" in out, out
+
+
 def test_fragments_and_epilogue_addresses(layout_check_output):
     out = layout_check_output
     assert ", 0 failures" in out, out
     for head_dim in (64, 96, 128, 192, 256):
-        assert f"D={head_dim} " in out, out
+        assert f"D={head_dim} " in out and f"D={head_dim} Q buffers: 1" in out, out
 
 
 TILE_ROW = re.compile(r"^\s*X\((\d+), (\d+), (\d+), (\d+), (\d+), (\d+)\)\s*\\?\s*$")

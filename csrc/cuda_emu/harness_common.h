@@ -90,6 +90,8 @@ struct ZeroBuffer {
 #define FLASHCORE_EMU_VARIANT _two_consumers
 #elif defined(FLASHCORE_FWD_SM90_D128_N176)
 #define FLASHCORE_EMU_VARIANT _n176
+#elif defined(FLASHCORE_FWD_SM90_ITEM_PIPELINE)
+#define FLASHCORE_EMU_VARIANT _item_pipeline
 #elif defined(FLASHCORE_BWD_SM90_SS_DKV)
 #define FLASHCORE_EMU_VARIANT _ss_dkv
 #elif defined(FLASHCORE_BWD_SM90_DQ_LAG_PINGPONG)
@@ -99,8 +101,8 @@ struct ZeroBuffer {
 #else
 #define FLASHCORE_EMU_VARIANT
 #endif
-// emu_sm90_<op>_d<D>_<bf16|fp16>[_out_in_q | _two_consumers | _n176 | _ss_dkv | _dq_lag | _dq_lag_pp]: the C
-// symbol of this build's entry point.
+// emu_sm90_<op>_d<D>_<bf16|fp16>[_out_in_q | _two_consumers | _n176 | _item_pipeline | _ss_dkv | _dq_lag |
+// _dq_lag_pp]: the C symbol of this build's entry point.
 #define FLASHCORE_EMU_SYMBOL(op)                                                                                 \
   FLASHCORE_CAT(FLASHCORE_CAT(FLASHCORE_CAT(FLASHCORE_CAT(op, _d), FLASHCORE_EMU_HEAD_DIM),                     \
                               FLASHCORE_CAT(_, FLASHCORE_EMU_TYPE_NAME)),                                        \

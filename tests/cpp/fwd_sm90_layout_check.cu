@@ -120,11 +120,15 @@ static void report() {
   // Every TMA / wgmma tile starts on a 1024-byte boundary (128B swizzle atoms), given a 1024-aligned base.
   alignas(1024) static fwd::SharedStorage<D> st;
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 1024 == 0; };
-  bool ok = aligned(st.q) && T::kKvPanelBytes % 1024 == 0 && T::kQPanelBytes % 1024 == 0;
+  bool ok = T::kKvPanelBytes % 1024 == 0 && T::kQPanelBytes % 1024 == 0;
+  for (int i = 0; i < T::kQBuffers; ++i) ok = ok && aligned(st.q[i]);
   for (int i = 0; i < T::kStages; ++i) ok = ok && aligned(st.k[i]) && aligned(st.v[i]);
   if constexpr (T::kSeparateOut) ok = ok && aligned(st.out);
   EXPECT(ok, "1024-byte aligned panels D %d", D);
   std::printf("D=%d separate output buffer: %d\n", D, int(T::kSeparateOut));
+  std::printf("D=%d Q buffers: %d\n", D, T::kQBuffers);
+  EXPECT(T::kQBuffers == (T::kItemPipeline ? 2 : 1) && (!T::kItemPipeline || T::kSeparateOut),
+         "Q buffers D %d: two exactly when pipelined across items, which needs the output buffer", D);
   // V as MN-major B: LBO = the next 64-wide head-dim panel, SBO = the next 8 keys; start address in 16 B units.
   const uint64_t desc = ptx::mnmajor_sw128_desc(0x4000, T::kKvPanelBytes);
   EXPECT((desc & 0x3FFF) == (0x4000 >> 4) && ((desc >> 16) & 0x3FFF) == (T::kKvPanelBytes >> 4) &&

@@ -115,6 +115,8 @@ static void check_order(int m_blocks, int pairs, int group) {
 // (2 warpgroups, or 3 at D = 64: FwdTraits::kConsumerWarps = 8 or 12, each warp arrives on its own), each a state
 // machine doing what producer.cuh / consumer.cuh / work.cuh do with the barriers (tile-index ring, Q buffer, K and V
 // rings, the consumers' ping-pong named barriers, the epilogue's), stepped in a random interleaving over all CTAs;
+// also as built with -DFLASHCORE_FWD_SM90_ITEM_PIPELINE (two Q buffers, Q loaded before an item's first K, and the
+// turn of an item's last P V issuing the next item's first S, sought before that turn);
 // counter claims happen whenever a producer gets to them. mbarriers follow the PTX rule (a wait names a parity;
 // "done" when the barrier's phase parity differs) and every wait also checks the absolute phase it means, so a role
 // lapping another is caught, not aliased.
@@ -154,7 +156,7 @@ struct NamedBar {
 };
 
 struct Cta {
-  MBar tile_full[kTileSlots], tile_empty[kTileSlots], q_full, q_empty;
+  MBar tile_full[kTileSlots], tile_empty[kTileSlots], q_full[2], q_empty[2];  // Q: one buffer, or two (pipelined)
   std::vector<MBar> k_full, k_empty, v_full, v_empty;
   int tile[kTileSlots] = {};
   int epi_arrived[kMaxConsumers] = {}, epi_gen[kMaxConsumers] = {};  // per consumer: the epilogue's named barrier
@@ -166,8 +168,10 @@ struct Role {  // a producer (warp < 0) or a consumer warp; a program counter an
   int cta, warp, pc = 0;
   int t = 0, kt = 0, span = 0, v_stage = 0, turns = 0, epi_gen = 0;
   int turn_site = 0, sched_gen = 0;  // consumer: which GEMM batch its pending turn issues; the phase it waits on
-  uint32_t kv = 0, q_phase = 0, v_phase = 0;
-  uint32_t q_uses = 0;  // Q buffer loads (producer) or reads (consumer) so far: the absolute phase of q_full
+  uint32_t kv = 0, v_phase = 0;
+  uint32_t q_uses = 0;  // Q loads (producer) or items whose Q is done (consumer) so far: buffer and lap (q_buf, q_lap)
+  int t_done = 0;       // pipelined consumer: the item whose epilogue follows the merged tail turn
+  bool tail_pending = false;  // pipelined consumer: seeking the next item before the current one's tail turn
   HandoffCursor handoff;
   std::vector<int> seq;  // tiles published (producer) or taken (consumer), kNoTile last
   bool done = false;
@@ -177,6 +181,7 @@ struct HandoffModel {
   int grid, num_tiles, stages, consumers;
   bool dynamic;
   bool q_after_epilogue;  // D = 192 / 256: Q is freed by each consumer's thread 0 after its store, not per warp
+  bool pipelined;         // -DFLASHCORE_FWD_SM90_ITEM_PIPELINE (needs the separate output: !q_after_epilogue)
   std::vector<int> spans;          // key tiles of each work tile (0: empty, zeros written, nothing loaded)
   int counter = 0;
   std::vector<Cta> ctas;
@@ -186,6 +191,17 @@ struct HandoffModel {
   int warps() const { return consumers * kWarpsPerGroup; }  // FwdTraits::kConsumerWarps
   int q_empty_arrivals() const { return q_after_epilogue ? consumers : warps(); }
   int group(const Role& r) const { return r.warp / kWarpsPerGroup; }
+  // The Q buffer of the uses-th item and how many times it was used before (its barriers' absolute phase).
+  int q_buf(uint32_t uses) const { return pipelined ? static_cast<int>(uses & 1u) : 0; }
+  uint32_t q_lap(uint32_t uses) const { return pipelined ? uses >> 1 : uses; }
+  bool q_full_ready(Cta& c, uint32_t uses) {
+    return c.q_full[q_buf(uses)].ready(q_lap(uses) & 1u, q_lap(uses) + 1, "q_full");
+  }
+  // A consumer warp is done with its current item's Q (after the item's last S; or, q_after_epilogue, its store).
+  void q_release(Cta& c, Role& r) {
+    c.q_empty[q_buf(r.q_uses)].arrive();
+    if (pipelined) r.q_uses++;
+  }
 
   // sched_wait, first half: this warp's bar.sync joins its consumer's barrier (a step), then waits for the phase.
   void sched_join(Role& r, int resume) {
@@ -206,6 +222,22 @@ struct HandoffModel {
     if (b.gen != gen) c.grants.push_back(next);
   }
   int next_static(int t) const { return static_next_tile(t, grid, num_tiles); }
+  // Where a consumer goes once its item's key walk is issued: the tail turn; pipelined, first the next item (9: take
+  // the next index, then seek on from case 2).
+  int walk_end(Role& r) {
+    if (!pipelined) return 7;
+    r.tail_pending = true, r.t_done = r.t;
+    return 9;
+  }
+  // The item's first S completed (the prologue's turn or the merged tail's): K free, Q too if it is the only tile.
+  void first_s_done(Cta& c, Role& r) {
+    const int stage = static_cast<int>(r.kv % stages);
+    c.k_empty[stage].arrive();
+    if (!q_after_epilogue && r.span == 1) q_release(c, r);
+    r.v_stage = stage, r.v_phase = r.kv / stages;
+    ++r.kv, r.kt = 1;
+    r.pc = r.kt < r.span ? 5 : walk_end(r);
+  }
 
   // One step of role r if it can make one; false when it is blocked on a barrier.
   bool step(Role& r) {
@@ -230,19 +262,21 @@ struct HandoffModel {
           if (!dynamic) r.seq.push_back(r.t);
           if (r.t == kNoTile) { r.done = true; return true; }
           r.span = spans[r.t], r.kt = 0;
-          r.pc = r.span == 0 ? 8 : 4;
+          r.pc = r.span == 0 ? 8 : pipelined ? 5 : 4;
           return true;
         case 4:  // K tile kt
           if (!c.k_empty[stage].ready((lap & 1u) ^ 1u, lap, "k_empty")) return false;
           c.k_full[stage].arrive();
-          r.pc = r.kt == 0 ? 5 : 6;
+          r.pc = r.kt == 0 && !pipelined ? 5 : 6;
           return true;
-        case 5:  // Q, after the first K
-          if (!c.q_empty.ready(r.q_phase ^ 1, r.q_uses, "q_empty")) return false;
-          c.q_full.arrive();
-          r.q_phase ^= 1, r.q_uses++;
-          r.pc = 6;
+        case 5: {  // Q, after the first K (pipelined: before it)
+          const uint32_t q_lap_now = q_lap(r.q_uses);
+          if (!c.q_empty[q_buf(r.q_uses)].ready((q_lap_now & 1u) ^ 1u, q_lap_now, "q_empty")) return false;
+          c.q_full[q_buf(r.q_uses)].arrive();
+          r.q_uses++;
+          r.pc = pipelined ? 4 : 6;
           return true;
+        }
         case 6:  // V tile kt
           if (!c.v_empty[stage].ready((lap & 1u) ^ 1u, lap, "v_empty")) return false;
           c.v_full[stage].arrive();
@@ -272,17 +306,22 @@ struct HandoffModel {
         return true;
       case 2:
         r.seq.push_back(r.t);
-        if (r.t == kNoTile) {  // consumer 0 absorbs the last consumer's final pass
-          if (group(r) == 0) { sched_join(r, 12); return true; }
-          r.done = true;
+        if (r.t == kNoTile) {
+          if (r.tail_pending) { r.pc = 7; return true; }  // pipelined: the last item's tail turn alone
+          r.pc = 11;
           return true;
         }
+        if (spans[r.t] == 0) { ++runs[r.t]; r.pc = 9; return true; }  // store_empty_rows, no barrier
+        if (r.tail_pending) { r.pc = 71; return true; }  // pipelined: the merged tail turn
         r.span = spans[r.t], r.kt = 0;
-        if (r.span == 0) { ++runs[r.t]; r.pc = 9; return true; }  // store_empty_rows, no barrier
         r.pc = 3;
         return true;
+      case 11:  // consumer 0 absorbs the last consumer's final pass
+        if (group(r) == 0) { sched_join(r, 12); return true; }
+        r.done = true;
+        return true;
       case 3:  // prologue: Q, then S of the first key tile
-        if (!c.q_full.ready(r.q_phase, r.q_uses + 1, "q_full")) return false;
+        if (!q_full_ready(c, r.q_uses)) return false;
         r.pc = 4;
         return true;
       case 4:
@@ -292,11 +331,7 @@ struct HandoffModel {
         return true;
       case 40:  // the prologue's turn: S of the first key tile
         ++r.turns;
-        c.k_empty[stage].arrive();
-        if (!q_after_epilogue && r.span == 1) c.q_empty.arrive();
-        r.v_stage = stage, r.v_phase = lap;
-        ++r.kv, r.kt = 1;
-        r.pc = r.kt < r.span ? 5 : 7;
+        first_s_done(c, r);
         return true;
       case 5:  // loop: S of tile kt (stage) with P V of the previous one (v_stage)
         if (!c.k_full[stage].ready(lap & 1u, lap + 1, "k_full")) return false;
@@ -310,13 +345,13 @@ struct HandoffModel {
       case 60:  // a loop turn: S of tile kt with P V of the previous one
         ++r.turns;
         c.k_empty[stage].arrive();
-        if (!q_after_epilogue && r.kt == r.span - 1) c.q_empty.arrive();
+        if (!q_after_epilogue && r.kt == r.span - 1) q_release(c, r);
         c.v_empty[r.v_stage].arrive();
         r.v_stage = stage, r.v_phase = lap;
         ++r.kv;
-        r.pc = ++r.kt < r.span ? 5 : 7;
+        r.pc = ++r.kt < r.span ? 5 : walk_end(r);
         return true;
-      case 7:  // tail: P V of the last tile, then the epilogue
+      case 7:  // tail: P V of the last tile, then the epilogue (pipelined: the last item's)
         if (!c.v_full[r.v_stage].ready(r.v_phase & 1u, r.v_phase + 1, "v_full")) return false;
         r.turn_site = 7;
         sched_join(r, 10);
@@ -331,10 +366,42 @@ struct HandoffModel {
         return true;
       case 8:
         if (c.epi_gen[group(r)] == r.epi_gen) return false;
-        if (q_after_epilogue && r.warp % kWarpsPerGroup == 0) c.q_empty.arrive();  // thread 0 of the consumer
-        r.q_phase ^= 1, r.q_uses++;
+        if (pipelined) {  // the last item's epilogue (no next item: t is the sentinel)
+          ++runs[r.t_done];
+          r.pc = 11;
+          return true;
+        }
+        if (q_after_epilogue && r.warp % kWarpsPerGroup == 0) c.q_empty[0].arrive();  // thread 0 of the consumer
+        r.q_uses++;
         ++runs[r.t];
         r.pc = 9;
+        return true;
+      case 71:  // pipelined tail: the last V tile, the next item's Q and first K, then the turn issuing both GEMMs
+        if (!c.v_full[r.v_stage].ready(r.v_phase & 1u, r.v_phase + 1, "v_full")) return false;
+        r.pc = 72;
+        return true;
+      case 72:
+        if (!q_full_ready(c, r.q_uses)) return false;
+        r.pc = 73;
+        return true;
+      case 73:
+        if (!c.k_full[stage].ready(lap & 1u, lap + 1, "k_full")) return false;
+        r.turn_site = 73;
+        sched_join(r, 10);
+        return true;
+      case 730:  // the merged turn: P V done, V free, the epilogue's barrier; its S completes under the epilogue
+        ++r.turns;
+        c.v_empty[r.v_stage].arrive();
+        r.epi_gen = c.epi_gen[group(r)];
+        if (++c.epi_arrived[group(r)] == kWarpsPerGroup) c.epi_arrived[group(r)] = 0, ++c.epi_gen[group(r)];
+        r.pc = 74;
+        return true;
+      case 74:
+        if (c.epi_gen[group(r)] == r.epi_gen) return false;
+        ++runs[r.t_done];
+        r.tail_pending = false;
+        r.span = spans[r.t], r.kt = 0;
+        first_s_done(c, r);
         return true;
       case 9:
         if (dynamic) { r.pc = 1; return true; }
@@ -359,7 +426,7 @@ struct HandoffModel {
     ctas.assign(grid, Cta{});
     for (Cta& c : ctas) {
       for (int i = 0; i < kTileSlots; ++i) c.tile_full[i].init(1), c.tile_empty[i].init(warps());
-      c.q_full.init(1), c.q_empty.init(q_empty_arrivals());
+      for (int b = 0; b < 2; ++b) c.q_full[b].init(1), c.q_empty[b].init(q_empty_arrivals());
       for (auto* ring : {&c.k_full, &c.v_full, &c.k_empty, &c.v_empty}) {
         ring->assign(stages, MBar{});
         const int arrivals = ring == &c.k_full || ring == &c.v_full ? 1 : warps();
@@ -389,16 +456,17 @@ struct HandoffModel {
 };
 
 static void check_handoff(int grid, int num_tiles, int stages, int consumers, bool dynamic, bool q_after_epilogue,
-                          int span_seed, uint64_t seed) {
+                          bool pipelined, int span_seed, uint64_t seed) {
   ++cases, ++handoff_runs;
-  HandoffModel m{grid, num_tiles, stages, consumers, dynamic, q_after_epilogue};
+  HandoffModel m{grid, num_tiles, stages, consumers, dynamic, q_after_epilogue, pipelined};
   const int warps = m.warps();
   for (int t = 0; t < num_tiles; ++t) {
     m.spans.push_back(static_cast<int>((t * 7 + span_seed * 3) % 5));  // 0..4 key tiles: some tiles empty
   }
   const bool finished = m.run(seed);
-  EXPECT(finished, "deadlock: grid %d tiles %d stages %d consumers %d dynamic %d q_after_epilogue %d seed %llu", grid,
-         num_tiles, stages, consumers, dynamic, q_after_epilogue, static_cast<unsigned long long>(seed));
+  EXPECT(finished, "deadlock: grid %d tiles %d stages %d consumers %d dynamic %d q_after_epilogue %d pipelined %d "
+         "seed %llu", grid, num_tiles, stages, consumers, dynamic, q_after_epilogue, pipelined,
+         static_cast<unsigned long long>(seed));
   if (!finished) return;
   std::vector<int> produced(num_tiles, 0);
   int turns[kMaxConsumers] = {-1, -1, -1};
@@ -470,18 +538,20 @@ int main() {
       for (int g = 1; g <= pairs + 1; ++g) check_order(m, pairs, g < pairs ? g : pairs);
   EXPECT(heads_per_group(100, 30, 8) == 3 && heads_per_group(10, 30, 8) == 1 && heads_per_group(1000, 30, 8) == 8,
          "heads_per_group clamps");
-  // The hand-off, under many interleavings: grids of 1..5 CTAs, one to several waves, both Q-release modes, 2 to 4
+  // The hand-off, under many interleavings: grids of 1..5 CTAs, one to several waves, both Q-release modes and the
+  // pipelined build, 2 to 4
   // stages, 2 and 3 consumer warpgroups; the static walk through the same model (no hand-off) as the reference.
   for (int consumers = 2; consumers <= kMaxConsumers; ++consumers)
     for (int grid = 1; grid <= 5; ++grid)
       for (int num_tiles = grid; num_tiles <= grid + 13; num_tiles += 1 + grid / 2)
         for (int stages = 2; stages <= 4; ++stages)
-          for (int q_after = 0; q_after <= 1; ++q_after)
+          for (int q_mode = 0; q_mode <= 2; ++q_mode)  // Q freed after the last S, after the store; pipelined
             for (uint64_t seed = 0; seed < 40; ++seed) {
               if (stages == 4 && seed >= 10) break;  // 4 stages: D = 64 only, a lighter sweep
               const int spans = static_cast<int>(seed % 3);
-              check_handoff(grid, num_tiles, stages, consumers, true, q_after != 0, spans, seed);
-              if (seed < 4) check_handoff(grid, num_tiles, stages, consumers, false, q_after != 0, spans, seed);
+              const bool q_after = q_mode == 1, pipelined = q_mode == 2;
+              check_handoff(grid, num_tiles, stages, consumers, true, q_after, pipelined, spans, seed);
+              if (seed < 4) check_handoff(grid, num_tiles, stages, consumers, false, q_after, pipelined, spans, seed);
             }
   EXPECT(claimed_tile(0, 4, 10) == 4 && claimed_tile(5, 4, 10) == 9 && claimed_tile(6, 4, 10) == kNoTile &&
              claimed_tile(2147483600, 132, 2147483647) == kNoTile,

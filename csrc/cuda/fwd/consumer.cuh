@@ -113,13 +113,16 @@ __device__ void consume(SharedStorage<D>& s, const CUtensorMap* tmap_o, const Ke
   const FwdParams& p = a.p;
   const ScoreOps ops{p.q_sign != 0u, p.tanh_out > 0.0f, p.tanh_in, p.tanh_out};
   const float score_mul = p.score_mul;
-  const uint32_t q_rows = smem_u32(s.q) + consumer * frag::kWgmmaM * kSwizzle128Row;  // 8 KB in: whole atoms
+  // This consumer's rows of Q buffer 0, 8 KB in: whole atoms (buffer 1, kItemPipeline: kQBytes further).
+  const uint32_t q_rows = smem_u32(s.q[0]) + consumer * frag::kWgmmaM * kSwizzle128Row;
   const uint32_t k_base = smem_u32(s.k[0]), v_base = smem_u32(s.v[0]);
   if (tid == 0 && consumer == 0) prefetch_tensor_map(tmap_o);
 
   if (consumer == T::kConsumers - 1) sched_pass<D>(consumer);  // consumer 0 issues first
-  int stage = 0;
-  uint32_t phase = 0, q_phase = 0;
+  int stage = 0, v_stage = 0;  // K/V ring: the stage of the next S, and of the P V after it
+  uint32_t phase = 0, v_phase = 0;
+  uint32_t q_phase = 0;  // parity of the Q buffer's use count (kItemPipeline: of the current buffer's)
+  int q_buf = 0;         // kItemPipeline: the current item's Q buffer (items alternate); else always 0
   // Dynamic schedule: every tile index, and the end, comes from the producer (tile_handoff.cuh take_tile); static: the
   // same round-robin the producer computes.
   const bool dynamic = a.tile_counter != nullptr;
@@ -128,75 +131,72 @@ __device__ void consume(SharedStorage<D>& s, const CUtensorMap* tmap_o, const Ke
   auto next_tile = [&](int t) {
     return dynamic ? take_tile(s, handoff, lane) : static_next_tile(t, static_cast<int>(gridDim.x), num_tiles);
   };
-  for (int t = dynamic ? take_tile(s, handoff, lane) : static_cast<int>(blockIdx.x); t != kNoTile;
-       t = next_tile(t)) {
-    const WorkTile w = resolve_tile<D>(a, t);
-    if (!w.valid) continue;
-    const int wg_row0 = w.row0 + consumer * frag::kWgmmaM;
-    if (w.span.first == w.span.end) {
-      store_empty_rows<D, kBf16>(p, w, wg_row0, tid);
-      continue;
-    }
-    zero_v_rows_past_end<D>(s, w, stage, phase, v_base + stage * T::kKvTileBytes, consumer, tid);
-    const RowKeys keys = row_keys(w.band, wg_row0, tid);
-    float o[T::kORegs];
+
+  // The item's row state (O, running max m, row sum l) and the tiles in flight: S (then fp32 P) of the tile in its
+  // softmax, P (16-bit) of the tile in its P V GEMM.
+  float o[T::kORegs];
+  float m[kRowsPerThread], l[kRowsPerThread], rescale[kRowsPerThread];
+  float sc[T::kSRegs];
+  uint32_t pc[T::kPRegs];
+  auto start_rows = [&]() {
 #pragma unroll
     for (int i = 0; i < T::kORegs; ++i) o[i] = 0.0f;
-    float m[kRowsPerThread] = {kNegInf, kNegInf}, l[kRowsPerThread] = {0.0f, 0.0f}, rescale[kRowsPerThread];
-    float sc[T::kSRegs];
-    uint32_t pc[T::kPRegs];
-    auto masked = [&](int kt) { return !tile_unmasked(w.band, wg_row0, frag::kWgmmaM, kt * T::kBlockN, T::kBlockN); };
-
-    // ---- prologue: S of the first tile
-    int kt = w.span.end - 1;
-    mbarrier_wait(&s.q_full, q_phase);
-    mbarrier_wait(&s.k_full[stage], phase);
-    sched_wait<D>(consumer);
-    wgmma_fence();
-    issue_qk<D, kType>(sc, q_rows, k_base + stage * T::kKvTileBytes);
-    sched_pass<D>(consumer);
-    wgmma_wait<0>();
+#pragma unroll
+    for (int h = 0; h < kRowsPerThread; ++h) m[h] = kNegInf, l[h] = 0.0f;
+  };
+  auto issue_s = [&]() { issue_qk<D, kType>(sc, q_rows + q_buf * T::kQBytes, k_base + stage * T::kKvTileBytes); };
+  auto advance_stage = [&]() {  // the S just done is the next P V's tile
+    v_stage = stage;
+    v_phase = phase;
+    if (++stage == T::kStages) stage = 0, phase ^= 1;
+  };
+  // Key tile kt's S GEMM is complete: K is free (and Q after the item's last S), one online-softmax step.
+  auto softmax_of = [&](const WorkTile& w, const RowKeys& keys, int wg_row0, int kt) {
     fence_operands(sc);
     release(&s.k_empty[stage], lane);
-    if (T::kSeparateOut && kt == w.span.first) release(&s.q_empty, lane);  // the last S: Q is dead
-    transform_scores(sc, ops, masked(kt), keys, kt * T::kBlockN, tid);
-    softmax_step(sc, score_mul, m, l, rescale);  // O is still 0: nothing to rescale
+    if (T::kSeparateOut && kt == w.span.first) release(&s.q_empty[q_buf], lane);  // the last S: Q is dead
+    const bool masked = !tile_unmasked(w.band, wg_row0, frag::kWgmmaM, kt * T::kBlockN, T::kBlockN);
+    transform_scores(sc, ops, masked, keys, kt * T::kBlockN, tid);
+    softmax_step(sc, score_mul, m, l, rescale);  // in the loop, the exponentials run while P V does
+  };
+  // The item's first S is complete: its softmax (O is still 0: nothing to rescale).
+  auto first_softmax = [&](const WorkTile& w, const RowKeys& keys, int wg_row0) {
+    softmax_of(w, keys, wg_row0, w.span.end - 1);
     pack_p<kBf16>(sc, pc);
-    int v_stage = stage;
-    uint32_t v_phase = phase;
-    if (++stage == T::kStages) stage = 0, phase ^= 1;
-
-    // ---- steady state: S of tile kt while P V of tile kt + 1
+    advance_stage();
+  };
+  // Steady state: S of tile kt while P V of tile kt + 1.
+  auto walk = [&](const WorkTile& w, const RowKeys& keys, int wg_row0) {
 #pragma unroll 1
-    for (--kt; kt >= w.span.first; --kt) {
+    for (int kt = w.span.end - 2; kt >= w.span.first; --kt) {
       mbarrier_wait(&s.k_full[stage], phase);
       mbarrier_wait(&s.v_full[v_stage], v_phase);  // before the fence: no wait loop inside a wgmma batch
       sched_wait<D>(consumer);
       fence_operands(o);
       fence_operands(pc);
       wgmma_fence();
-      issue_qk<D, kType>(sc, q_rows, k_base + stage * T::kKvTileBytes);
+      issue_s();
       issue_pv<D, kType>(o, pc, v_base + v_stage * T::kKvTileBytes);
       sched_pass<D>(consumer);
       wgmma_wait<1>();  // S done; P V may still run
-      fence_operands(sc);
-      release(&s.k_empty[stage], lane);
-      if (T::kSeparateOut && kt == w.span.first) release(&s.q_empty, lane);  // the last S: Q is dead
-      transform_scores(sc, ops, masked(kt), keys, kt * T::kBlockN, tid);
-      softmax_step(sc, score_mul, m, l, rescale);  // the exponentials run while P V does
+      softmax_of(w, keys, wg_row0, kt);
       wgmma_wait<0>();
       fence_operands(o);
       fence_operands(pc);
       release(&s.v_empty[v_stage], lane);
       pack_p<kBf16>(sc, pc);  // only now: pc was the operand of the P V GEMM that just completed
       rescale_rows(o, rescale);
-      v_stage = stage;
-      v_phase = phase;
-      if (++stage == T::kStages) stage = 0, phase ^= 1;
+      advance_stage();
     }
-
-    // ---- tail: P V of the last tile
-    mbarrier_wait(&s.v_full[v_stage], v_phase);
+  };
+  // The item's last P V has completed.
+  auto pv_done = [&]() {
+    fence_operands(o);
+    fence_operands(pc);
+    release(&s.v_empty[v_stage], lane);
+  };
+  // The turn of the item's last P V alone (its V tile has landed), until it completes.
+  auto last_pv_turn = [&]() {
     sched_wait<D>(consumer);
     fence_operands(o);
     fence_operands(pc);
@@ -204,12 +204,105 @@ __device__ void consume(SharedStorage<D>& s, const CUtensorMap* tmap_o, const Ke
     issue_pv<D, kType>(o, pc, v_base + v_stage * T::kKvTileBytes);
     sched_pass<D>(consumer);
     wgmma_wait<0>();
-    fence_operands(o);
-    fence_operands(pc);
-    release(&s.v_empty[v_stage], lane);
+    pv_done();
+  };
 
-    epilogue<D, kBf16>(o, m, l, s, tmap_o, p, w, consumer, tid);
-    q_phase ^= 1;
+  if constexpr (!T::kItemPipeline) {
+    for (int t = dynamic ? take_tile(s, handoff, lane) : static_cast<int>(blockIdx.x); t != kNoTile;
+         t = next_tile(t)) {
+      const WorkTile w = resolve_tile<D>(a, t);
+      if (!w.valid) continue;
+      const int wg_row0 = w.row0 + consumer * frag::kWgmmaM;
+      if (w.span.first == w.span.end) {
+        store_empty_rows<D, kBf16>(p, w, wg_row0, tid);
+        continue;
+      }
+      zero_v_rows_past_end<D>(s, w, stage, phase, v_base + stage * T::kKvTileBytes, consumer, tid);
+      const RowKeys keys = row_keys(w.band, wg_row0, tid);
+      start_rows();
+
+      // ---- prologue: S of the first tile
+      mbarrier_wait(&s.q_full[0], q_phase);
+      mbarrier_wait(&s.k_full[stage], phase);
+      sched_wait<D>(consumer);
+      wgmma_fence();
+      issue_s();
+      sched_pass<D>(consumer);
+      wgmma_wait<0>();
+      first_softmax(w, keys, wg_row0);
+
+      walk(w, keys, wg_row0);
+
+      // ---- tail: P V of the last tile
+      mbarrier_wait(&s.v_full[v_stage], v_phase);
+      last_pv_turn();
+
+      epilogue<D, kBf16>(o, m, l, s, tmap_o, p, w, consumer, tid);
+      q_phase ^= 1;
+    }
+  } else {
+    // Pipelined across items: the turn that issues an item's last P V issues the next item's first S too, and the
+    // epilogue runs under that S, so an item boundary costs the tensor cores no idle turn (a consumer's epilogue and
+    // set-up would otherwise delay the other consumer's next turn as well: the turns form one chain). The turn counts
+    // still match: every consumer walks the same items, one turn per key tile, plus the first item's S turn.
+    int t = dynamic ? take_tile(s, handoff, lane) : static_cast<int>(blockIdx.x);
+    // From t on, the first tile with keys to walk (its index stays in t); rows that see no key get out 0 and
+    // lse -inf on the way. The next item is sought before the tail turn: only its index is kept across the turn
+    // and the epilogue (the tile is resolved again after them, not held in registers).
+    auto seek = [&]() {
+      for (; t != kNoTile; t = next_tile(t)) {
+        const WorkTile x = resolve_tile<D>(a, t);
+        if (!x.valid) continue;
+        if (x.span.first != x.span.end) return true;
+        store_empty_rows<D, kBf16>(p, x, x.row0 + consumer * frag::kWgmmaM, tid);
+      }
+      return false;
+    };
+    if (seek()) {
+      // ---- the first item's prologue: its S alone
+      mbarrier_wait(&s.q_full[q_buf], q_phase);
+      mbarrier_wait(&s.k_full[stage], phase);
+      sched_wait<D>(consumer);
+      wgmma_fence();
+      issue_s();
+      sched_pass<D>(consumer);
+      wgmma_wait<0>();
+      for (;;) {
+        const WorkTile w = resolve_tile<D>(a, t);
+        const int wg_row0 = w.row0 + consumer * frag::kWgmmaM;
+        const RowKeys keys = row_keys(w.band, wg_row0, tid);
+        start_rows();
+        first_softmax(w, keys, wg_row0);
+        // Its first V tile is read from the next turn on (consumer.cuh's argument holds: the zeros precede it).
+        zero_v_rows_past_end<D>(s, w, v_stage, v_phase, v_base + v_stage * T::kKvTileBytes, consumer, tid);
+        walk(w, keys, wg_row0);
+
+        // ---- tail: P V of the last tile, and S of the next item's first tile
+        t = next_tile(t);
+        const bool more = seek();
+        mbarrier_wait(&s.v_full[v_stage], v_phase);
+        if (!more) {  // the last item: its P V alone (a branch of its own: S must not be merged with stale values)
+          last_pv_turn();
+          epilogue<D, kBf16>(o, m, l, s, tmap_o, p, w, consumer, tid);
+          break;
+        }
+        q_buf ^= 1;
+        if (q_buf == 0) q_phase ^= 1;
+        mbarrier_wait(&s.q_full[q_buf], q_phase);
+        mbarrier_wait(&s.k_full[stage], phase);
+        sched_wait<D>(consumer);
+        fence_operands(o);
+        fence_operands(pc);
+        wgmma_fence();
+        issue_pv<D, kType>(o, pc, v_base + v_stage * T::kKvTileBytes);
+        issue_s();
+        sched_pass<D>(consumer);
+        wgmma_wait<1>();  // P V done (groups complete in order); the next S may still run
+        pv_done();
+        epilogue<D, kBf16>(o, m, l, s, tmap_o, p, w, consumer, tid);  // under the next item's S
+        wgmma_wait<0>();
+      }
+    }
   }
   if (consumer == 0) sched_wait<D>(consumer);  // absorb the last consumer's final pass: barriers end balanced
   if (tid == 0) bulk_wait_group<0>();       // shared memory must outlive the output stores reading it

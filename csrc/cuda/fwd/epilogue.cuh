@@ -78,7 +78,7 @@ __device__ __forceinline__ void epilogue(float (&o)[FwdTraits<D>::kORegs], const
   if constexpr (T::kSeparateOut) {
     staging = s.out + consumer * frag::kWgmmaM * kSwizzle128Row;
   } else {
-    staging = s.q + consumer * frag::kWgmmaM * kSwizzle128Row;
+    staging = s.q[0] + consumer * frag::kWgmmaM * kSwizzle128Row;
   }
   const uint32_t rows_base = smem_u32(staging);
   if (tma_store) {
@@ -106,14 +106,14 @@ __device__ __forceinline__ void epilogue(float (&o)[FwdTraits<D>::kORegs], const
       bulk_commit_group();
       if constexpr (!T::kSeparateOut) {
         bulk_wait_group_read<0>();  // Q's buffer is read: the producer may load the next Q into it
-        mbarrier_arrive(&s.q_empty);
+        mbarrier_arrive(&s.q_empty[0]);
       }  // else the next epilogue waits, so the store's read overlaps the next tile
     }
   } else {
     store_rows_direct<D, kBf16>(o, p, w, wg_row0, tid);
     if constexpr (!T::kSeparateOut) {
       named_barrier_sync(bar, frag::kWarpgroupThreads);  // every warp is past its last wgmma reading Q
-      if (tid == 0) mbarrier_arrive(&s.q_empty);
+      if (tid == 0) mbarrier_arrive(&s.q_empty[0]);
     }
   }
 }

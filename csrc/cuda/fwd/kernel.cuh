@@ -27,8 +27,10 @@ __global__ void __launch_bounds__(FwdTraits<D>::kThreads, 1)
   SharedStorage<D>& s = ptx::smem_storage<SharedStorage<D>>(smem_raw);
 
   if (threadIdx.x == 0) {
-    ptx::mbarrier_init(&s.q_full, 1);            // the producer's arrive.expect_tx; the bytes come from TMA
-    ptx::mbarrier_init(&s.q_empty, T::kQEmptyArrivals);
+    for (int i = 0; i < T::kQBuffers; ++i) {
+      ptx::mbarrier_init(&s.q_full[i], 1);  // the producer's arrive.expect_tx; the bytes come from TMA
+      ptx::mbarrier_init(&s.q_empty[i], T::kQEmptyArrivals);
+    }
     for (int i = 0; i < T::kStages; ++i) {
       ptx::mbarrier_init(&s.k_full[i], 1);
       ptx::mbarrier_init(&s.v_full[i], 1);

@@ -53,9 +53,8 @@ template <int D>
 std::string plan_fwd(const FwdParams& p, int num_sms, int l2_bytes, bool static_schedule, FwdLaunchPlan& plan) {
   using T = FwdTraits<D>;
   static_assert(smem_bytes<D>() <= kMaxSmemPerBlock, "shared memory over the 227 KB per-block limit");
-  static_assert(sizeof(SharedStorage<D>) + kSmemAlign <= T::kFixedSmemBytes + T::kQBytes * (T::kSeparateOut ? 2 : 1) +
-                                                          2 * T::kStages * T::kKvTileBytes,
-                "kSeparateOut's estimate of shared memory is below the real layout");
+  static_assert(sizeof(SharedStorage<D>) + kSmemAlign <= T::smem_estimate(T::kQSizedBuffers),
+                "kSeparateOut's / kItemPipeline's estimate of shared memory is below the real layout");
   plan = FwdLaunchPlan{};
   const ptx::TmaElem elem = p.dtype == HalfType::kBf16 ? ptx::TmaElem::kBf16 : ptx::TmaElem::kFp16;
   const bool varlen = p.cu_seqlens_q != nullptr;

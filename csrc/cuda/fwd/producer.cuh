@@ -33,15 +33,30 @@ __device__ __forceinline__ void produce_tiles(SharedStorage<D>& s, const CUtenso
   // K/V tiles loaded so far: the ring stage and the parity of its lap follow from it. One register for both (the
   // consumers keep the pair): with the hand-off cursor, a separate stage and phase would no longer fit in 24.
   uint32_t kv_loads = 0;
-  uint32_t q_phase = 0;   // parity of the Q buffer's use count
+  uint32_t q_phase = 0;   // parity of the Q buffer's use count (kItemPipeline: of the current buffer's)
+  int q_buf = 0;          // kItemPipeline: the buffer of this item's Q (items alternate); else always 0
   HandoffCursor handoff;  // dynamic: the tile-index ring to the consumers (work.cuh)
+  auto load_q = [&](const WorkTile& w) {
+    mbarrier_wait(&s.q_empty[q_buf], q_phase ^ 1);
+    mbarrier_arrive_expect_tx(&s.q_full[q_buf], T::kQBytes);
+    load_tile<D>(s.q[q_buf], T::kQPanelBytes, tmap_q, &s.q_full[q_buf], w.q_start + w.row0, w.head, w.tma_batch);
+    if constexpr (T::kQBuffers == 2) {
+      q_buf ^= 1;
+      if (q_buf == 0) q_phase ^= 1;
+    } else {
+      q_phase ^= 1;
+    }
+  };
   // The next tile is claimed once this one's loads are issued: the consumers are then still about kStages key
   // tiles from its end, which hides the claim's round trip, and the claim comes as late as it can to balance best.
   for (int t = blockIdx.x; t != kNoTile; t = claim_next_tile<kDynamic>(a, t)) {
     if constexpr (kDynamic) publish_tile(s, handoff, t);
     const WorkTile w = resolve_tile<D>(a, t);
     if (w.span.first == w.span.end) continue;  // consumers write zeros without loading anything
-    bool q_issued = false;
+    // kItemPipeline: Q before the first K tile. The consumers need both at once (the previous item's tail turn issues
+    // this item's first S); the buffer was freed by the item before the previous one, whose S GEMMs are done by now.
+    if constexpr (T::kItemPipeline) load_q(w);
+    bool q_issued = T::kItemPipeline;
 #pragma unroll 1
     for (int kt = w.span.end - 1; kt >= w.span.first; --kt) {
       const int key_row = w.k_start + kt * T::kBlockN;
@@ -51,10 +66,7 @@ __device__ __forceinline__ void produce_tiles(SharedStorage<D>& s, const CUtenso
       mbarrier_arrive_expect_tx(&s.k_full[stage], T::kKvTileBytes);
       load_tile<D>(s.k[stage], T::kKvPanelBytes, tmap_k, &s.k_full[stage], key_row, w.head_kv, w.tma_batch);
       if (!q_issued) {  // after the first K tile, so that load overlaps the consumers' previous epilogue
-        mbarrier_wait(&s.q_empty, q_phase ^ 1);
-        mbarrier_arrive_expect_tx(&s.q_full, T::kQBytes);
-        load_tile<D>(s.q, T::kQPanelBytes, tmap_q, &s.q_full, w.q_start + w.row0, w.head, w.tma_batch);
-        q_phase ^= 1;
+        load_q(w);
         q_issued = true;
       }
       mbarrier_wait(&s.v_empty[stage], phase ^ 1);

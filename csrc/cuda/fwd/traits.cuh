@@ -53,6 +53,8 @@ constexpr TileRow fwd_row() {
   return tile_row(D);
 }
 
+constexpr int kMaxSmemPerBlock = 227 * 1024;  // sm_90 opt-in limit (228 KB per SM minus 1 KB reserved per CTA)
+
 template <int D>
 struct FwdTraits {
   static constexpr TileRow kRow = fwd_row<D>();
@@ -115,15 +117,30 @@ struct FwdTraits {
   // output in its own, by then dead, 64 rows of Q, and the next Q waits for the stores. Building with
   // -DFLASHCORE_FWD_SM90_OUT_IN_Q forces the second way for every head dim (a switch for bisecting on a GPU).
   static constexpr int kFixedSmemBytes = 2 * 1024;  // barriers (rounded to the 1 KB alignment) + base alignment slack
+  // Bytes of a layout with q_sized Q-sized buffers (Q, the output, a second Q) next to the K/V ring.
+  static constexpr int smem_estimate(int q_sized) {
+    return q_sized * kQBytes + 2 * kStages * kKvTileBytes + kFixedSmemBytes;
+  }
 #if defined(FLASHCORE_FWD_SM90_OUT_IN_Q)
   static constexpr bool kSeparateOut = false;
 #else
-  static constexpr bool kSeparateOut =
-      2 * kQBytes + 2 * kStages * kKvTileBytes + kFixedSmemBytes <= 227 * 1024;  // 227 KB: kMaxSmemPerBlock
+  static constexpr bool kSeparateOut = smem_estimate(2) <= kMaxSmemPerBlock;
 #endif
   // Arrivals that free Q: with an output buffer, lane 0 of each consumer warp once its last S GEMM is done; else
   // thread 0 of each consumer once the output store staged in Q has read it.
   static constexpr uint32_t kQEmptyArrivals = kSeparateOut ? kConsumerWarps : kConsumers;
+  // -DFLASHCORE_FWD_SM90_ITEM_PIPELINE: the consumers pipeline across work items (consumer.cuh): the turn that
+  // issues an item's last P V also issues the next item's first S, and the epilogue runs under it. The next item's Q
+  // must be resident by then, so Q gets two buffers, used by alternate items. Only where the output has a buffer of
+  // its own (the epilogue must not wait for Q) and three Q-sized buffers fit: D = 64, 96, 128 (D = 128: 3 x 32 KB +
+  // 2 x 64 KB + 2 KB = 226 KB). A candidate to time against the default at short seqlens (bench/notes/fwd_sm90.md).
+#if defined(FLASHCORE_FWD_SM90_ITEM_PIPELINE)
+  static constexpr bool kItemPipeline = kSeparateOut && smem_estimate(3) <= kMaxSmemPerBlock;
+#else
+  static constexpr bool kItemPipeline = false;
+#endif
+  static constexpr int kQBuffers = kItemPipeline ? 2 : 1;
+  static constexpr int kQSizedBuffers = kQBuffers + (kSeparateOut ? 1 : 0);  // what shared memory holds
 
   static constexpr int kQkSteps = D / 16;        // wgmma K slices of S = Q K^T (16 head-dim columns each)
   static constexpr int kPvSteps = kBlockN / 16;  // wgmma K slices of O += P V (16 keys each)
@@ -145,11 +162,12 @@ struct OutStorage<D, true> {
 template <int D>
 struct SharedStorage : OutStorage<D> {
   using T = FwdTraits<D>;
-  alignas(1024) uint8_t q[T::kQBytes];  // Q tile; without an output buffer, each consumer stages its output here
+  // Q tile (two under kItemPipeline, alternate items); without an output buffer, each consumer stages its output here
+  alignas(1024) uint8_t q[T::kQBuffers][T::kQBytes];
   alignas(1024) uint8_t k[T::kStages][T::kKvTileBytes];
   alignas(1024) uint8_t v[T::kStages][T::kKvTileBytes];
-  uint64_t q_full;   // producer -> consumers: Q landed (1 arrival + kQBytes)
-  uint64_t q_empty;  // consumers -> producer: Q is dead (kQEmptyArrivals, below)
+  uint64_t q_full[T::kQBuffers];   // producer -> consumers: Q landed (1 arrival + kQBytes)
+  uint64_t q_empty[T::kQBuffers];  // consumers -> producer: Q is dead (kQEmptyArrivals, above)
   uint64_t k_full[T::kStages], k_empty[T::kStages];  // K ring: full (1 + tx), empty (lane 0 of each consumer warp)
   uint64_t v_full[T::kStages], v_empty[T::kStages];  // V ring, same stage index as K
   // Dynamic schedule: tile indices from the producer to the consumers (tile_handoff.cuh). full: 1 arrival (the
@@ -158,7 +176,6 @@ struct SharedStorage : OutStorage<D> {
   int tile[kTileSlots];
 };
 
-constexpr int kMaxSmemPerBlock = 227 * 1024;  // sm_90 opt-in limit (228 KB per SM minus 1 KB reserved per CTA)
 constexpr int kSmemAlign = static_cast<int>(ptx::kSwizzle128Atom);  // swizzled tiles start on 1024-byte boundaries
 
 template <int D>
