@@ -347,6 +347,9 @@ variant_plan() {  # SWITCH -> "pytest -k expression|bench arguments"
     *_BWD_*) echo "bwd|--bwd-op --quick --head-dims 128" ;;
     *D64_TWO_CONSUMERS) echo "fwd|--mode fwd --quick --json-only --head-dims 64 --peers $FWD_PEERS" ;;
     *D128_N176) echo "fwd|--mode fwd --quick --json-only --head-dims 128 --peers $FWD_PEERS" ;;
+    # the item boundaries it removes weigh most in short sequences: 512 (5 turns per consumer and item at D = 128)
+    *ITEM_PIPELINE)
+      echo "fwd|--mode fwd --quick --json-only --head-dims 64,128 --seqlens 512,1024,8192 --peers $FWD_PEERS" ;;
     *_FWD_*) echo "fwd|--mode fwd --quick --json-only --head-dims 64,128 --peers $FWD_PEERS" ;;
     *) echo "|" ;;
   esac
