@@ -222,6 +222,12 @@ struct HandoffModel {
     if (b.gen != gen) c.grants.push_back(next);
   }
   int next_static(int t) const { return static_next_tile(t, grid, num_tiles); }
+  // The epilogue's named barrier over the consumer's 4 warps (bar.sync, epilogue.cuh): this warp joins; it passes
+  // once epi_gen moves on.
+  void epilogue_join(Cta& c, Role& r) {
+    r.epi_gen = c.epi_gen[group(r)];
+    if (++c.epi_arrived[group(r)] == kWarpsPerGroup) c.epi_arrived[group(r)] = 0, ++c.epi_gen[group(r)];
+  }
   // Where a consumer goes once its item's key walk is issued: the tail turn; pipelined, first the next item (9: take
   // the next index, then seek on from case 2).
   int walk_end(Role& r) {
@@ -360,8 +366,7 @@ struct HandoffModel {
         ++r.turns;
         c.v_empty[r.v_stage].arrive();
         // The epilogue's named barrier over the consumer's 4 warps (bar.sync, epilogue.cuh) before its store.
-        r.epi_gen = c.epi_gen[group(r)];
-        if (++c.epi_arrived[group(r)] == kWarpsPerGroup) c.epi_arrived[group(r)] = 0, ++c.epi_gen[group(r)];
+        epilogue_join(c, r);
         r.pc = 8;
         return true;
       case 8:
@@ -392,8 +397,7 @@ struct HandoffModel {
       case 730:  // the merged turn: P V done, V free, the epilogue's barrier; its S completes under the epilogue
         ++r.turns;
         c.v_empty[r.v_stage].arrive();
-        r.epi_gen = c.epi_gen[group(r)];
-        if (++c.epi_arrived[group(r)] == kWarpsPerGroup) c.epi_arrived[group(r)] = 0, ++c.epi_gen[group(r)];
+        epilogue_join(c, r);
         r.pc = 74;
         return true;
       case 74:

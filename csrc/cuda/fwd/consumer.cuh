@@ -189,6 +189,16 @@ __device__ void consume(SharedStorage<D>& s, const CUtensorMap* tmap_o, const Ke
       advance_stage();
     }
   };
+  // The turn of an item's first S alone (its Q and K tile have landed), until it completes.
+  auto first_s_turn = [&]() {
+    mbarrier_wait(&s.q_full[q_buf], q_phase);
+    mbarrier_wait(&s.k_full[stage], phase);
+    sched_wait<D>(consumer);
+    wgmma_fence();
+    issue_s();
+    sched_pass<D>(consumer);
+    wgmma_wait<0>();
+  };
   // The item's last P V has completed.
   auto pv_done = [&]() {
     fence_operands(o);
@@ -221,14 +231,7 @@ __device__ void consume(SharedStorage<D>& s, const CUtensorMap* tmap_o, const Ke
       const RowKeys keys = row_keys(w.band, wg_row0, tid);
       start_rows();
 
-      // ---- prologue: S of the first tile
-      mbarrier_wait(&s.q_full[0], q_phase);
-      mbarrier_wait(&s.k_full[stage], phase);
-      sched_wait<D>(consumer);
-      wgmma_fence();
-      issue_s();
-      sched_pass<D>(consumer);
-      wgmma_wait<0>();
+      first_s_turn();  // ---- prologue: S of the first tile
       first_softmax(w, keys, wg_row0);
 
       walk(w, keys, wg_row0);
@@ -259,14 +262,7 @@ __device__ void consume(SharedStorage<D>& s, const CUtensorMap* tmap_o, const Ke
       return false;
     };
     if (seek()) {
-      // ---- the first item's prologue: its S alone
-      mbarrier_wait(&s.q_full[q_buf], q_phase);
-      mbarrier_wait(&s.k_full[stage], phase);
-      sched_wait<D>(consumer);
-      wgmma_fence();
-      issue_s();
-      sched_pass<D>(consumer);
-      wgmma_wait<0>();
+      first_s_turn();  // ---- the first item's prologue
       for (;;) {
         const WorkTile w = resolve_tile<D>(a, t);
         const int wg_row0 = w.row0 + consumer * frag::kWgmmaM;
