@@ -1023,6 +1023,31 @@ def test_fuzz_backward_dq_lag(emu_dq_lag):
     assert ran > 0 or FUZZ_CASES < 8, "no fuzz case had a lagged build's head dim and dtype"
 
 
+@pytest.mark.skipif(FUZZ_CASES == 0, reason="FLASHCORE_EMU_FUZZ=<cases>: random problems, the item-pipelined build")
+def test_fuzz_forward_item_pipeline(emu_item_pipeline):
+    """The fuzz cases whose head dim and dtype the item-pipelined library holds, forward only."""
+    import random
+
+    base = int(os.environ.get("FLASHCORE_TEST_SEED", "0")) or random.randrange(1 << 30)
+    ran = 0
+    for case in range(FUZZ_CASES):
+        rng = random.Random(base + case)
+        head_dim, heads_q, heads_kv, dtype, shape, options, run = _fuzz_case(rng)
+        if (head_dim, int(dtype == torch.bfloat16)) not in ITEM_PIPELINE_BUILDS:
+            continue
+        where = f"case {base + case}: D={head_dim} heads={heads_q}/{heads_kv} {dtype} {shape} {options} {run}"
+        q, k, v, varlen, sizes = _fuzz_inputs(shape, heads_q, heads_kv, head_dim, dtype)
+        if q.numel() == 0:
+            continue  # the extension returns the empty outputs without a launch
+        try:
+            out, lse, _ = _item_pipeline_fwd(emu_item_pipeline, q, k, v, **options, **varlen, **sizes, **run)
+            assert_fwd_matches(out, lse, *reference_fwd(q, k, v, **options, **varlen), dtype)
+        except (AssertionError, RuntimeError) as exc:
+            raise AssertionError(f"{where}: {exc}") from None
+        ran += 1
+    assert ran > 0 or FUZZ_CASES < 8, "no fuzz case had the item-pipelined build's head dim and dtype"
+
+
 @pytest.mark.skipif(FUZZ_CASES == 0, reason="FLASHCORE_EMU_FUZZ=<cases>: random problems, forward and backward")
 def test_fuzz(emu):
     import random
