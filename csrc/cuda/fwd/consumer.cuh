@@ -20,6 +20,8 @@
 // the final absorb. And no pass piles onto a phase still pending: each wait needs the previous consumer's pass, so
 // the turns form one chain (turn k of consumers 0, 1, ..., last, then turn k + 1 of consumer 0, ...), and the pass
 // that opens consumer i's turn k + 1 is sent after a turn that comes later in the chain than consumer i's turn k.
+// -DFLASHCORE_FWD_SM90_ITEM_PIPELINE (traits.cuh kItemPipeline) merges each item's tail turn with the next item's
+// prologue turn (the second branch of consume); the argument above is unchanged, the turns per item one fewer.
 #pragma once
 
 #include "epilogue.cuh"
@@ -89,9 +91,10 @@ __device__ __forceinline__ void issue_pv(float (&o)[FwdTraits<D>::kORegs], const
 // tile is the one the sequence end cuts; consumer 0, whose turn comes first on every stage, waits for its V and
 // zeroes those rows before the work tile's first GEMM. Each writer's fence, then the ping-pong barrier that opens
 // every turn (its own and, through its pass, every later one), order the zeros before all reads of the stage.
-// Here and not before the first P V, where D = 256 spilled; V was loaded right behind K. The first row comes from
-// resolve_tile (w.v_clear_row): computing it here also tipped D = 256's allocation (237 of 240) into a spill.
-// Dense sequences need none: their maps zero-fill past the end.
+// Here and not before the first P V, where D = 256 spilled; V was loaded right behind K. (Pipelined across items,
+// D <= 128, it is before the first P V: the item's first S shares a turn with the previous item's last P V.) The
+// first row comes from resolve_tile (w.v_clear_row): computing it here also tipped D = 256's allocation (237 of 240)
+// into a spill. Dense sequences need none: their maps zero-fill past the end.
 template <int D>
 __device__ __forceinline__ void zero_v_rows_past_end(SharedStorage<D>& s, const WorkTile& w, int stage, uint32_t phase,
                                                      uint32_t v_tile, int consumer, int tid) {
@@ -269,7 +272,7 @@ __device__ void consume(SharedStorage<D>& s, const CUtensorMap* tmap_o, const Ke
         const RowKeys keys = row_keys(w.band, wg_row0, tid);
         start_rows();
         first_softmax(w, keys, wg_row0);
-        // Its first V tile is read from the next turn on (consumer.cuh's argument holds: the zeros precede it).
+        // Its first V tile is first read in the next turn: the zeros still precede every read (zero_v_rows_past_end).
         zero_v_rows_past_end<D>(s, w, v_stage, v_phase, v_base + v_stage * T::kKvTileBytes, consumer, tid);
         walk(w, keys, wg_row0);
 

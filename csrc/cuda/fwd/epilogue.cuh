@@ -78,7 +78,7 @@ __device__ __forceinline__ void epilogue(float (&o)[FwdTraits<D>::kORegs], const
   if constexpr (T::kSeparateOut) {
     staging = s.out + consumer * frag::kWgmmaM * kSwizzle128Row;
   } else {
-    staging = s.q[0] + consumer * frag::kWgmmaM * kSwizzle128Row;
+    staging = s.q[0] + consumer * frag::kWgmmaM * kSwizzle128Row;  // no output buffer: one Q buffer (traits.cuh)
   }
   const uint32_t rows_base = smem_u32(staging);
   if (tma_store) {
