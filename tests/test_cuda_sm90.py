@@ -789,6 +789,31 @@ def test_fwd_varlen_non_finite_neighbour(head_dim, causal):
 
 
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("causal", [False, True])
+def test_fwd_varlen_many_short_items(head_dim, causal):
+    """Hundreds of short packed sequences: each CTA runs ~20 work items back to back, so Q's buffer(s) and the output
+    staging buffer are reused many times and (-DFLASHCORE_FWD_SM90_ITEM_PIPELINE) most items start in the previous
+    one's tail turn. Every fourth sequence starts with an inf in V and a NaN in K, which the previous sequence's last
+    key tile loads past its end: the V rows must be zeroed in whichever item comes, and only those sequences are NaN."""
+    gen_lens = torch.Generator().manual_seed(head_dim + causal)
+    lens = torch.randint(1, 300, (400,), generator=gen_lens).tolist()
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+    q, k, v = (rand((sum(lens), 4, head_dim), torch.bfloat16) for _ in range(3))
+    poisoned = list(range(3, len(lens), 4))
+    for b in poisoned:
+        v[int(cu[b]), 1, 5] = float("inf")
+        k[int(cu[b]), 2, 3] = float("nan")
+    out, lse = fwd_op(q, k, v, causal, (-1, -1), 0.0, None, cu, cu, max(lens), max(lens))
+    for b in range(len(lens)):
+        lo, hi = int(cu[b]), int(cu[b + 1])
+        if b in poisoned:
+            assert not torch.isfinite(out[lo:hi]).all(), f"sequence {b}: its own inf vanished"
+            continue
+        ref_out, ref_lse = naive.attention(q[None, lo:hi], k[None, lo:hi], v[None, lo:hi], causal=causal)
+        check_fwd_close(out[None, lo:hi], lse[None, :, lo:hi], ref_out, ref_lse, f"sequence {b} of {len(lens)}")
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_fwd_strided_views(head_dim):
     """q, k, v as views of one packed (batch, seqlen, 3, heads, head_dim) tensor: the tensor maps take the strides."""
     qkv = rand((2, 257, 3, 4, head_dim), torch.bfloat16)
