@@ -992,20 +992,27 @@ def _fuzz_inputs(shape, heads_q, heads_kv, head_dim, dtype):
     return q, k, v, {}, {}
 
 
-@pytest.mark.skipif(FUZZ_CASES == 0, reason="FLASHCORE_EMU_FUZZ=<cases>: random problems, the v3 backward builds")
-def test_fuzz_backward_dq_lag(emu_dq_lag):
-    """The fuzz cases whose head dim and dtype a lagged-dQ library holds, backward only."""
+def _fuzz_cases(builds=None):
+    """FLASHCORE_EMU_FUZZ random problems from one base seed (FLASHCORE_TEST_SEED, else drawn): (rng, a description
+    naming the case's seed, then _fuzz_case's fields). builds: only the (head_dim, bf16) pairs a library holds."""
     import random
 
-    lib, variant = emu_dq_lag
     base = int(os.environ.get("FLASHCORE_TEST_SEED", "0")) or random.randrange(1 << 30)
-    ran = 0
     for case in range(FUZZ_CASES):
         rng = random.Random(base + case)
         head_dim, heads_q, heads_kv, dtype, shape, options, run = _fuzz_case(rng)
-        if (head_dim, int(dtype == torch.bfloat16)) not in DQ_LAG_BUILDS:
+        if builds is not None and (head_dim, int(dtype == torch.bfloat16)) not in builds:
             continue
         where = f"case {base + case}: D={head_dim} heads={heads_q}/{heads_kv} {dtype} {shape} {options} {run}"
+        yield rng, where, head_dim, heads_q, heads_kv, dtype, shape, options, run
+
+
+@pytest.mark.skipif(FUZZ_CASES == 0, reason="FLASHCORE_EMU_FUZZ=<cases>: random problems, the v3 backward builds")
+def test_fuzz_backward_dq_lag(emu_dq_lag):
+    """The fuzz cases whose head dim and dtype a lagged-dQ library holds, backward only."""
+    lib, variant = emu_dq_lag
+    ran = 0
+    for rng, where, head_dim, heads_q, heads_kv, dtype, shape, options, run in _fuzz_cases(DQ_LAG_BUILDS):
         q, k, v, varlen, sizes = _fuzz_inputs(shape, heads_q, heads_kv, head_dim, dtype)
         if q.shape[-3] == 0 or k.shape[-3] == 0:
             continue  # the extension returns zeros without a launch
@@ -1026,16 +1033,8 @@ def test_fuzz_backward_dq_lag(emu_dq_lag):
 @pytest.mark.skipif(FUZZ_CASES == 0, reason="FLASHCORE_EMU_FUZZ=<cases>: random problems, the item-pipelined build")
 def test_fuzz_forward_item_pipeline(emu_item_pipeline):
     """The fuzz cases whose head dim and dtype the item-pipelined library holds, forward only."""
-    import random
-
-    base = int(os.environ.get("FLASHCORE_TEST_SEED", "0")) or random.randrange(1 << 30)
     ran = 0
-    for case in range(FUZZ_CASES):
-        rng = random.Random(base + case)
-        head_dim, heads_q, heads_kv, dtype, shape, options, run = _fuzz_case(rng)
-        if (head_dim, int(dtype == torch.bfloat16)) not in ITEM_PIPELINE_BUILDS:
-            continue
-        where = f"case {base + case}: D={head_dim} heads={heads_q}/{heads_kv} {dtype} {shape} {options} {run}"
+    for _, where, head_dim, heads_q, heads_kv, dtype, shape, options, run in _fuzz_cases(ITEM_PIPELINE_BUILDS):
         q, k, v, varlen, sizes = _fuzz_inputs(shape, heads_q, heads_kv, head_dim, dtype)
         if q.numel() == 0:
             continue  # the extension returns the empty outputs without a launch
@@ -1050,13 +1049,7 @@ def test_fuzz_forward_item_pipeline(emu_item_pipeline):
 
 @pytest.mark.skipif(FUZZ_CASES == 0, reason="FLASHCORE_EMU_FUZZ=<cases>: random problems, forward and backward")
 def test_fuzz(emu):
-    import random
-
-    base = int(os.environ.get("FLASHCORE_TEST_SEED", "0")) or random.randrange(1 << 30)
-    for case in range(FUZZ_CASES):
-        rng = random.Random(base + case)
-        head_dim, heads_q, heads_kv, dtype, shape, options, run = _fuzz_case(rng)
-        where = f"case {base + case}: D={head_dim} heads={heads_q}/{heads_kv} {dtype} {shape} {options} {run}"
+    for rng, where, head_dim, heads_q, heads_kv, dtype, shape, options, run in _fuzz_cases():
         try:
             q, k, v, varlen, sizes = _fuzz_inputs(shape, heads_q, heads_kv, head_dim, dtype)
             if q.numel() == 0:
