@@ -338,8 +338,8 @@ fi
 # 8. Build switches against the default (bench/notes: the backward's v3 switches by default; any of the forward's
 #    too), each built in a copy of the tree with its -D flag (ninja does not see flags given through the
 #    environment), then the GPU tests of its kernel and a quick timing of the head dims it changes; lines into
-#    summary.txt, prefixed with the switch, beside the default build's (step 5 for the backward, step 7 or a plain
-#    `python -m flashcore.bench` for the forward). The copies leave this tree's build alone.
+#    summary.txt, prefixed with the switch, beside the default build's from the same call (step 5 for the
+#    backward; for the forward, variant_baseline below). The copies leave this tree's build alone.
 VARIANT_BUILD_CAP_S=150  # one build of the whole extension with 16 jobs: the backward file is the longest
 FWD_PEERS=flashcore_sm90,sdpa_flash,sdpa_cudnn
 variant_plan() {  # SWITCH -> "pytest -k expression|bench arguments"
@@ -354,6 +354,23 @@ variant_plan() {  # SWITCH -> "pytest -k expression|bench arguments"
     *) echo "|" ;;
   esac
 }
+# A forward switch's timing is compared with the default build timed the same way in the same call (no other step
+# of a variants call times the forward, and another call may land on another machine): once per argument set, from
+# this tree's build, lines prefixed "default:". The backward's comparison is the bwdop step of the same call.
+declare -A BASELINED=()  # bench argument sets already timed on the default build
+variant_baseline() {  # variant_baseline BENCH_ARGS
+  [[ -n "${BASELINED[$1]:-}" ]] && return 0
+  BASELINED[$1]=1
+  if ! compgen -G "flashcore/_C*.so" >/dev/null; then
+    echo "default: no build in this tree (a fresh machine with the build step skipped): no same-call baseline" \
+      >>"$SUMMARY"
+    return 0
+  fi
+  local dir; dir=$(mktemp -d "$OUT/variant_baseline.XXXX")
+  # shellcheck disable=SC2086  # a list of arguments
+  PYTHONUNBUFFERED=1 timeout "$(cap 90)" "$PY" -m flashcore.bench $1 --out "$dir" >"$dir/bench.log" 2>&1
+  grep -E "^\[|Error" "$dir/bench.log" | tail -n 16 | sed "s/^/default: /" >>"$SUMMARY"
+}
 if ! skipped variants; then
   # shellcheck disable=SC2086  # a list of switch names
   for switch in ${FLASHCORE_GPU_CHECK_VARIANTS:-FLASHCORE_BWD_SM90_DQ_LAG FLASHCORE_BWD_SM90_DQ_LAG_PINGPONG}; do
@@ -364,6 +381,11 @@ if ! skipped variants; then
       record "${switch#FLASHCORE_}" 2 0 "(unknown switch: no tests or timing for it)"
       continue
     fi
+    if ! grep -rqw -- "$switch" csrc; then  # a misspelt name would build, and time, the default under its name
+      record "${switch#FLASHCORE_}" 2 0 "(no source in csrc/ reads this switch: a typo?)"
+      continue
+    fi
+    [[ "$select" == fwd ]] && variant_baseline "$bench_args"
     VDIR=$(mktemp -d /tmp/flashcore_variant.XXXXXX)
     tar --exclude=./build --exclude='./flashcore/_C*' --exclude=./.git -cf - . | tar -xf - -C "$VDIR"
     (cd "$VDIR" && NVCC_APPEND_FLAGS="-D$switch" MAX_JOBS=16 CUDA_HOME=/usr/local/cuda \
